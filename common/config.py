@@ -1,0 +1,187 @@
+"""The run configuration: every knob of `[tool.flwr.app.config]`, parsed and validated.
+
+Validation happens once, before anything starts, and names the valid values: a typo in a
+policy name must not surface an hour later as a crash inside a Ray actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.model import ARCHITECTURES, POLICIES
+
+PARTITIONINGS = ("iid", "dirichlet")
+NAMED_DATASETS = ("synthetic", "pathmnist")
+NAMED_WEIGHTS = ("auto", "imagenet", "none")
+
+
+class ConfigError(ValueError):
+    """A run-config value is invalid; the message says which and what is valid."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Typed view of the Flower run config (keys are the TOML names with `_`)."""
+
+    num_server_rounds: int = 8
+    dataset: str = "synthetic"
+    synthetic_images: int = 4000
+    groups_csv: str = ""
+    image_size: int = 64
+    arch: str = "resnet18"
+    weights: str = "auto"
+    weights_sha256: str = ""
+    policy: str = "norm-head"
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    dp: bool = True
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 1.0
+    partitioning: str = "iid"
+    dirichlet_alpha: float = 0.5
+    stain_shift: float = 0.0
+    test_fraction: float = 0.2
+    val_fraction: float = 0.15
+    seed: int = 42
+    output_dir: str = "runs"
+    ledger_dir: str = ""
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    min_available_nodes: int = 2
+    round_timeout: float = 3600.0
+    eval_batch_size: int = 256
+    bootstrap_samples: int = 1000
+    min_site_examples: int = 10
+    strict: bool = False
+    resume_from: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from Flower's `context.run_config` (dash-separated keys) and validate."""
+        known = {f.name: f for f in dataclasses.fields(cls) if f.name != "extra"}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                extra[key] = value
+                continue
+            kwargs[name] = _coerce(key, value, known[name].type)
+        config = cls(**kwargs, extra=extra)
+        config.validate()
+        return config
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Dash-separated keys, as in pyproject.toml (for reports and checkpoints)."""
+        out = {
+            f.name.replace("_", "-"): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "extra"
+        }
+        out.update(self.extra)
+        return out
+
+    def validate(self) -> None:
+        problems: list[str] = []
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                problems.append(message)
+
+        need(self.num_server_rounds >= 0, f"num-server-rounds must be >= 0, got {self.num_server_rounds}")
+        need(self.arch in ARCHITECTURES, f"arch {self.arch!r} is unknown; valid values: {', '.join(ARCHITECTURES)}")
+        need(self.policy in POLICIES, f"policy {self.policy!r} is unknown; valid values: {', '.join(POLICIES)}")
+        need(
+            self.partitioning in PARTITIONINGS,
+            f"partitioning {self.partitioning!r} is unknown; valid values: {', '.join(PARTITIONINGS)}",
+        )
+        need(
+            self.weights in NAMED_WEIGHTS or self.weights.endswith((".pth", ".pt")),
+            f"weights {self.weights!r} is not valid; use one of {', '.join(NAMED_WEIGHTS)} "
+            "or a path to a .pth/.pt state dict",
+        )
+        need(
+            self.dataset in NAMED_DATASETS or bool(self.dataset),
+            f"dataset must be one of {', '.join(NAMED_DATASETS)} or a path to an .npz file "
+            "or an ImageFolder directory",
+        )
+        need(16 <= self.image_size <= 1024, f"image-size must be in [16, 1024], got {self.image_size}")
+        need(self.synthetic_images >= 10, f"synthetic-images must be >= 10, got {self.synthetic_images}")
+        need(self.local_epochs >= 1, f"local-epochs must be >= 1, got {self.local_epochs}")
+        need(self.batch_size >= 1, f"batch-size must be >= 1, got {self.batch_size}")
+        need(self.eval_batch_size >= 1, f"eval-batch-size must be >= 1, got {self.eval_batch_size}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(self.max_grad_norm > 0, f"max-grad-norm must be > 0, got {self.max_grad_norm}")
+        need(self.noise_multiplier >= 0, f"noise-multiplier must be >= 0 (0 = calibrate from epsilon), got {self.noise_multiplier}")
+        if self.dp:
+            need(self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon}")
+            need(
+                0 <= self.delta < 1,
+                f"delta must be in (0, 1/n) for a site of n records (0 = 1/(site records)), got {self.delta}",
+            )
+        need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
+        need(0 <= self.stain_shift <= 1, f"stain-shift must be in [0, 1], got {self.stain_shift}")
+        need(0 < self.test_fraction < 1, f"test-fraction must be in (0, 1), got {self.test_fraction}")
+        need(0 <= self.val_fraction < 1, f"val-fraction must be in [0, 1), got {self.val_fraction}")
+        need(0 < self.fraction_train <= 1, f"fraction-train must be in (0, 1], got {self.fraction_train}")
+        need(self.min_train_nodes >= 1, f"min-train-nodes must be >= 1, got {self.min_train_nodes}")
+        need(self.min_available_nodes >= 1, f"min-available-nodes must be >= 1, got {self.min_available_nodes}")
+        need(self.round_timeout > 0, f"round-timeout must be > 0, got {self.round_timeout}")
+        need(self.min_site_examples >= 1, f"min-site-examples must be >= 1, got {self.min_site_examples}")
+        need(self.bootstrap_samples >= 0, f"bootstrap-samples must be >= 0, got {self.bootstrap_samples}")
+        need(bool(self.output_dir), "output-dir must not be empty")
+        if self.weights_sha256:
+            need(
+                len(self.weights_sha256) == 64 and all(c in "0123456789abcdef" for c in self.weights_sha256.lower()),
+                f"weights-sha256 must be 64 hex digits, got {self.weights_sha256!r}",
+            )
+        if problems:
+            raise ConfigError("invalid run config:\n  - " + "\n  - ".join(problems))
+
+    def site_delta(self, num_records: int) -> float:
+        """The delta a site of `num_records` training records uses (0 means 1/records)."""
+        return self.delta if self.delta > 0 else 1.0 / max(num_records, 1)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    kind = annotation if isinstance(annotation, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(
+        str(annotation).split("|")[0].strip(), None
+    )
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid run config: {key}={value!r} is not a valid {kind.__name__ if kind else annotation}") from None
+    return value
+
+
+def resolve_path(path: str, base: Path | None = None) -> Path:
+    """Expand `~` and make relative paths absolute against `base` (default: cwd)."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = (base or Path.cwd()) / p
+    return p

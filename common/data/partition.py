@@ -1,0 +1,155 @@
+"""Group-aware splits: central test hold-out, sites, and each site's local validation.
+
+A group is a patient, slide or near-duplicate family (LC25000's `groups.csv`). Every split
+here moves whole groups, so no group straddles test / site / validation or two sites:
+otherwise near-identical patches on both sides of a split inflate accuracy into meaning-
+lessness. All randomness comes from `seed`, so the server and every simulated site derive
+the same split independently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.data.imageset import DataError
+
+_TEST, _SITES, _VAL = 1, 2, 3  # independent random streams per purpose
+
+
+@dataclass(frozen=True)
+class GroupTable:
+    """Per-group view of a dataset: members, size and majority label."""
+
+    members: list[np.ndarray]
+    sizes: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def build(cls, groups: np.ndarray, labels: np.ndarray, indices: np.ndarray, num_classes: int) -> GroupTable:
+        indices = np.asarray(indices, dtype=np.int64)
+        _, inverse = np.unique(groups[indices], return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+        members = [indices[chunk] for chunk in np.split(order, bounds)] if len(indices) else []
+        sizes = np.array([len(m) for m in members], dtype=np.int64)
+        majority = np.array(
+            [np.bincount(labels[m], minlength=num_classes).argmax() for m in members], dtype=np.int64
+        )
+        return cls(members, sizes, majority)
+
+    def gather(self, group_ids: list[int] | np.ndarray) -> np.ndarray:
+        if len(group_ids) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.concatenate([self.members[g] for g in group_ids]))
+
+
+def _stratified_take(table: GroupTable, fraction: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Split groups so about `fraction` of each class's images land in the first part."""
+    taken: list[int] = []
+    kept: list[int] = []
+    for label in np.unique(table.labels):
+        ids = rng.permutation(np.flatnonzero(table.labels == label))
+        target = fraction * table.sizes[ids].sum()
+        running = 0
+        for g in ids:
+            if running < target and (running + table.sizes[g] / 2) <= target + 1e-9:
+                taken.append(int(g))
+                running += table.sizes[g]
+            else:
+                kept.append(int(g))
+    return taken, kept
+
+
+def holdout_test(
+    groups: np.ndarray, labels: np.ndarray, num_classes: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, test) indices; the test groups are the same whatever the number of sites."""
+    table = GroupTable.build(groups, labels, np.arange(len(labels)), num_classes)
+    if len(table.members) < 2:
+        raise DataError("need at least 2 groups to hold out a central test set")
+    test_ids, pool_ids = _stratified_take(table, fraction, np.random.default_rng([seed, _TEST]))
+    if not test_ids or not pool_ids:
+        raise DataError(f"test-fraction={fraction} leaves an empty test set or pool with {len(table.members)} groups")
+    return table.gather(pool_ids), table.gather(test_ids)
+
+
+def partition_sites(
+    groups: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    num_classes: int,
+    num_sites: int,
+    scheme: str,
+    alpha: float,
+    seed: int,
+    min_groups_per_site: int = 2,
+    max_tries: int = 200,
+) -> list[np.ndarray]:
+    """Assign whole groups of `indices` to `num_sites` sites, IID or Dirichlet label skew."""
+    if num_sites < 1:
+        raise DataError(f"need at least one site, got {num_sites}")
+    table = GroupTable.build(groups, labels, indices, num_classes)
+    if len(table.members) < num_sites * min_groups_per_site:
+        raise DataError(
+            f"{len(table.members)} groups cannot give {num_sites} sites {min_groups_per_site} groups each; "
+            "use fewer sites or more data"
+        )
+    rng = np.random.default_rng([seed, _SITES])
+    if scheme == "iid":
+        assignment = _assign_iid(table, num_sites, rng)
+    elif scheme == "dirichlet":
+        for _ in range(max_tries):
+            assignment = _assign_dirichlet(table, num_sites, alpha, rng)
+            if min(len(a) for a in assignment) >= min_groups_per_site:
+                break
+        else:
+            raise DataError(
+                f"Dirichlet(alpha={alpha}) left a site with fewer than {min_groups_per_site} groups in "
+                f"{max_tries} draws; use a larger dirichlet-alpha or fewer sites"
+            )
+    else:
+        raise DataError(f"unknown partitioning {scheme!r}; valid values: iid, dirichlet")
+    return [table.gather(ids) for ids in assignment]
+
+
+def _assign_iid(table: GroupTable, num_sites: int, rng: np.random.Generator) -> list[list[int]]:
+    """Per class, give each group to the site that has the fewest images of that class."""
+    assignment: list[list[int]] = [[] for _ in range(num_sites)]
+    totals = np.zeros(num_sites)
+    for label in np.unique(table.labels):
+        per_class = np.zeros(num_sites)
+        ids = rng.permutation(np.flatnonzero(table.labels == label))
+        for g in ids[np.argsort(-table.sizes[ids], kind="stable")]:  # big groups first balance best
+            site = int(np.lexsort((np.arange(num_sites), totals, per_class))[0])
+            assignment[site].append(int(g))
+            per_class[site] += table.sizes[g]
+            totals[site] += table.sizes[g]
+    return assignment
+
+
+def _assign_dirichlet(table: GroupTable, num_sites: int, alpha: float, rng: np.random.Generator) -> list[list[int]]:
+    """Per class, split its groups among sites in Dirichlet(alpha) proportions."""
+    assignment: list[list[int]] = [[] for _ in range(num_sites)]
+    for label in np.unique(table.labels):
+        ids = rng.permutation(np.flatnonzero(table.labels == label))
+        shares = rng.dirichlet(np.full(num_sites, alpha))
+        cuts = np.cumsum(shares) * table.sizes[ids].sum()
+        midpoints = np.cumsum(table.sizes[ids]) - table.sizes[ids] / 2
+        for g, mid in zip(ids, midpoints):
+            assignment[int(min(np.searchsorted(cuts, mid), num_sites - 1))].append(int(g))
+    return assignment
+
+
+def split_train_val(
+    groups: np.ndarray, labels: np.ndarray, indices: np.ndarray, num_classes: int, fraction: float, seed: int, site: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A site's (train, val) indices; validation takes whole groups, train keeps at least one."""
+    table = GroupTable.build(groups, labels, indices, num_classes)
+    if fraction <= 0 or len(table.members) < 2:
+        return np.sort(np.asarray(indices, dtype=np.int64)), np.zeros(0, dtype=np.int64)
+    val_ids, train_ids = _stratified_take(table, fraction, np.random.default_rng([seed, _VAL, site]))
+    if not train_ids:  # never leave a site with nothing to train on
+        train_ids, val_ids = val_ids[:1], val_ids[1:]
+    return table.gather(train_ids), table.gather(val_ids)

@@ -1,0 +1,142 @@
+"""From a `dataset` setting to the images a site trains on and the server tests on.
+
+Simulation: one dataset is split into a central test set (held out from all sites) and
+`num_sites` site shares, each with its own validation split. Deployment: a site reads its
+own `data-path`; the server reads its own test set. Loading is cached per process, so a
+simulation actor that plays several hospitals decodes the data once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.config import RunConfig, resolve_path
+from common.data.folder import load_image_folder
+from common.data.imageset import DataError, ImageSet
+from common.data.npz import load_npz, load_pathmnist
+from common.data.partition import holdout_test, partition_sites, split_train_val
+from common.data.stain import apply_stain_shift
+from common.data.synthetic import make_synthetic
+
+log = logging.getLogger("fedpath.data")
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """One site's private training and local validation images."""
+
+    train: ImageSet
+    val: ImageSet
+
+
+@functools.lru_cache(maxsize=4)
+def load_source(
+    dataset: str, image_size: int, synthetic_images: int, seed: int, groups_csv: str = "", strict: bool = False
+) -> tuple[ImageSet, ImageSet | None]:
+    """(pool, official test set or None) for a `dataset` setting."""
+    if dataset == "synthetic":
+        return make_synthetic(synthetic_images, image_size, seed), None
+    if dataset == "pathmnist":
+        return load_pathmnist(image_size)
+    path = resolve_path(dataset)
+    if path.suffix == ".npz":
+        return load_npz(path, image_size)
+    if not path.exists():
+        raise DataError(
+            f"dataset {dataset!r} is neither 'synthetic', 'pathmnist', an .npz file nor an existing "
+            f"ImageFolder directory (looked for {path})"
+        )
+    groups = resolve_path(groups_csv) if groups_csv else None
+    return load_image_folder(path, image_size, groups, strict=strict), None
+
+
+def _load(config: RunConfig) -> tuple[ImageSet, ImageSet | None]:
+    return load_source(
+        config.dataset, config.image_size, config.synthetic_images, config.seed, config.groups_csv, config.strict
+    )
+
+
+def _split(config: RunConfig) -> tuple[ImageSet, np.ndarray, ImageSet]:
+    pool, official_test = _load(config)
+    if official_test is not None:
+        return pool, np.arange(len(pool)), official_test
+    pool_idx, test_idx = holdout_test(pool.groups, pool.labels, len(pool.classes), config.test_fraction, config.seed)
+    return pool, pool_idx, pool.subset(test_idx)
+
+
+def central_test_set(config: RunConfig) -> ImageSet:
+    """The held-out test set every round's global model is evaluated on."""
+    return _split(config)[2]
+
+
+def dataset_classes(config: RunConfig) -> list[str]:
+    return list(_load(config)[0].classes)
+
+
+def simulated_site(config: RunConfig, site: int, num_sites: int) -> SiteData:
+    """Site `site` of `num_sites` in a simulation: its share, split into train and val."""
+    if not 0 <= site < num_sites:
+        raise DataError(f"partition-id {site} is outside 0..{num_sites - 1}")
+    pool, pool_idx, _ = _split(config)
+    shares = partition_sites(
+        pool.groups, pool.labels, pool_idx, len(pool.classes), num_sites,
+        config.partitioning, config.dirichlet_alpha, config.seed,
+    )
+    train_idx, val_idx = split_train_val(
+        pool.groups, pool.labels, shares[site], len(pool.classes), config.val_fraction, config.seed, site
+    )
+    return _with_stain(SiteData(pool.subset(train_idx), pool.subset(val_idx)), config, site)
+
+
+def all_simulated_sites(config: RunConfig, num_sites: int) -> list[SiteData]:
+    return [simulated_site(config, k, num_sites) for k in range(num_sites)]
+
+
+def deployed_site(config: RunConfig, data_path: Path, strict: bool = False) -> SiteData:
+    """A real site's data from its own `data-path` (ImageFolder tree or .npz)."""
+    return _deployed(str(data_path), config.image_size, config.val_fraction, config.seed, strict)
+
+
+@functools.lru_cache(maxsize=2)
+def _deployed(data_path: str, image_size: int, val_fraction: float, seed: int, strict: bool) -> SiteData:
+    path = Path(data_path)
+    if path.suffix == ".npz":
+        pool, _ = load_npz(path, image_size)
+    else:
+        pool = load_image_folder(path, image_size, strict=strict)
+    train_idx, val_idx = split_train_val(
+        pool.groups, pool.labels, np.arange(len(pool)), len(pool.classes), val_fraction, seed, 0
+    )
+    return SiteData(pool.subset(train_idx), pool.subset(val_idx))
+
+
+def _with_stain(data: SiteData, config: RunConfig, site: int) -> SiteData:
+    if config.stain_shift <= 0:
+        return data
+    shift = lambda s: ImageSet(  # noqa: E731
+        apply_stain_shift(s.images, config.stain_shift, config.seed, site), s.labels, s.groups, s.classes, s.report
+    )
+    return SiteData(shift(data.train), shift(data.val))
+
+
+def check_classes(site_classes: list[str], federation_classes: list[str], where: str) -> None:
+    """Stop before training when a site's classes are not the federation's."""
+    if list(site_classes) == list(federation_classes):
+        return
+    unexpected = sorted(set(site_classes) - set(federation_classes))
+    missing = sorted(set(federation_classes) - set(site_classes))
+    detail = []
+    if unexpected:
+        detail.append(f"unexpected classes {unexpected}")
+    if missing:
+        detail.append(f"missing classes {missing} (an empty folder declares a class the site has no images of)")
+    if not detail:
+        detail.append(f"same classes in another order {site_classes}")
+    raise DataError(
+        f"{where} does not match the federation's class list {federation_classes}: " + "; ".join(detail)
+    )

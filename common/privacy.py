@@ -1,0 +1,91 @@
+"""Choosing the noise multiplier and deciding whether a round fits the budget.
+
+Both questions are asked of the same Opacus RDP accountant that records the spend, fed
+with the site's whole history, so a site that already spent part of its budget in an
+earlier run gets more noise now rather than overspending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.ledger import epsilon_of
+
+History = list[tuple[float, float, int]]
+
+
+# A round whose noise would need to exceed this is pure noise: refuse it instead.
+MAX_USEFUL_NOISE_MULTIPLIER = 100.0
+# Below this share of the budget left, a site counts as exhausted.
+MIN_REMAINING_SHARE = 0.01
+
+
+class BudgetExhausted(RuntimeError):
+    """Training this round would take the site past its (epsilon, delta) budget."""
+
+
+def with_steps(history: History, noise_multiplier: float, sample_rate: float, steps: int) -> History:
+    """The history after `steps` more DP-SGD steps (merged as Opacus' accountant merges)."""
+    out = [tuple(h) for h in history]
+    if steps <= 0:
+        return out  # type: ignore[return-value]
+    if out and out[-1][0] == noise_multiplier and out[-1][1] == sample_rate:
+        out[-1] = (noise_multiplier, sample_rate, out[-1][2] + steps)
+    else:
+        out.append((noise_multiplier, sample_rate, steps))
+    return out  # type: ignore[return-value]
+
+
+def calibrate_noise(
+    history: History, sample_rate: float, steps: int, epsilon_budget: float, delta: float,
+    low: float = 0.3, high: float = MAX_USEFUL_NOISE_MULTIPLIER, iterations: int = 60,
+) -> float:
+    """Smallest noise multiplier (within 0.1%) whose `steps` more steps stay within budget.
+
+    Raises `BudgetExhausted` when less than 1% of the budget is left or when even `high`
+    noise would overspend: a site then refuses rather than sending pure noise.
+    """
+    if steps <= 0:
+        raise ValueError("steps must be positive")
+    spent = epsilon_of(history, delta)
+    if spent >= (1 - MIN_REMAINING_SHARE) * epsilon_budget or (
+        epsilon_of(with_steps(history, high, sample_rate, steps), delta) > epsilon_budget
+    ):
+        raise BudgetExhausted(
+            f"epsilon already spent {spent:.3f} leaves no room for {steps} more steps within the budget "
+            f"epsilon={epsilon_budget} at delta={delta}"
+        )
+    if epsilon_of(with_steps(history, low, sample_rate, steps), delta) <= epsilon_budget:
+        return low
+    for _ in range(iterations):  # bisection on a monotone function
+        mid = (low + high) / 2
+        if epsilon_of(with_steps(history, mid, sample_rate, steps), delta) <= epsilon_budget:
+            high = mid
+        else:
+            low = mid
+        if high - low < 1e-3 * high:
+            break
+    return high
+
+
+@dataclass(frozen=True)
+class RoundBudget:
+    """What a round would spend, and whether it fits."""
+
+    epsilon_before: float
+    epsilon_after: float
+    epsilon_budget: float
+
+    @property
+    def fits(self) -> bool:
+        return self.epsilon_after <= self.epsilon_budget * (1 + 1e-9)
+
+
+def check_round(
+    history: History, noise_multiplier: float, sample_rate: float, steps: int, epsilon_budget: float, delta: float
+) -> RoundBudget:
+    return RoundBudget(
+        epsilon_before=epsilon_of(history, delta),
+        epsilon_after=epsilon_of(with_steps(history, noise_multiplier, sample_rate, steps), delta),
+        epsilon_budget=epsilon_budget,
+    )

@@ -1,0 +1,1 @@
+"""The coordinating centre: Flower ServerApp, FedAvg, central evaluation and the report."""

@@ -1,0 +1,113 @@
+"""fedpath ServerApp: a thin Flower layer over the run's model, strategy and store."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import RunConfig
+from common.data.sources import central_test_set, dataset_classes
+from common.factory import initial_model
+from common.logging_setup import setup_logging
+from common.model import frozen_fingerprint, get_trainable_state, trainable_names
+from common.paths import run_dir
+from common.records import from_array_record, to_array_record
+from common.versions import versions
+from server.evaluation import CentralEvaluator
+from server.report import write_report
+from server.run_store import RunStore
+from server.screening import UpdateScreen
+from server.strategy import FedPathFedAvg
+
+app = ServerApp()
+log = logging.getLogger("fedpath.server")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    setup_logging()
+    config = RunConfig.from_mapping(context.run_config)  # invalid config stops here, before anything runs
+    root = run_dir(config, context.run_id)
+    store = RunStore(root)
+    log.info("run %s writes to %s", context.run_id, root)
+
+    classes = dataset_classes(config)
+    test = central_test_set(config)
+    model, source = initial_model(config, len(classes))
+    fingerprint = frozen_fingerprint(model)
+    state = get_trainable_state(model)
+    meta = {
+        "arch": config.arch, "policy": config.policy, "classes": classes, "weights": source.as_dict(),
+        "frozen_fingerprint": fingerprint, "seed": config.seed, "image_size": config.image_size,
+    }
+    store.write_json("run.json", {
+        "run_id": context.run_id, "config": config.to_mapping(), "start": time.time(), "end": None,
+        "versions": versions(), "weights": source.as_dict(), "classes": classes,
+        "test_examples": len(test), "test_class_counts": test.class_counts(),
+        "trainable_tensors": len(state), "trainable_parameters": int(sum(v.size for v in state.values())),
+        "trainable_names": trainable_names(model), "frozen_fingerprint": fingerprint,
+    })
+    log.info(
+        "%s, policy %s: %d trainable parameters travel each round (%.1f KiB); weights: %s",
+        config.arch, config.policy, sum(v.size for v in state.values()),
+        sum(v.nbytes for v in state.values()) / 1024, source.description,
+    )
+
+    evaluator = CentralEvaluator(copy.deepcopy(model), test, config.eval_batch_size)
+    strategy = FedPathFedAvg(
+        screen=UpdateScreen(state),
+        fraction_train=config.fraction_train,
+        min_train_nodes=config.min_train_nodes,
+        min_available_nodes=config.min_available_nodes,
+    )
+    latest = {"round": 0, "state": state}
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        round_state = from_array_record(arrays)
+        metrics = evaluator.round_metrics(round_state)
+        sites = [reply.as_dict() for reply in strategy.replies.get(server_round, [])]
+        store.append_round({"round": server_round, **metrics, "sites": sites, "time": time.time()})
+        store.save_round_checkpoint(server_round, round_state, meta)
+        latest.update(round=server_round, state=round_state)
+        log.info(
+            "round %d/%d: central accuracy %.3f, balanced %.3f, macro-F1 %.3f, AUC %.3f%s",
+            server_round, config.num_server_rounds, metrics["accuracy"], metrics["balanced_accuracy"],
+            metrics["macro_f1"], metrics["macro_auc"], _privacy_line(sites),
+        )
+        return MetricRecord({k: float(v) for k, v in metrics.items()})
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=to_array_record(state),
+        num_rounds=config.num_server_rounds,
+        timeout=config.round_timeout,
+        train_config=ConfigRecord({"classes": classes, "frozen-fingerprint": fingerprint}),
+        evaluate_fn=evaluate,
+    )
+
+    final = evaluator.final_metrics(latest["state"], config.bootstrap_samples, config.seed)
+    store.write_json("final-eval.json", {"round": latest["round"], **final})
+    evaluator_model = evaluator.model
+    store.save_final(evaluator_model, int(latest["round"]), meta)
+    store.write_json("run.json", {**store.read_json("run.json"), "end": time.time()})
+    paths = write_report(root)
+    log.info("final accuracy %.3f (95%% CI %.3f-%.3f); report: %s", final["accuracy"],
+             *final["ci95"]["accuracy"], ", ".join(str(p) for p in paths))
+
+
+def _privacy_line(sites: list[dict]) -> str:
+    """Round summary: privacy spent, sites without update, bytes on the wire."""
+    spent = [s["metrics"].get("epsilon") for s in sites if s["status"] == "trained" and s["metrics"].get("dp")]
+    refused = sum(1 for s in sites if s["status"] != "trained")
+    text = f"; max site epsilon {max(spent):.2f}" if spent else ""
+    text += f"; {refused} site(s) without update" if refused else ""
+    if sites:
+        down = sum(s["bytes_down"] for s in sites) / 1024
+        up = sum(s["bytes_up"] for s in sites) / 1024
+        text += f"; {down:.1f} KiB sent to {len(sites)} sites, {up:.1f} KiB received"
+    return text
+

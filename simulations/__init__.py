@@ -1,0 +1,1 @@
+"""Launchers, experiments and benchmarks that drive fedpath through Flower."""

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny configs, self-made weight files, and the real LC25000 data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchvision import models
+
+REPO = Path(__file__).resolve().parent.parent
+LC25000 = REPO.parent / "shared" / "data" / "lc25000-lung"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep decoded-image caches and the torch hub out of the user's home."""
+    monkeypatch.setenv("FEDPATH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fedpath-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+
+
+@pytest.fixture
+def lc25000() -> Path:
+    if not (LC25000 / "groups.csv").exists():
+        pytest.skip(f"real LC25000 data not present at {LC25000} (only in this project's shared/ folder)")
+    return LC25000
+
+
+def randomised_torchvision(arch: str, seed: int = 0) -> nn.Module:
+    """A torchvision ResNet with non-trivial BatchNorm statistics, as pretrained ones have."""
+    torch.manual_seed(seed)
+    net = getattr(models, arch)(weights=None)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+@pytest.fixture
+def weights_file(tmp_path: Path) -> Path:
+    """A self-made (NOT ImageNet) torchvision-format resnet18 state dict."""
+    path = tmp_path / "resnet18-selfmade.pth"
+    torch.save(randomised_torchvision("resnet18").state_dict(), path)
+    return path
+
+
+def tiny_run_config(**overrides: object) -> dict[str, object]:
+    """Run-config mapping for fast in-process tests (dash-separated keys, as Flower gives)."""
+    values: dict[str, object] = {
+        "num-server-rounds": 2, "synthetic-images": 240, "image-size": 32, "batch-size": 16,
+        "lr": 0.1, "epsilon": 8.0, "delta": 1e-4, "seed": 7, "bootstrap-samples": 50,
+    }
+    values.update(overrides)
+    return values
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.environ.get("FEDPATH_SKIP_INTEGRATION") == "1":
+        skip = pytest.mark.skip(reason="FEDPATH_SKIP_INTEGRATION=1")
+        for item in items:
+            if "integration" in item.keywords:
+                item.add_marker(skip)
