@@ -60,6 +60,23 @@ def tiny_run_config(**overrides: object) -> dict[str, object]:
     return values
 
 
+TINY_SIMULATION = (
+    "num-server-rounds=2 synthetic-images=600 image-size=32 batch-size=32 lr=0.1 "
+    "epsilon=8.0 delta=1e-4 seed=1 bootstrap-samples=100"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real `flwr run` simulation (3 sites x 2 rounds), shared by the tests that read its outputs."""
+    from simulations.run import run_simulation
+
+    base = tmp_path_factory.mktemp("tiny-simulation")
+    os.environ.setdefault("FEDPATH_CACHE_DIR", str(base / "cache"))
+    with open(base / "flwr-run.log", "w") as stream:
+        return run_simulation(3, [TINY_SIMULATION], base / "runs", base / "flwr-home", stream_to=stream, timeout=540)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.environ.get("FEDPATH_SKIP_INTEGRATION") == "1":
         skip = pytest.mark.skip(reason="FEDPATH_SKIP_INTEGRATION=1")

@@ -9,20 +9,11 @@ import pytest
 import torch
 
 from common.ledger import LEDGER_FILE
-from simulations.run import run_simulation
-
 pytestmark = pytest.mark.integration
 
 
-def test_three_hospitals_two_rounds_learn_within_budget(tmp_path: Path) -> None:
-    overrides = (
-        "num-server-rounds=2 synthetic-images=600 image-size=32 batch-size=32 lr=0.1 "
-        "epsilon=8.0 delta=1e-4 seed=1 bootstrap-samples=100"
-    )
-    log = tmp_path / "flwr-run.log"
-    with open(log, "w") as stream:
-        run_dir = run_simulation(3, [overrides], tmp_path / "runs", tmp_path / "flwr-home",
-                                 stream_to=stream, timeout=540)
+def test_three_hospitals_two_rounds_learn_within_budget(tiny_simulation_run: Path) -> None:
+    run_dir = tiny_simulation_run
     report = json.loads((run_dir / "report.json").read_text())
 
     rounds = report["rounds"]
