@@ -8,6 +8,7 @@ update is handed back to Flower, so a crash can only over-count.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -54,10 +55,10 @@ class RoundResult:
     skipped_files: int = 0
 
 
-def load_site_data(identity: SiteIdentity, config: RunConfig) -> SiteData:
+def load_site_data(identity: SiteIdentity, config: RunConfig, classes: list[str] | None = None) -> SiteData:
     if identity.deployed:
         assert identity.data_path is not None
-        return deployed_site(config, identity.data_path, strict=identity.strict)
+        return deployed_site(config, identity.data_path, strict=identity.strict, classes=classes)
     return simulated_site(config, identity.partition_id, identity.num_partitions)
 
 
@@ -114,10 +115,39 @@ def _refusal(identity: SiteIdentity, data: ImageSet | None, reason: str, ledger:
     )
 
 
+SITE_LOG = "site-rounds.jsonl"
+
+
 def run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest) -> RoundResult:
-    """Train one round at this site, or refuse with a reason. Raises on broken setups."""
+    """Train one round at this site, or refuse with a reason. Raises on broken setups.
+
+    Every outcome is also appended to `state-dir/site-rounds.jsonl`, the site's own record,
+    which keeps what must not leave the site (e.g. the paths of unreadable files).
+    """
+    data = load_site_data(identity, config, request.classes)
+    if data.train.report.skipped:
+        log.warning(
+            "site %s skipped %d unreadable files (first: %s)", identity.site_id, data.train.report.skipped,
+            "; ".join(data.train.report.skipped_examples),
+        )
+    result = _run_round(identity, config, request, data)
+    _append_site_log(identity, request, result, data)
+    return result
+
+
+def _append_site_log(identity: SiteIdentity, request: RoundRequest, result: RoundResult, data: SiteData) -> None:
+    record = {
+        "time": time.time(), "run_id": request.run_id, "round": request.server_round, "status": result.status,
+        "reason": result.reason, "metrics": result.metrics,
+        "skipped_files": data.train.report.skipped, "skipped_examples": data.train.report.skipped_examples,
+    }
+    identity.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(identity.state_dir / SITE_LOG, "a") as handle:
+        handle.write(json.dumps(record, default=str) + "\n")
+
+
+def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest, data: SiteData) -> RoundResult:
     started = time.time()
-    data = load_site_data(identity, config)
     check_classes(data.train.classes, request.classes, f"site {identity.site_id}'s data")
     train = data.train
     delta = identity.delta if identity.delta is not None else config.site_delta(len(train))

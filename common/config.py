@@ -60,6 +60,8 @@ class RunConfig:
     eval_batch_size: int = 256
     bootstrap_samples: int = 1000
     min_site_examples: int = 10
+    min_accepted_updates: int = 1
+    max_update_norm: float = 0.0
     strict: bool = False
     resume_from: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -137,6 +139,8 @@ class RunConfig:
         need(self.min_train_nodes >= 1, f"min-train-nodes must be >= 1, got {self.min_train_nodes}")
         need(self.min_available_nodes >= 1, f"min-available-nodes must be >= 1, got {self.min_available_nodes}")
         need(self.round_timeout > 0, f"round-timeout must be > 0, got {self.round_timeout}")
+        need(self.min_accepted_updates >= 1, f"min-accepted-updates must be >= 1, got {self.min_accepted_updates}")
+        need(self.max_update_norm >= 0, f"max-update-norm must be >= 0 (0 = automatic DP bound), got {self.max_update_norm}")
         need(self.min_site_examples >= 1, f"min-site-examples must be >= 1, got {self.min_site_examples}")
         need(self.bootstrap_samples >= 0, f"bootstrap-samples must be >= 0, got {self.bootstrap_samples}")
         need(bool(self.output_dir), "output-dir must not be empty")
@@ -177,6 +181,28 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"invalid run config: {key}={value!r} is not a valid {kind.__name__ if kind else annotation}") from None
     return value
+
+
+def load_app_config(pyproject: Path, overrides: list[str] | None = None) -> RunConfig:
+    """The run config `flwr run` would build: pyproject defaults plus `--run-config` overrides.
+
+    Lets launchers reject a bad configuration before starting any Flower process.
+    """
+    import tomllib
+
+    import click
+    from flwr.common.config import parse_config_args
+
+    defaults = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
+    try:
+        parsed = parse_config_args(list(overrides or []))
+    except (click.ClickException, ValueError) as err:
+        message = err.message if isinstance(err, click.ClickException) else str(err)
+        raise ConfigError(f"cannot parse --run-config {overrides}: {message} (strings need quotes: policy='head')") from None
+    unknown = sorted(set(parsed) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown run-config keys {unknown}; valid keys: {', '.join(sorted(defaults))}")
+    return RunConfig.from_mapping({**defaults, **parsed})
 
 
 def resolve_path(path: str, base: Path | None = None) -> Path:

@@ -19,8 +19,9 @@ from common.records import from_array_record, to_array_record
 from common.versions import versions
 from server.evaluation import CentralEvaluator
 from server.report import write_report
+from server.resume import find_resume_point
 from server.run_store import RunStore
-from server.screening import UpdateScreen
+from server.screening import TrainingBound, UpdateScreen
 from server.strategy import FedPathFedAvg
 
 app = ServerApp()
@@ -44,13 +45,21 @@ def main(grid: Grid, context: Context) -> None:
         "arch": config.arch, "policy": config.policy, "classes": classes, "weights": source.as_dict(),
         "frozen_fingerprint": fingerprint, "seed": config.seed, "image_size": config.image_size,
     }
-    store.write_json("run.json", {
-        "run_id": context.run_id, "config": config.to_mapping(), "start": time.time(), "end": None,
-        "versions": versions(), "weights": source.as_dict(), "classes": classes,
-        "test_examples": len(test), "test_class_counts": test.class_counts(),
-        "trainable_tensors": len(state), "trainable_parameters": int(sum(v.size for v in state.values())),
-        "trainable_names": trainable_names(model), "frozen_fingerprint": fingerprint,
-    })
+    completed = 0
+    if config.resume_from:
+        point = find_resume_point(store, meta, {k: tuple(v.shape) for k, v in state.items()})
+        completed, state = point.completed_round, point.state
+        info = store.read_json("run.json")
+        info.setdefault("resumed", []).append({"run_id": context.run_id, "after_round": completed, "time": time.time()})
+        store.write_json("run.json", {**info, "end": None})
+    else:
+        store.write_json("run.json", {
+            "run_id": context.run_id, "config": config.to_mapping(), "start": time.time(), "end": None,
+            "versions": versions(), "weights": source.as_dict(), "classes": classes,
+            "test_examples": len(test), "test_class_counts": test.class_counts(),
+            "trainable_tensors": len(state), "trainable_parameters": int(sum(v.size for v in state.values())),
+            "trainable_names": trainable_names(model), "frozen_fingerprint": fingerprint,
+        })
     log.info(
         "%s, policy %s: %d trainable parameters travel each round (%.1f KiB); weights: %s",
         config.arch, config.policy, sum(v.size for v in state.values()),
@@ -58,32 +67,40 @@ def main(grid: Grid, context: Context) -> None:
     )
 
     evaluator = CentralEvaluator(copy.deepcopy(model), test, config.eval_batch_size)
+    bound = TrainingBound(config.lr, config.momentum, config.max_grad_norm, config.local_epochs, config.batch_size)
     strategy = FedPathFedAvg(
-        screen=UpdateScreen(state),
+        screen=UpdateScreen(state, config.max_update_norm, bound if config.dp else None),
+        round_offset=completed,
+        min_accepted_updates=config.min_accepted_updates,
         fraction_train=config.fraction_train,
         min_train_nodes=config.min_train_nodes,
         min_available_nodes=config.min_available_nodes,
     )
-    latest = {"round": 0, "state": state}
+    latest = {"round": completed, "state": state}
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate(flower_round: int, arrays: ArrayRecord) -> MetricRecord:
+        server_round = flower_round + completed
         round_state = from_array_record(arrays)
         metrics = evaluator.round_metrics(round_state)
-        sites = [reply.as_dict() for reply in strategy.replies.get(server_round, [])]
-        store.append_round({"round": server_round, **metrics, "sites": sites, "time": time.time()})
-        store.save_round_checkpoint(server_round, round_state, meta)
+        if flower_round > 0 or completed == 0:  # a resumed run's starting point is already recorded
+            sites = [reply.as_dict() for reply in strategy.replies.get(server_round, [])]
+            store.append_round({"round": server_round, **metrics, "sites": sites, "time": time.time()})
+            store.save_round_checkpoint(server_round, round_state, meta)
+            log.info(
+                "round %d/%d: central accuracy %.3f, balanced %.3f, macro-F1 %.3f, AUC %.3f%s",
+                server_round, config.num_server_rounds, metrics["accuracy"], metrics["balanced_accuracy"],
+                metrics["macro_f1"], metrics["macro_auc"], _round_summary(sites),
+            )
         latest.update(round=server_round, state=round_state)
-        log.info(
-            "round %d/%d: central accuracy %.3f, balanced %.3f, macro-F1 %.3f, AUC %.3f%s",
-            server_round, config.num_server_rounds, metrics["accuracy"], metrics["balanced_accuracy"],
-            metrics["macro_f1"], metrics["macro_auc"], _privacy_line(sites),
-        )
         return MetricRecord({k: float(v) for k, v in metrics.items()})
 
+    remaining = max(0, config.num_server_rounds - completed)
+    if remaining == 0 and completed:
+        log.info("all %d rounds were already completed; finishing the report", completed)
     strategy.start(
         grid=grid,
         initial_arrays=to_array_record(state),
-        num_rounds=config.num_server_rounds,
+        num_rounds=remaining,
         timeout=config.round_timeout,
         train_config=ConfigRecord({"classes": classes, "frozen-fingerprint": fingerprint}),
         evaluate_fn=evaluate,
@@ -91,23 +108,21 @@ def main(grid: Grid, context: Context) -> None:
 
     final = evaluator.final_metrics(latest["state"], config.bootstrap_samples, config.seed)
     store.write_json("final-eval.json", {"round": latest["round"], **final})
-    evaluator_model = evaluator.model
-    store.save_final(evaluator_model, int(latest["round"]), meta)
+    store.save_final(evaluator.model, int(latest["round"]), meta)
     store.write_json("run.json", {**store.read_json("run.json"), "end": time.time()})
     paths = write_report(root)
     log.info("final accuracy %.3f (95%% CI %.3f-%.3f); report: %s", final["accuracy"],
              *final["ci95"]["accuracy"], ", ".join(str(p) for p in paths))
 
 
-def _privacy_line(sites: list[dict]) -> str:
-    """Round summary: privacy spent, sites without update, bytes on the wire."""
+def _round_summary(sites: list[dict]) -> str:
+    """Privacy spent, sites without update, bytes on the wire."""
     spent = [s["metrics"].get("epsilon") for s in sites if s["status"] == "trained" and s["metrics"].get("dp")]
-    refused = sum(1 for s in sites if s["status"] != "trained")
+    missing = sum(1 for s in sites if s["status"] != "trained")
     text = f"; max site epsilon {max(spent):.2f}" if spent else ""
-    text += f"; {refused} site(s) without update" if refused else ""
+    text += f"; {missing} site(s) without update" if missing else ""
     if sites:
         down = sum(s["bytes_down"] for s in sites) / 1024
         up = sum(s["bytes_up"] for s in sites) / 1024
         text += f"; {down:.1f} KiB sent to {len(sites)} sites, {up:.1f} KiB received"
     return text
-

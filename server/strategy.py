@@ -56,10 +56,13 @@ class SiteReply:
 class FedPathFedAvg(FedAvg):
     """Flower FedAvg (weighted by `num-examples`) with per-site bookkeeping and screening."""
 
-    def __init__(self, screen: UpdateScreen, round_offset: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, screen: UpdateScreen, round_offset: int = 0, min_accepted_updates: int = 1, **kwargs: Any
+    ) -> None:
         super().__init__(fraction_evaluate=0.0, **kwargs)  # evaluation is central, on the server
         self.screen = screen
         self.round_offset = round_offset
+        self.min_accepted_updates = min_accepted_updates
         self.replies: dict[int, list[SiteReply]] = {}
         self._bytes_down: dict[int, int] = {}
 
@@ -86,8 +89,11 @@ class FedPathFedAvg(FedAvg):
         for r in records:
             if r.status != "trained":
                 log.warning("round %d: site %s %s: %s", server_round, r.site_id, r.status, r.reason)
-        if not accepted:
-            log.warning("round %d: no usable update; the global model stays as it was", server_round)
+        if len(accepted) < self.min_accepted_updates:
+            log.warning(
+                "round %d: %d usable update(s), fewer than min-accepted-updates=%d; the global model stays as it was",
+                server_round, len(accepted), self.min_accepted_updates,
+            )
             return None, None
         return super().aggregate_train(server_round, accepted)
 

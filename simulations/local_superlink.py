@@ -27,6 +27,8 @@ from pathlib import Path
 
 import httpx
 
+from simulations.processes import kill_processes_with_env
+
 REPO = Path(__file__).resolve().parent.parent
 CONNECTION = "local"
 
@@ -99,6 +101,7 @@ class LocalSuperLink:
             command, cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # own process group: stop() takes its children with it
         )
+        (self.flwr_home / "local-superlink" / "superlink.pid").write_text(str(self.process.pid))
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -113,17 +116,19 @@ class LocalSuperLink:
         raise TimeoutError(f"flower-superlink did not come up in {self.startup_timeout:.0f}s; see {self.log_file}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+        """Stop the SuperLink, then anything of this Flower home still running (Ray, apps)."""
+        if self.process is not None and self.process.poll() is None:
             try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait(timeout=10)
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=20)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.process.wait(timeout=10)
+        kill_processes_with_env("FLWR_HOME", str(self.flwr_home), signal.SIGTERM, wait=5.0)
+        kill_processes_with_env("FLWR_HOME", str(self.flwr_home), signal.SIGKILL)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -15,7 +15,17 @@ import sys
 import time
 from pathlib import Path
 
+from common.config import NAMED_DATASETS, ConfigError, load_app_config, resolve_path
 from simulations.local_superlink import REPO, LocalSuperLink, flwr_bin
+
+
+def preflight(run_config: list[str], app_dir: Path = REPO) -> None:
+    """Reject a bad run config or a missing dataset before any Flower process starts."""
+    config = load_app_config(app_dir / "pyproject.toml", run_config)
+    if config.dataset not in NAMED_DATASETS and not resolve_path(config.dataset, app_dir).exists():
+        raise ConfigError(f"dataset {config.dataset!r} not found (looked for {resolve_path(config.dataset, app_dir)})")
+    if config.resume_from and not (resolve_path(config.resume_from, app_dir) / "run.json").exists():
+        raise ConfigError(f"resume-from={config.resume_from!r} is not a fedpath run directory (no run.json)")
 
 
 def run_simulation(
@@ -23,6 +33,7 @@ def run_simulation(
     timeout: float | None = None, app_dir: Path = REPO,
 ) -> Path:
     """Run one simulation; returns its run directory (raises if it produced no report)."""
+    preflight(run_config, app_dir)
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     before = set(output_dir.glob("run-*"))
@@ -39,7 +50,10 @@ def run_simulation(
                                    timeout=timeout, check=False)
     if completed.returncode != 0:
         raise RuntimeError(f"flwr run exited with {completed.returncode}")
+    resumed = load_app_config(app_dir / "pyproject.toml", run_config).resume_from
     new = sorted(set(output_dir.glob("run-*")) - before, key=lambda p: p.stat().st_mtime)
+    if resumed:
+        new = [resolve_path(resumed, app_dir)]
     if not new:
         raise RuntimeError(f"the run wrote nothing under {output_dir}; see the log above and {link.log_file}")
     run_dir = new[-1]
@@ -62,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         run_dir = run_simulation(args.sites, args.run_config, args.output_dir, args.flwr_home)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (RuntimeError, TimeoutError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

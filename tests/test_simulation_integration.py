@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from common.ledger import LEDGER_FILE
+
 pytestmark = pytest.mark.integration
 
 

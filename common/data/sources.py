@@ -97,16 +97,25 @@ def all_simulated_sites(config: RunConfig, num_sites: int) -> list[SiteData]:
     return [simulated_site(config, k, num_sites) for k in range(num_sites)]
 
 
-def deployed_site(config: RunConfig, data_path: Path, strict: bool = False) -> SiteData:
-    """A real site's data from its own `data-path` (ImageFolder tree or .npz)."""
-    return _deployed(str(data_path), config.image_size, config.val_fraction, config.seed, strict)
+def deployed_site(
+    config: RunConfig, data_path: Path, strict: bool = False, classes: list[str] | None = None
+) -> SiteData:
+    """A real site's data from its own `data-path` (ImageFolder tree or .npz).
+
+    An `.npz` carries no class names: its labels are checked against the federation's
+    `classes` (label k is classes[k]).
+    """
+    return _deployed(str(data_path), config.image_size, config.val_fraction, config.seed, strict,
+                     tuple(classes) if classes else None)
 
 
 @functools.lru_cache(maxsize=2)
-def _deployed(data_path: str, image_size: int, val_fraction: float, seed: int, strict: bool) -> SiteData:
+def _deployed(
+    data_path: str, image_size: int, val_fraction: float, seed: int, strict: bool, classes: tuple[str, ...] | None
+) -> SiteData:
     path = Path(data_path)
     if path.suffix == ".npz":
-        pool, _ = load_npz(path, image_size)
+        pool, _ = load_npz(path, image_size, list(classes) if classes else None)
     else:
         pool = load_image_folder(path, image_size, strict=strict)
     train_idx, val_idx = split_train_val(

@@ -1,0 +1,110 @@
+"""Hostile or broken updates are excluded from FedAvg, logged with the site, and counted."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.identity import SiteIdentity
+from client.site import RoundRequest, run_round
+from common.config import RunConfig
+from common.data.sources import dataset_classes
+from common.factory import initial_model
+from common.model import frozen_fingerprint, get_trainable_state
+from common.records import from_array_record, to_array_record
+from server.report_data import site_summaries
+from server.screening import TrainingBound, UpdateScreen, dp_update_norm_bound
+from server.strategy import FedPathFedAvg
+from tests.conftest import tiny_run_config
+
+REFERENCE = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(4, np.float32)}
+BOUND = TrainingBound(lr=0.1, momentum=0.9, max_grad_norm=1.0, local_epochs=1, batch_size=16)
+
+
+@pytest.fixture
+def flower_process() -> Iterator[None]:
+    """The identity Flower gives a ServerApp process (messages need a run id)."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _reply(node: int, arrays: dict[str, np.ndarray] | None, examples: float = 10, error: str = "") -> Message:
+    TaskIdentity.node_id = 0
+    instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
+    TaskIdentity.node_id = node
+    if error:
+        return Message(Error(code=1, reason=error), reply_to=instruction)
+    content = RecordDict({
+        "metrics": MetricRecord({"num-examples": examples, "noise-multiplier": 1.0, "epsilon": 1.0, "dp": 1}),
+        "site": ConfigRecord({"site-id": f"site-{node}", "status": "trained", "reason": "", "class-counts": [5, 5]}),
+    })
+    if arrays is not None:
+        content["arrays"] = to_array_record(arrays)
+    return Message(content, reply_to=instruction)
+
+
+def _small(scale: float) -> dict[str, np.ndarray]:
+    return {k: np.full_like(v, scale) for k, v in REFERENCE.items()}
+
+
+def test_broken_and_hostile_updates_are_excluded_and_recorded(flower_process: None) -> None:
+    strategy = FedPathFedAvg(screen=UpdateScreen(REFERENCE, dp_bound=BOUND), min_train_nodes=1, min_available_nodes=1)
+    nan = _small(0.1)
+    nan["a"][0, 0] = np.nan
+    replies = [
+        _reply(1, _small(0.1), examples=10),
+        _reply(2, _small(0.4), examples=30),
+        _reply(3, nan),
+        _reply(4, {"a": REFERENCE["a"]}),  # missing tensor
+        _reply(5, {**_small(0.1), "c": np.zeros(1, np.float32)}),  # extra tensor
+        _reply(6, {"a": np.zeros((3, 2), np.float32), "b": REFERENCE["b"]}),  # wrong shape
+        _reply(7, {k: v.astype(np.float64) for k, v in _small(0.1).items()}),  # wrong dtype
+        _reply(8, _small(1e4)),  # far beyond what clipped DP-SGD can move
+        _reply(9, _small(0.1), examples=-3),
+        _reply(10, None, error="site crashed"),
+    ]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    averaged = from_array_record(arrays)
+    assert np.allclose(averaged["a"], (10 * 0.1 + 30 * 0.4) / 40)  # only sites 1 and 2, weighted by examples
+    status = {r.site_id: (r.status, r.reason) for r in strategy.replies[1]}
+    assert status["site-1"][0] == status["site-2"][0] == "trained"
+    expected = {"site-3": "NaN or Inf", "site-4": "missing ['b']", "site-5": "extra ['c']", "site-6": "shape",
+                "site-7": "dtype float64", "site-8": "beyond what this round's clipped training",
+                "site-9": "num-examples must be a positive number"}
+    for site, reason in expected.items():
+        assert status[site][0] == "rejected" and reason in status[site][1], status[site]
+    assert status["node-10"] == ("failed", "site crashed")
+
+    summary = site_summaries([{"round": 1, "sites": [r.as_dict() for r in strategy.replies[1]]}], {"dp": True})
+    rejected = {s["site_id"] for s in summary if s["rejected_rounds"] == [1]}
+    assert rejected == set(expected)
+
+
+def test_round_keeps_the_model_when_too_few_updates_remain(flower_process: None) -> None:
+    strategy = FedPathFedAvg(screen=UpdateScreen(REFERENCE, dp_bound=BOUND), min_accepted_updates=2,
+                             min_train_nodes=1, min_available_nodes=1)
+    arrays, metrics = strategy.aggregate_train(1, [_reply(1, _small(0.1)), _reply(2, _small(1e4))])
+    assert arrays is None and metrics is None
+
+
+def test_real_dp_updates_pass_the_automatic_bound(tmp_path) -> None:
+    """No false alarms: a genuine DP-SGD round moves the weights far less than the bound."""
+    config = RunConfig.from_mapping(tiny_run_config(lr=0.5))
+    classes = dataset_classes(config)
+    model, _ = initial_model(config, len(classes))
+    start = get_trainable_state(model)
+    identity = SiteIdentity("site-0", False, tmp_path, 8.0, 1e-4, partition_id=0, num_partitions=2)
+    result = run_round(identity, config, RoundRequest(1, 1, start, classes, frozen_fingerprint(model)))
+    norm = float(np.sqrt(sum(np.sum((result.update[k] - start[k]) ** 2) for k in start)))
+    bound = TrainingBound(config.lr, config.momentum, config.max_grad_norm, config.local_epochs, config.batch_size)
+    limit = dp_update_norm_bound(bound, result.metrics["num-examples"], result.metrics["noise-multiplier"],
+                                 sum(v.size for v in start.values()))
+    assert 0 < norm < limit / 2
+    assert UpdateScreen(start, dp_bound=bound).check(result.update, result.metrics) == ""
