@@ -26,7 +26,7 @@ from common.factory import initial_model
 from common.ledger import PrivacyLedger, site_lock
 from common.model import frozen_fingerprint, get_trainable_state, set_trainable_state
 from common.privacy import BudgetExhausted, calibrate_noise, check_round
-from common.training import TrainSettings, predict, steps_per_epoch, train_local
+from common.training import TrainSettings, grad_sample_mode_for, predict, steps_per_epoch, train_local
 
 log = logging.getLogger("fedpath.site")
 
@@ -150,7 +150,7 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
     started = time.time()
     check_classes(data.train.classes, request.classes, f"site {identity.site_id}'s data")
     train = data.train
-    delta = identity.delta if identity.delta is not None else config.site_delta(len(train))
+    delta = identity.delta if identity.delta is not None else config.site_delta(len(train) + len(data.val))
 
     if len(train) < config.min_site_examples:
         return _refusal(
@@ -184,6 +184,7 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
     settings = TrainSettings(
         epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
         seed=seed, dp=config.dp, max_grad_norm=config.max_grad_norm,
+        grad_sample_mode=grad_sample_mode_for(config.policy, config.grad_sample_mode),
     )
 
     if not config.dp:
@@ -191,9 +192,10 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
         return _trained(identity, data, model, outcome, config, delta, 0.0, float("nan"), started)
 
     if not delta < 1.0 / len(train):
+        hint = " (delta=0 means 1/(all site records), which needs a local validation split)" if config.delta == 0 else ""
         raise ValueError(
-            f"delta={delta} must be below 1/n = {1.0 / len(train):.3g} for site {identity.site_id} with "
-            f"n={len(train)} training records (otherwise releasing one record in the clear satisfies it)"
+            f"delta={delta:.4g} must be below 1/n = {1.0 / len(train):.4g} for site {identity.site_id} with "
+            f"n={len(train)} training records (otherwise releasing one record in the clear satisfies it){hint}"
         )
     with site_lock(identity.state_dir):
         ledger = PrivacyLedger.open(identity.state_dir, identity.site_id, delta, identity.epsilon_budget)

@@ -17,6 +17,7 @@ from common.model import ARCHITECTURES, POLICIES
 PARTITIONINGS = ("iid", "dirichlet")
 NAMED_DATASETS = ("synthetic", "pathmnist")
 NAMED_WEIGHTS = ("auto", "imagenet", "none")
+GRAD_SAMPLE_MODES = ("auto", "hooks", "ghost")
 
 
 class ConfigError(ValueError):
@@ -45,10 +46,12 @@ class RunConfig:
     delta: float = 1e-5
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
+    grad_sample_mode: str = "auto"
     partitioning: str = "iid"
     dirichlet_alpha: float = 0.5
     stain_shift: float = 0.0
     test_fraction: float = 0.2
+    public_fraction: float = 0.0
     val_fraction: float = 0.15
     seed: int = 42
     output_dir: str = "runs"
@@ -124,6 +127,10 @@ class RunConfig:
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         need(self.max_grad_norm > 0, f"max-grad-norm must be > 0, got {self.max_grad_norm}")
+        need(
+            self.grad_sample_mode in GRAD_SAMPLE_MODES,
+            f"grad-sample-mode {self.grad_sample_mode!r} is unknown; valid values: {', '.join(GRAD_SAMPLE_MODES)}",
+        )
         need(self.noise_multiplier >= 0, f"noise-multiplier must be >= 0 (0 = calibrate from epsilon), got {self.noise_multiplier}")
         if self.dp:
             need(self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon}")
@@ -134,6 +141,7 @@ class RunConfig:
         need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
         need(0 <= self.stain_shift <= 1, f"stain-shift must be in [0, 1], got {self.stain_shift}")
         need(0 < self.test_fraction < 1, f"test-fraction must be in (0, 1), got {self.test_fraction}")
+        need(0 <= self.public_fraction < 1, f"public-fraction must be in [0, 1), got {self.public_fraction}")
         need(0 <= self.val_fraction < 1, f"val-fraction must be in [0, 1), got {self.val_fraction}")
         need(0 < self.fraction_train <= 1, f"fraction-train must be in (0, 1], got {self.fraction_train}")
         need(self.min_train_nodes >= 1, f"min-train-nodes must be >= 1, got {self.min_train_nodes}")
@@ -153,7 +161,11 @@ class RunConfig:
             raise ConfigError("invalid run config:\n  - " + "\n  - ".join(problems))
 
     def site_delta(self, num_records: int) -> float:
-        """The delta a site of `num_records` training records uses (0 means 1/records)."""
+        """The delta of a site holding `num_records` records in all (0 means 1/records).
+
+        With the automatic choice, records include the site's validation split, so delta
+        stays below 1/(training records) as it must.
+        """
         return self.delta if self.delta > 0 else 1.0 / max(num_records, 1)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +13,7 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import common.dp_layers  # noqa: F401 - registers the Opacus grad/norm samplers used below
 from common.data.imageset import ImageSet
 from common.progress import progress
 
@@ -64,6 +66,7 @@ class TrainSettings:
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
     augment: bool = True
+    grad_sample_mode: str = "hooks"  # Opacus: "hooks" (per-sample gradients) or "ghost" (ghost clipping)
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,17 @@ class TrainOutcome:
     steps: int
     sample_rate: float
     history: list[tuple[float, float, int]] | None  # accountant history after training (DP only)
+
+
+def grad_sample_mode_for(policy: str, requested: str = "auto") -> str:
+    """Opacus mode for a policy: ghost clipping where convolutions train, hooks otherwise.
+
+    Both clip each sample's gradient to the same norm and add the same noise; only how the
+    per-sample norms are computed differs (benchmarked in docs/BENCHMARKS.md).
+    """
+    if requested != "auto":
+        return requested
+    return "ghost" if policy in ("full", "last-block") else "hooks"
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> tuple[int, float]:
@@ -101,19 +115,24 @@ def train_local(
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
     engine: PrivacyEngine | None = None
     train_model: nn.Module = model
+    criterion: Any = nn.CrossEntropyLoss()
     if settings.dp:
         engine = PrivacyEngine(accountant="rdp")
         engine.accountant.load_state_dict({"history": list(history or []), "mechanism": "rdp"})
-        train_model, optimizer, loader = engine.make_private(
+        private = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
             noise_multiplier=settings.noise_multiplier,
             max_grad_norm=settings.max_grad_norm,
             poisson_sampling=True,
-            grad_sample_mode="hooks",
+            grad_sample_mode=settings.grad_sample_mode,
+            **({"criterion": criterion} if settings.grad_sample_mode == "ghost" else {}),
         )
-    criterion = nn.CrossEntropyLoss()
+        if settings.grad_sample_mode == "ghost":
+            train_model, optimizer, criterion, loader = private
+        else:
+            train_model, optimizer, loader = private
     total_loss, loss_batches, steps = 0.0, 0, 0
     try:
         for epoch in range(settings.epochs):
@@ -127,9 +146,9 @@ def train_local(
                     loss = criterion(logits, labels)
                     total_loss += float(loss.detach())
                     loss_batches += 1
+                    loss.backward()
                 else:  # an empty Poisson batch still takes a (pure-noise) step, as the accountant assumes
-                    loss = logits.sum() * 0.0
-                loss.backward()
+                    (logits.sum() * 0.0).backward()
                 optimizer.step()
                 steps += 1
     finally:

@@ -124,7 +124,18 @@ def _file(spec: str, sha256: str) -> tuple[WeightsSource, dict[str, torch.Tensor
     digest = sha256_of(path)
     if expected and digest != expected:
         raise WeightsError(f"weights file {path} has SHA-256 {digest}, but {expected} was expected: refusing to use it")
-    return WeightsSource("file", f"local file {path.name}", str(path), digest), _load_state(path)
+    return WeightsSource("file", _provenance(path), str(path), digest), _load_state(path)
+
+
+def _provenance(path: Path) -> str:
+    """What a weights file is, from the `<file>.json` that `server.pretrain` writes."""
+    import json
+
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        return f"local file {path.name}: " + str(json.loads(sidecar.read_text())["description"])
+    except (OSError, ValueError, KeyError):
+        return f"local file {path.name} (provenance unknown)"
 
 
 def _sidecar_sha256(path: Path) -> str:

@@ -13,6 +13,7 @@ Flower's FedAvg does the weighted averaging. Around it this subclass:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,19 @@ class SiteReply:
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
         }
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exhausted)): (.+)$", re.MULTILINE)
+
+
+def failure_reason(reason: str) -> str:
+    """The site's own exception ("DataError: ...") from Flower's error text.
+
+    In simulation Flower wraps a ClientApp's exception in Ray's traceback; the line that
+    says what went wrong is the last `SomethingError: message` line.
+    """
+    found = [m for m in _EXCEPTION_LINE.finditer(reason) if "RayTaskError" not in m.group(1)]
+    return f"{found[-1].group(1)}: {found[-1].group(2).strip()}" if found else reason.strip()
 
 
 class FedPathFedAvg(FedAvg):
@@ -101,7 +115,8 @@ class FedPathFedAvg(FedAvg):
         node_id = msg.metadata.src_node_id
         down = self._bytes_down.get(server_round, 0)
         if msg.has_error():
-            return SiteReply(node_id, f"node-{node_id}", "failed", msg.error.reason, bytes_down=down), False
+            return SiteReply(node_id, f"node-{node_id}", "failed", failure_reason(msg.error.reason),
+                             bytes_down=down), False
         content = msg.content
         site = content.config_records.get("site", ConfigRecord())
         site_id = str(site.get("site-id", f"node-{node_id}"))

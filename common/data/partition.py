@@ -15,7 +15,7 @@ import numpy as np
 
 from common.data.imageset import DataError
 
-_TEST, _SITES, _VAL = 1, 2, 3  # independent random streams per purpose
+_TEST, _SITES, _VAL, _PUBLIC = 1, 2, 3, 5  # independent random streams per purpose
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,20 @@ def holdout_test(
     if not test_ids or not pool_ids:
         raise DataError(f"test-fraction={fraction} leaves an empty test set or pool with {len(table.members)} groups")
     return table.gather(pool_ids), table.gather(test_ids)
+
+
+def holdout_public(
+    groups: np.ndarray, labels: np.ndarray, indices: np.ndarray, num_classes: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(site pool, public share): groups no hospital holds, e.g. for source-domain pretraining."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if fraction <= 0:
+        return indices, np.zeros(0, dtype=np.int64)
+    table = GroupTable.build(groups, labels, indices, num_classes)
+    public_ids, pool_ids = _stratified_take(table, fraction, np.random.default_rng([seed, _PUBLIC]))
+    if not pool_ids:
+        raise DataError(f"public-fraction={fraction} leaves no data for the sites")
+    return table.gather(pool_ids), table.gather(public_ids)
 
 
 def partition_sites(

@@ -19,7 +19,7 @@ from common.config import RunConfig, resolve_path
 from common.data.folder import load_image_folder
 from common.data.imageset import DataError, ImageSet
 from common.data.npz import load_npz, load_pathmnist
-from common.data.partition import holdout_test, partition_sites, split_train_val
+from common.data.partition import holdout_public, holdout_test, partition_sites, split_train_val
 from common.data.stain import apply_stain_shift
 from common.data.synthetic import make_synthetic
 
@@ -61,12 +61,30 @@ def _load(config: RunConfig) -> tuple[ImageSet, ImageSet | None]:
     )
 
 
-def _split(config: RunConfig) -> tuple[ImageSet, np.ndarray, ImageSet]:
+def _split(config: RunConfig) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray]:
+    """(all images, indices the sites share, central test set, indices of the public share)."""
     pool, official_test = _load(config)
     if official_test is not None:
-        return pool, np.arange(len(pool)), official_test
-    pool_idx, test_idx = holdout_test(pool.groups, pool.labels, len(pool.classes), config.test_fraction, config.seed)
-    return pool, pool_idx, pool.subset(test_idx)
+        pool_idx, test = np.arange(len(pool)), official_test
+    else:
+        pool_idx, test_idx = holdout_test(pool.groups, pool.labels, len(pool.classes), config.test_fraction,
+                                          config.seed)
+        test = pool.subset(test_idx)
+    site_idx, public_idx = holdout_public(pool.groups, pool.labels, pool_idx, len(pool.classes),
+                                          config.public_fraction, config.seed)
+    return pool, site_idx, test, public_idx
+
+
+def public_share(config: RunConfig) -> ImageSet:
+    """Groups held out from every site and from the test set (`public-fraction`).
+
+    They stand for public data the coordinating centre may hold, e.g. to pretrain the
+    backbone non-privately (`python -m server.pretrain`): no hospital's data is in it.
+    """
+    pool, _, _, public_idx = _split(config)
+    if len(public_idx) == 0:
+        raise DataError("public-fraction is 0: there is no public share to use")
+    return pool.subset(public_idx)
 
 
 def central_test_set(config: RunConfig) -> ImageSet:
@@ -82,7 +100,7 @@ def simulated_site(config: RunConfig, site: int, num_sites: int) -> SiteData:
     """Site `site` of `num_sites` in a simulation: its share, split into train and val."""
     if not 0 <= site < num_sites:
         raise DataError(f"partition-id {site} is outside 0..{num_sites - 1}")
-    pool, pool_idx, _ = _split(config)
+    pool, pool_idx, _, _ = _split(config)
     shares = partition_sites(
         pool.groups, pool.labels, pool_idx, len(pool.classes), num_sites,
         config.partitioning, config.dirichlet_alpha, config.seed,

@@ -1,0 +1,160 @@
+"""Source-domain pretraining at the coordinating centre, on public data it holds.
+
+    python -m server.pretrain --data /path/to/public-imagefolder --out weights/resnet18-public.pth
+    python -m server.pretrain --public-share "dataset='../shared/data/lc25000-lung' public-fraction=0.2" \\
+        --out weights/resnet18-lc25000-public.pth
+
+ImageNet weights cannot be downloaded everywhere; a centre can instead pretrain the
+backbone (non-privately: the data is public) on pathology it may share, and the federation
+then fine-tunes from it with `weights=<file>`. With `--public-share`, the images are exactly
+the `public-fraction` of groups that `common.data.sources` holds out from every simulated
+hospital and from the test set, so no site's data is in the backbone.
+
+Writes the torchvision-format state dict, `<out>.sha256` (checked whenever the file is
+used) and `<out>.json` (what it was trained on: the report quotes it). It is never
+described as ImageNet: its provenance is what the JSON says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.config import ConfigError, RunConfig, load_app_config
+from common.data.folder import load_image_folder
+from common.data.imageset import DataError, ImageSet
+from common.data.partition import split_train_val
+from common.data.sources import public_share
+from common.logging_setup import setup_logging
+from common.model import ARCHITECTURES, load_backbone
+from common.progress import progress
+from common.training import as_tensor_dataset, device, normalise, random_dihedral
+from common.versions import versions
+from common.weights import WeightsError, resolve_weights, sha256_of
+
+log = logging.getLogger("fedpath.pretrain")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pretrain(
+    data: ImageSet, arch: str, epochs: int, batch_size: int, lr: float, seed: int, init_state: dict | None,
+    val_fraction: float = 0.1,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Ordinary (non-private) supervised training of a torchvision ResNet, BatchNorm included."""
+    torch.manual_seed(seed)
+    net = ARCHITECTURES[arch](weights=None)
+    if init_state is not None:
+        load_backbone(net, init_state, arch)
+    net.fc = nn.Linear(net.fc.in_features, len(data.classes))
+    train_idx, val_idx = split_train_val(data.groups, data.labels, np.arange(len(data)), len(data.classes),
+                                         val_fraction, seed, site=0)
+    train, val = data.subset(train_idx), data.subset(val_idx)
+    dev = device()
+    net.to(dev)
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(as_tensor_dataset(train), batch_size=batch_size, shuffle=True,
+                                         generator=generator, drop_last=len(train) > batch_size)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
+    history = []
+    for epoch in range(epochs):
+        net.train()
+        losses = []
+        for images, labels in progress(loader, desc=f"pretrain epoch {epoch + 1}/{epochs}", unit="batch"):
+            images = random_dihedral(images.to(dev), generator)
+            loss = nn.functional.cross_entropy(net(normalise(images)), labels.to(dev))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss))
+        accuracy = _accuracy(net, val) if len(val) else float("nan")
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_accuracy": accuracy})
+        log.info("epoch %d/%d: train loss %.3f, validation accuracy %.3f", epoch + 1, epochs, np.mean(losses), accuracy)
+    net.eval()
+    return net.cpu(), {"train_images": len(train), "val_images": len(val), "history": history}
+
+
+@torch.no_grad()
+def _accuracy(net: nn.Module, data: ImageSet) -> float:
+    net.eval()
+    correct = 0
+    for images, labels in torch.utils.data.DataLoader(as_tensor_dataset(data), batch_size=256):
+        correct += int((net(normalise(images.to(device()))).argmax(1).cpu() == labels).sum())
+    return correct / len(data)
+
+
+def write_weights(net: nn.Module, out: Path, provenance: dict[str, Any]) -> str:
+    """The state dict, its SHA-256 sidecar and a provenance JSON; returns the SHA-256."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
+    tmp.replace(out)
+    digest = sha256_of(out)
+    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
+    out.with_name(out.name + ".json").write_text(json.dumps({**provenance, "sha256": digest}, indent=1))
+    return digest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="an ImageFolder tree of public data held by the centre")
+    source.add_argument("--public-share", metavar="'K=V ...'",
+                        help="run-config overrides; pretrain on that run's public-fraction share of groups")
+    parser.add_argument("--out", type=Path, required=True, help="output .pth (plus .sha256 and .json beside it)")
+    parser.add_argument("--arch", default="resnet18", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default="auto", help="starting weights: auto, imagenet, none or a .pth path")
+    args = parser.parse_args(argv)
+    setup_logging()
+    started = time.time()
+    try:
+        if args.data is not None:
+            data = load_image_folder(args.data.resolve(), args.image_size)
+            described = f"ImageFolder {args.data.resolve()}"
+            config: RunConfig | None = None
+        else:
+            config = load_app_config(REPO / "pyproject.toml",
+                                     [args.public_share, f"image-size={args.image_size}", f"arch='{args.arch}'"])
+            data = public_share(config)
+            described = (f"public share (public-fraction={config.public_fraction}, seed={config.seed}, "
+                         f"test-fraction={config.test_fraction}) of {config.dataset}: groups held out from every "
+                         "simulated site and from the test set")
+        init_source, init_state = resolve_weights(args.init, args.arch, download=args.init == "imagenet")
+    except (ConfigError, DataError, WeightsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    log.info("pretraining %s on %d images (%d groups) of %s, from %s", args.arch, len(data),
+             len(set(data.groups.tolist())), described, init_source.description)
+    net, stats = pretrain(data, args.arch, args.epochs, args.batch_size, args.lr, args.seed, init_state)
+    provenance = {
+        "description": (f"{args.arch} pretrained (non-private) by server.pretrain on {len(data)} images, "
+                        f"{len(set(data.groups.tolist()))} groups of {described}; starting from "
+                        f"{init_source.description}. Not ImageNet weights."),
+        "arch": args.arch, "classes": data.classes, "image_size": args.image_size, "epochs": args.epochs,
+        "seed": args.seed, "init": init_source.as_dict(), "data": described, "images": len(data),
+        "groups": len(set(data.groups.tolist())), "seconds": round(time.time() - started, 1),
+        "versions": versions(), **stats,
+    }
+    digest = write_weights(net, args.out, provenance)
+    print(f"wrote {args.out} (SHA-256 {digest}); use it with --run-config \"weights='{args.out}'\"")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

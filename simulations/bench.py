@@ -1,0 +1,207 @@
+"""Benchmarks that print numbers: `python -m simulations.bench NAME [--quick]`.
+
+    throughput     local training images/s per policy, DP vs non-DP, 28 and 64 px, batch 64
+    communication  bytes per site per round for each policy and architecture
+    scale          wall time per round, peak memory and time outside local training vs sites
+
+Each prints one JSON object per result line (and nothing else on stdout), so results can be
+piped into files and tables; `--out FILE` also appends them there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig
+
+DEFAULT_POLICY = RunConfig().policy
+
+
+def emit(record: dict[str, Any], out: Path | None) -> None:
+    line = json.dumps(record, sort_keys=False)
+    print(line, flush=True)
+    if out is not None:
+        with open(out, "a") as handle:
+            handle.write(line + "\n")
+
+
+# -- throughput ----------------------------------------------------------------------------
+def _throughput_once(policy: str, image_size: int, dp: bool, images: int, batch: int, seed: int) -> float:
+    """Images/s of one epoch of the sites' real training function on synthetic patches."""
+    from common.data.synthetic import make_synthetic
+    from common.model import apply_policy, build_resnet
+    from common.training import TrainSettings, train_local
+
+    data = _synthetic(images, image_size, seed)
+    model = apply_policy(build_resnet("resnet18", len(data.classes), None, seed), policy)
+    settings = TrainSettings(epochs=1, batch_size=batch, lr=0.05, momentum=0.9, seed=seed, dp=dp,
+                             noise_multiplier=1.0, max_grad_norm=1.0)
+    warmup = make_synthetic(2 * batch, image_size, seed + 1)
+    train_local(model, warmup, settings, desc="warm-up")  # allocator and kernel warm-up
+    started = time.perf_counter()
+    outcome = train_local(model, data, settings, desc=f"{policy} {'DP' if dp else 'non-DP'} {image_size}px")
+    elapsed = time.perf_counter() - started
+    return outcome.num_examples / elapsed
+
+
+_SYNTHETIC: dict[tuple[int, int, int], Any] = {}
+
+
+def _synthetic(images: int, image_size: int, seed: int) -> Any:
+    from common.data.synthetic import make_synthetic
+
+    key = (images, image_size, seed)
+    if key not in _SYNTHETIC:
+        _SYNTHETIC[key] = make_synthetic(images, image_size, seed)
+    return _SYNTHETIC[key]
+
+
+def bench_throughput(quick: bool, out: Path | None) -> None:
+    """Non-DP and DP of each policy, back to back in this process, alternating, median of repeats."""
+    import torch
+
+    from common.model import POLICIES
+
+    repeats = 1 if quick else 3
+    for image_size in (28, 64):
+        for policy in POLICIES:
+            slow = policy in ("full", "last-block")
+            images = (256 if slow else 1024) if quick else (512 if slow else 3072)
+            if image_size == 64:
+                images //= 2
+            nondp, dp = [], []
+            for r in range(repeats):
+                nondp.append(_throughput_once(policy, image_size, False, images, 64, seed=r))
+                dp.append(_throughput_once(policy, image_size, True, images, 64, seed=r))
+            a, b = statistics.median(nondp), statistics.median(dp)
+            emit({
+                "bench": "throughput", "policy": policy, "image_size": image_size, "batch_size": 64,
+                "arch": "resnet18", "nondp_img_s": round(a, 1), "dp_img_s": round(b, 1), "ratio": round(b / a, 3),
+                "default": policy == DEFAULT_POLICY, "images": images, "repeats": repeats,
+                "threads": torch.get_num_threads(), "device": str(_device()),
+            }, out)
+
+
+def _device() -> Any:
+    from common.training import device
+
+    return device()
+
+
+# -- communication -------------------------------------------------------------------------
+def bench_communication(quick: bool, out: Path | None) -> None:
+    """Exact payload per site per round and direction, from the real model and Flower records."""
+    from common.model import ARCHITECTURES, POLICIES, apply_policy, build_resnet, count_bytes, get_trainable_state
+    from common.records import record_bytes, to_array_record
+
+    for arch in ARCHITECTURES:
+        for classes in (3, 9):
+            base = build_resnet(arch, classes, None, 0)
+            for policy in POLICIES:
+                state = get_trainable_state(apply_policy(base, policy))
+                emit({
+                    "bench": "communication", "arch": arch, "classes": classes, "policy": policy,
+                    "tensors": len(state), "values": int(sum(v.size for v in state.values())),
+                    "raw_bytes": count_bytes(state), "wire_bytes": record_bytes(to_array_record(state)),
+                    "default": policy == DEFAULT_POLICY,
+                }, out)
+
+
+# -- scale ---------------------------------------------------------------------------------
+def _sample_memory(flwr_home: Path, stop: threading.Event, peak: dict[str, float]) -> None:
+    from simulations.processes import processes_with_env
+
+    while not stop.is_set():
+        total = 0
+        for pid in processes_with_env("FLWR_HOME", str(flwr_home)):
+            try:
+                with open(f"/proc/{pid}/status") as handle:
+                    for line in handle:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1]) * 1024
+            except OSError:
+                continue
+        peak["rss"] = max(peak.get("rss", 0.0), float(total))
+        stop.wait(0.5)
+
+
+def bench_scale(quick: bool, out: Path | None) -> None:
+    """Real `flwr run` simulations with 5..50 sites; rounds after the first are timed."""
+    from simulations.run import run_simulation
+
+    per_site, rounds = (60, 3) if quick else (120, 4)
+    for sites in (5, 10, 20, 50):
+        with tempfile.TemporaryDirectory(prefix="fedpath-scale-") as tmp:
+            home = Path(tmp) / "flwr-home"
+            overrides = (
+                f"num-server-rounds={rounds} synthetic-images={int(per_site * sites / 0.68)} image-size=32 "
+                f"batch-size=32 epsilon=8.0 delta=1e-4 min-site-examples=5 bootstrap-samples=0 seed=3"
+            )
+            stop, peak = threading.Event(), {}
+            sampler = threading.Thread(target=_sample_memory, args=(home.resolve(), stop, peak), daemon=True)
+            sampler.start()
+            started = time.monotonic()
+            with open(Path(tmp) / "run.log", "w") as log:
+                run_dir = run_simulation(sites, [overrides], Path(tmp) / "runs", home, stream_to=log, timeout=3000)
+            total = time.monotonic() - started
+            stop.set()
+            sampler.join()
+            lines = [json.loads(t) for t in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            steady = lines[2:]  # round 1 includes starting Ray actors and loading data in them
+            walls = [b["time"] - a["time"] for a, b in zip(lines[1:], lines[2:])]
+            train = [sum(s["metrics"].get("train-seconds", 0.0) for s in line["sites"]) for line in steady]
+            emit({
+                "bench": "scale", "sites": sites, "rounds_timed": len(walls), "images_per_site": per_site,
+                "image_size": 32, "policy": DEFAULT_POLICY, "dp": True,
+                "wall_s_per_round": round(statistics.mean(walls), 2),
+                "local_training_s_per_round": round(statistics.mean(train), 2),
+                "share_outside_local_training": round(1 - statistics.mean(train) / statistics.mean(walls), 3),
+                "first_round_s": round(lines[1]["time"] - lines[0]["time"], 2),
+                "total_run_s": round(total, 1),
+                "peak_rss_mib": round(peak.get("rss", 0.0) / 2**20, 1),
+            }, out)
+
+
+BENCHES: dict[str, Callable[[bool, Path | None], None]] = {
+    "throughput": bench_throughput,
+    "communication": bench_communication,
+    "scale": bench_scale,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=sorted(BENCHES))
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (minutes on 2 CPU cores)")
+    parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
+    args = parser.parse_args(argv)
+    _quiet_logs()
+    BENCHES[args.name](args.quick, args.out)
+    return 0
+
+
+def _quiet_logs() -> None:
+    import logging
+
+    logging.getLogger("fedpath").setLevel(logging.WARNING)
+    logging.getLogger("fedpath.weights").setLevel(logging.ERROR)
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    for text in path.read_text().splitlines():
+        if text.strip():
+            yield json.loads(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
