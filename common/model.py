@@ -85,6 +85,7 @@ def build_resnet(
     num_classes: int,
     backbone_state: Mapping[str, torch.Tensor] | None,
     seed: int,
+    scratch_statistics: bool = True,
 ) -> nn.Module:
     """A DP-compatible ResNet with a new `num_classes` head.
 
@@ -93,7 +94,8 @@ def build_resnet(
     Without one (training from scratch) the BatchNorm statistics are estimated from
     Gaussian noise (`data_free_batchnorm_statistics`). The random parts are drawn from
     `seed`, so the server and every site build bit-identical frozen layers without
-    sending them over the network.
+    sending them over the network. (`scratch_statistics=False` skips the estimate, for
+    callers that only need the architecture, such as byte counts.)
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; valid values: {', '.join(ARCHITECTURES)}")
@@ -105,7 +107,7 @@ def build_resnet(
         net = ARCHITECTURES[arch](weights=None)
         if backbone_state is not None:
             load_backbone(net, backbone_state, arch)
-        else:
+        elif scratch_statistics:
             data_free_batchnorm_statistics(net)
         net.fc = nn.Linear(net.fc.in_features, num_classes)
     finally:

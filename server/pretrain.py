@@ -76,7 +76,7 @@ def pretrain(
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         accuracy = _accuracy(net, val) if len(val) else float("nan")
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_accuracy": accuracy})
         log.info("epoch %d/%d: train loss %.3f, validation accuracy %.3f", epoch + 1, epochs, np.mean(losses), accuracy)

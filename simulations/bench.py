@@ -35,7 +35,9 @@ def emit(record: dict[str, Any], out: Path | None) -> None:
 
 
 # -- throughput ----------------------------------------------------------------------------
-def _throughput_once(policy: str, image_size: int, dp: bool, images: int, batch: int, seed: int) -> float:
+def _throughput_once(
+    policy: str, image_size: int, dp: bool, images: int, batch: int, seed: int, mode: str = "hooks"
+) -> float:
     """Images/s of one epoch of the sites' real training function on synthetic patches."""
     from common.data.synthetic import make_synthetic
     from common.model import apply_policy, build_resnet
@@ -44,7 +46,7 @@ def _throughput_once(policy: str, image_size: int, dp: bool, images: int, batch:
     data = _synthetic(images, image_size, seed)
     model = apply_policy(build_resnet("resnet18", len(data.classes), None, seed), policy)
     settings = TrainSettings(epochs=1, batch_size=batch, lr=0.05, momentum=0.9, seed=seed, dp=dp,
-                             noise_multiplier=1.0, max_grad_norm=1.0)
+                             noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode)
     warmup = make_synthetic(2 * batch, image_size, seed + 1)
     train_local(model, warmup, settings, desc="warm-up")  # allocator and kernel warm-up
     started = time.perf_counter()
@@ -66,29 +68,37 @@ def _synthetic(images: int, image_size: int, seed: int) -> Any:
 
 
 def bench_throughput(quick: bool, out: Path | None) -> None:
-    """Non-DP and DP of each policy, back to back in this process, alternating, median of repeats."""
+    """Non-DP and DP of each policy, back to back in this process, alternating, median of repeats.
+
+    The DP path is the one sites use (`grad-sample-mode=auto`); where that is ghost
+    clipping, Opacus' plain hooks mode is measured too, for comparison.
+    """
     import torch
 
     from common.model import POLICIES
+    from common.training import grad_sample_mode_for
 
     repeats = 1 if quick else 3
     for image_size in (28, 64):
         for policy in POLICIES:
-            slow = policy in ("full", "last-block")
-            images = (256 if slow else 1024) if quick else (512 if slow else 3072)
-            if image_size == 64:
-                images //= 2
-            nondp, dp = [], []
-            for r in range(repeats):
-                nondp.append(_throughput_once(policy, image_size, False, images, 64, seed=r))
-                dp.append(_throughput_once(policy, image_size, True, images, 64, seed=r))
-            a, b = statistics.median(nondp), statistics.median(dp)
-            emit({
-                "bench": "throughput", "policy": policy, "image_size": image_size, "batch_size": 64,
-                "arch": "resnet18", "nondp_img_s": round(a, 1), "dp_img_s": round(b, 1), "ratio": round(b / a, 3),
-                "default": policy == DEFAULT_POLICY, "images": images, "repeats": repeats,
-                "threads": torch.get_num_threads(), "device": str(_device()),
-            }, out)
+            auto = grad_sample_mode_for(policy)
+            for mode in dict.fromkeys([auto, "hooks"]):
+                slow = mode == "hooks" and policy in ("full", "last-block")
+                images = (256 if slow else 1024) if quick else (512 if slow else 3072)
+                if image_size == 64:
+                    images //= 2
+                nondp, dp = [], []
+                for r in range(repeats):
+                    nondp.append(_throughput_once(policy, image_size, False, images, 64, seed=r))
+                    dp.append(_throughput_once(policy, image_size, True, images, 64, seed=r, mode=mode))
+                a, b = statistics.median(nondp), statistics.median(dp)
+                emit({
+                    "bench": "throughput", "policy": policy, "image_size": image_size, "batch_size": 64,
+                    "arch": "resnet18", "grad_sample_mode": mode, "sites_use": mode == auto,
+                    "nondp_img_s": round(a, 1), "dp_img_s": round(b, 1), "ratio": round(b / a, 3),
+                    "default": policy == DEFAULT_POLICY and mode == auto, "images": images, "repeats": repeats,
+                    "threads": torch.get_num_threads(), "device": str(_device()),
+                }, out)
 
 
 def _device() -> Any:
@@ -105,7 +115,7 @@ def bench_communication(quick: bool, out: Path | None) -> None:
 
     for arch in ARCHITECTURES:
         for classes in (3, 9):
-            base = build_resnet(arch, classes, None, 0)
+            base = build_resnet(arch, classes, None, 0, scratch_statistics=False)
             for policy in POLICIES:
                 state = get_trainable_state(apply_policy(base, policy))
                 emit({
@@ -186,8 +196,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
     _quiet_logs()
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("")
+        _write_meta(args)
     BENCHES[args.name](args.quick, args.out)
     return 0
+
+
+def _write_meta(args: argparse.Namespace) -> None:
+    """Beside --out: the command, date, machine and versions the lines were measured with."""
+    from datetime import UTC, datetime
+
+    from common.versions import machine, versions
+
+    meta = {
+        "command": f"python -m simulations.bench {args.name}" + (" --quick" if args.quick else ""),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "versions": versions(),
+    }
+    args.out.with_name(args.out.name + ".meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def _quiet_logs() -> None:

@@ -33,11 +33,14 @@ def _eps(row: dict[str, Any]) -> str:
 
 
 def _row_cells(row: dict[str, Any]) -> list[str]:
+    rounds = row.get("rounds") or []
+    start = _pct(rounds[0]["accuracy"]) if rounds else "-"
     return [row["label"], _acc(row), _pct(row.get("balanced_accuracy")), _pct(row.get("macro_f1")),
-            _pct(row.get("macro_auc")), _eps(row), f"{row.get('seconds', 0):.0f}" if row.get("seconds") else "-"]
+            _pct(row.get("macro_auc")), _eps(row), start, f"{row.get('seconds', 0):.0f}" if row.get("seconds") else "-"]
 
 
-HEADER = ["setting", "accuracy % (95% CI)", "balanced acc. %", "macro-F1 %", "macro AUC %", "max site ε", "seconds"]
+HEADER = ["setting", "accuracy % (95% CI)", "balanced acc. %", "macro-F1 %", "macro AUC %", "max site ε",
+          "round-0 acc. %", "seconds"]
 
 
 def markdown_table(result: dict[str, Any]) -> str:

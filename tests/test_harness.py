@@ -1,0 +1,56 @@
+"""The benchmark and experiment harness: output formats, not speeds (those are in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from simulations import bench, experiment
+from simulations.results import markdown_table
+
+
+def test_communication_bench_prints_one_json_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    bench.bench_communication(quick=True, out=None)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3 * 2 * 4  # archs x class counts x policies
+    norm_head = next(r for r in rows if r["arch"] == "resnet18" and r["classes"] == 3 and r["policy"] == "norm-head")
+    # 2 x 4,800 BatchNorm channels (scale and shift) + a 512 x 3 head with bias
+    assert norm_head["values"] == 2 * 4800 + 512 * 3 + 3 and norm_head["raw_bytes"] == 4 * norm_head["values"]
+    assert norm_head["default"] and norm_head["wire_bytes"] >= norm_head["raw_bytes"]
+
+
+def test_throughput_measures_the_sites_training_function() -> None:
+    speed = bench._throughput_once("head", 16, dp=True, images=64, batch=32, seed=0)
+    assert speed > 0
+
+
+def test_bench_writes_its_command_and_machine_beside_the_lines(tmp_path: Path) -> None:
+    out = tmp_path / "communication.jsonl"
+    assert bench.main(["communication", "--out", str(out)]) == 0
+    meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
+    assert meta["command"] == "python -m simulations.bench communication"
+    assert meta["machine"]["cores"] >= 1 and "torch" in meta["versions"]
+    assert len(out.read_text().splitlines()) == 24
+
+
+def test_experiment_skips_clearly_without_the_real_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert experiment.main(["baselines", "--quick", "--data", str(tmp_path / "absent"), "--out", str(tmp_path)]) == 0
+    assert "skipped: LC25000 lung data not found" in capsys.readouterr().err
+
+
+def test_scenario_run_config_is_valid_for_the_app() -> None:
+    scenario = experiment.Scenario("x", "synthetic", image_size=32, rounds=2, sites=3, epsilon=2.0, dp=True)
+    config = scenario.config()
+    assert (config.epsilon, config.image_size, config.num_server_rounds, config.partitioning) == (2.0, 32, 2, "dirichlet")
+
+
+def test_markdown_table_states_whether_targets_are_met() -> None:
+    rows = [{"label": "pooled non-private", "kind": "centralised", "accuracy": 0.9, "accuracy_ci95": [0.88, 0.92]},
+            {"label": "FedAvg DP", "kind": "federated", "accuracy": 0.87, "accuracy_ci95": [0.85, 0.89],
+             "max_site_epsilon": 7.99}]
+    text = markdown_table({"rows": rows, "targets": {
+        "dp_minus_pooled_points": -3.0, "within_2_points_of_pooled": False,
+        "dp_minus_mean_local_points": 10.0, "above_mean_local_only": True}})
+    assert "90.0 (88.0-92.0)" in text and "7.99" in text and "NOT met" in text
