@@ -98,7 +98,7 @@ def _metrics(
 def _refusal(identity: SiteIdentity, data: ImageSet | None, reason: str, ledger: PrivacyLedger | None,
              config: RunConfig, delta: float) -> RoundResult:
     log.warning("site %s refuses this round: %s", identity.site_id, reason)
-    epsilon = ledger.epsilon() if ledger is not None else 0.0
+    epsilon = ledger.epsilon() if ledger is not None else PrivacyLedger.spent_so_far(identity.state_dir)
     return RoundResult(
         site_id=identity.site_id,
         status="refused",

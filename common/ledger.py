@@ -87,6 +87,17 @@ class PrivacyLedger:
             plans=dict(data.get("plans", {})),
         )
 
+    @staticmethod
+    def spent_so_far(state_dir: Path) -> float:
+        """The epsilon a site's ledger records (0.0 when it has never trained), without opening it
+        for writing: for replies that must state the site's spend before any round is planned."""
+        path = Path(state_dir) / LEDGER_FILE
+        if not path.exists():
+            return 0.0
+        data = _read(path)
+        return epsilon_of([(float(s), float(q), int(n)) for s, q, n in data["accountant"]["history"]],
+                          float(data["delta"]))
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,

@@ -6,6 +6,7 @@ small enough to check against hand-computed cases in tests/test_metrics.py.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -136,17 +137,80 @@ def bootstrap_ci(
     n = len(y_true)
     if n == 0 or samples <= 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
     values = []
-    for _ in range(samples):
-        idx = rng.integers(0, n, n)
+    for idx in bootstrap_indices(n, samples, seed):
         value = metric(np.asarray(y_true)[idx], probs[idx])
         if not np.isnan(value):
             values.append(value)
-    if not values:
+    return _percentiles(np.asarray(values), level)
+
+
+def bootstrap_indices(n: int, samples: int, seed: int) -> np.ndarray:
+    """(samples, n) resampling indices; shared by the generic and the vectorised bootstrap."""
+    return np.random.default_rng(seed).integers(0, n, (samples, n))
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
         return float("nan"), float("nan")
     tail = (1.0 - level) / 2.0
     return float(np.quantile(values, tail)), float(np.quantile(values, 1.0 - tail))
+
+
+def bootstrap_headline_cis(
+    y_true: np.ndarray, probs: np.ndarray, samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Bootstrap intervals of every headline metric at once, vectorised over resamples.
+
+    A resample is a vector of counts (how often each example was drawn), so each metric
+    becomes a weighted metric: confusion matrices are one matrix product, and AUCs come
+    from per-score-block weight sums. Same indices and same values as `bootstrap_ci` with
+    the per-metric functions (tests/test_metrics.py checks), ~100x faster.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    n, classes = probs.shape
+    if n == 0 or samples <= 0:
+        return {name: (float("nan"), float("nan")) for name in HEADLINE}
+    idx = bootstrap_indices(n, samples, seed)
+    weights = np.zeros((samples, n))
+    np.add.at(weights, (np.repeat(np.arange(samples), n), idx.ravel()), 1.0)
+    pred = probs.argmax(axis=1)
+    cells = np.zeros((n, classes * classes))
+    cells[np.arange(n), y_true * classes + pred] = 1.0
+    cm = (weights @ cells).reshape(samples, classes, classes)
+    tp = np.diagonal(cm, axis1=1, axis2=2)
+    support, predicted = cm.sum(axis=2), cm.sum(axis=1)
+    present = support > 0
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows (a resample lacking classes) stay NaN
+        recall = np.where(present, tp / np.where(present, support, 1), np.nan)
+        precision = np.where(predicted > 0, tp / np.where(predicted > 0, predicted, 1), 0.0)
+        f1 = np.where(precision + np.nan_to_num(recall) > 0,
+                      2 * precision * np.nan_to_num(recall) / (precision + np.nan_to_num(recall) + 1e-300), 0.0)
+        values = {
+            "accuracy": tp.sum(axis=1) / n,
+            "balanced_accuracy": np.nanmean(recall, axis=1),
+            "macro_f1": np.nanmean(np.where(present, f1, np.nan), axis=1),
+            "macro_auc": np.nanmean(np.stack([_weighted_auc(weights, y_true == c, probs[:, c])
+                                              for c in range(classes)], axis=1), axis=1),
+        }
+    return {name: _percentiles(v, level) for name, v in values.items()}
+
+
+def _weighted_auc(weights: np.ndarray, is_positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUC for each row of example weights (ties count one half); NaN without both classes."""
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(sorted_scores)) + 1])
+    w = weights[:, order]
+    pos = np.add.reduceat(w * is_positive[order], starts, axis=1)
+    neg = np.add.reduceat(w * ~is_positive[order], starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negatives with strictly lower scores
+    total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((total_pos > 0) & (total_neg > 0),
+                        (pos * (below + 0.5 * neg)).sum(axis=1) / (total_pos * total_neg), np.nan)
 
 
 def full_evaluation(
@@ -156,9 +220,7 @@ def full_evaluation(
     y_true = np.asarray(y_true)
     cm = confusion_matrix(y_true, probs.argmax(axis=1), len(classes))
     out: dict[str, Any] = headline_metrics(y_true, probs)
-    out["ci95"] = {
-        name: list(bootstrap_ci(y_true, probs, fn, bootstrap_samples, seed)) for name, fn in HEADLINE.items()
-    }
+    out["ci95"] = {name: list(ci) for name, ci in bootstrap_headline_cis(y_true, probs, bootstrap_samples, seed).items()}
     out["per_class"] = {"classes": list(classes), **per_class(cm)}
     out["confusion_matrix"] = cm.astype(int).tolist()
     reliability = reliability_bins(y_true, probs)

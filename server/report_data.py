@@ -2,45 +2,81 @@
 
 Kept apart from the server loop so a finished (or crashed) run's report can be rebuilt,
 or compared with baselines, without retraining: `python -m server.report RUN_DIR`.
+The schema is documented in docs/REPORT.md; `REPORT_SCHEMA` names its version.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from server.report_format import privacy_statement
 from server.run_store import RunStore
 
+REPORT_SCHEMA = "fedpath-report/1"
 HEADLINE_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "loss")
+SITE_STATUSES = ("trained", "refused", "failed", "rejected")
 
 
 def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(float(value)) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(float(value)) else None
+
+
+def _natural_key(text: str) -> tuple:
+    """site-2 before site-10."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text))
+
+
+def _node_names(rounds: list[dict[str, Any]]) -> dict[Any, str]:
+    """node id -> the site id it gave in any reply.
+
+    A failed reply carries no site id (the site never answered), only Flower's node id; the
+    same node's other replies say which site it is, so its failure is shown under its name.
+    """
+    names: dict[Any, str] = {}
+    for line in rounds:
+        for reply in line.get("sites", []):
+            if reply.get("status") != "failed" and reply.get("node_id") is not None:
+                names.setdefault(reply["node_id"], reply["site_id"])
+    return names
 
 
 def site_summaries(rounds: list[dict[str, Any]], config: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-site totals over all rounds; epsilon is the latest cumulative spend reported."""
+    names = _node_names(rounds)
     by_site: dict[str, dict[str, Any]] = {}
     for line in rounds:
         for reply in line.get("sites", []):
-            site = by_site.setdefault(reply["site_id"], {
-                "site_id": reply["site_id"], "num_examples": 0, "class_counts": [], "rounds_participated": [],
-                "local_val_accuracy": None, "epsilon": 0.0 if config.get("dp", True) else None,
+            site_id = reply["site_id"]
+            if reply.get("status") == "failed":
+                site_id = names.get(reply.get("node_id"), site_id)
+            site = by_site.setdefault(site_id, {
+                "site_id": site_id, "num_examples": 0, "class_counts": [], "rounds_participated": [],
+                "local_val_accuracy": None, "epsilon": None,  # unknown until the site reports it
                 "epsilon_budget": None, "delta": None, "noise_multiplier": None,
                 "max_grad_norm": config.get("max-grad-norm"), "refused_rounds": [], "failed_rounds": [],
-                "rejected_rounds": [], "reasons": [], "skipped_files": 0,
+                "rejected_rounds": [], "reasons": [], "skipped_files": 0, "dp": bool(config.get("dp", True)),
+                "val_examples": None, "steps": 0,
             })
             metrics = reply.get("metrics") or {}
             if reply.get("class_counts"):
                 site["class_counts"] = reply["class_counts"]
+            if "dp" in metrics and _finite(metrics["dp"]) is not None:
+                site["dp"] = bool(metrics["dp"])
+                if not site["dp"]:
+                    site["epsilon"] = None
             for key, name in (("epsilon-budget", "epsilon_budget"), ("max-grad-norm", "max_grad_norm")):
                 if _finite(metrics.get(key)) is not None:
                     site[name] = metrics[key]
             if metrics.get("skipped-files"):
                 site["skipped_files"] = int(metrics["skipped-files"])
-            if metrics.get("dp") and _finite(metrics.get("epsilon")) is not None:
+            if site["dp"] and metrics.get("dp") and _finite(metrics.get("epsilon")) is not None:
                 site["epsilon"] = max(float(site["epsilon"] or 0.0), float(metrics["epsilon"]))
             if _finite(metrics.get("delta")):
                 site["delta"] = metrics["delta"]
@@ -49,49 +85,90 @@ def site_summaries(rounds: list[dict[str, Any]], config: dict[str, Any]) -> list
                 site["num_examples"] = int(metrics.get("num-examples", site["num_examples"]) or 0)
                 site["rounds_participated"].append(line["round"])
                 site["local_val_accuracy"] = _finite(metrics.get("val-accuracy"))
+                if _finite(metrics.get("val-examples")) is not None:
+                    site["val_examples"] = int(metrics["val-examples"])
+                site["steps"] += int(_finite(metrics.get("steps")) or 0)
                 if _finite(metrics.get("noise-multiplier")):
                     site["noise_multiplier"] = metrics["noise-multiplier"]
-            if status != "trained":
+            if status != "trained" and status in SITE_STATUSES:
                 site[f"{status}_rounds"].append(line["round"])
                 site["reasons"].append({"round": line["round"], "status": status, "reason": reply.get("reason", "")})
-    return [by_site[k] for k in sorted(by_site, key=_natural_key)]
-
-
-def _natural_key(text: str) -> tuple:
-    import re
-
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+    summaries = [by_site[k] for k in sorted(by_site, key=_natural_key)]
+    for site in summaries:
+        if not site["dp"]:
+            site["epsilon"] = None
+        site["privacy_statement"] = privacy_statement(site)
+    return summaries
 
 
 def communication(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bytes on the wire per site per round (what the server sent and received), and totals."""
+    names = _node_names(rounds)
     per_round = []
+    per_site: dict[str, dict[str, int]] = defaultdict(lambda: {"bytes_down": 0, "bytes_up": 0, "replies": 0})
     totals: dict[str, int] = defaultdict(int)
     for line in rounds:
         for reply in line.get("sites", []):
-            per_round.append({
-                "round": line["round"], "site_id": reply["site_id"],
-                "bytes_down": reply.get("bytes_down", 0), "bytes_up": reply.get("bytes_up", 0),
-            })
-            totals["down"] += int(reply.get("bytes_down", 0))
-            totals["up"] += int(reply.get("bytes_up", 0))
-    return {"per_site_round": per_round, "total_bytes_down": totals["down"], "total_bytes_up": totals["up"]}
+            site_id = names.get(reply.get("node_id"), reply["site_id"]) if reply.get("status") == "failed" \
+                else reply["site_id"]
+            down, up = int(reply.get("bytes_down", 0) or 0), int(reply.get("bytes_up", 0) or 0)
+            per_round.append({"round": line["round"], "site_id": site_id, "bytes_down": down, "bytes_up": up})
+            per_site[site_id]["bytes_down"] += down
+            per_site[site_id]["bytes_up"] += up
+            per_site[site_id]["replies"] += 1
+            totals["down"] += down
+            totals["up"] += up
+    return {
+        "per_site_round": per_round,
+        "per_site": [{"site_id": k, **per_site[k]} for k in sorted(per_site, key=_natural_key)],
+        "total_bytes_down": totals["down"],
+        "total_bytes_up": totals["up"],
+    }
 
 
-def compose_report(run_dir: Path) -> dict[str, Any]:
+def _status(run: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, Any] | None) -> tuple[bool, str | None]:
+    """Whether the run finished, and if not, what the report can and cannot show."""
+    planned = run.get("config", {}).get("num-server-rounds")
+    done = rounds[-1]["round"] if rounds else None
+    if final is not None and run.get("end") is not None:
+        return True, None
+    recorded = (f"rounds up to {done} of {planned} planned were recorded" if rounds else
+                f"no round of {planned} planned was recorded")
+    if final is None:
+        return False, (f"The run did not finish: there is no final evaluation (final-eval.json), so no "
+                       f"confidence intervals, confusion matrix or calibration; {recorded}. "
+                       f"It crashed, was stopped, or is still running.")
+    return False, (f"The run did not record its end (run.json has no end time); {recorded}, "
+                   f"and the final evaluation describes round {final.get('round')}.")
+
+
+def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The whole report as one JSON-able dict (see docs/REPORT.md for every key)."""
     store = RunStore(run_dir)
     run = store.read_json("run.json")
     rounds = store.rounds()
     final = store.read_json("final-eval.json") if (run_dir / "final-eval.json").exists() else None
     config = run.get("config", {})
     weights = run.get("weights", {})
+    complete, incomplete_reason = _status(run, rounds, final)
+    if final is not None:
+        final = {**final, "ci95_method": (
+            f"percentile bootstrap over test examples, {config.get('bootstrap-samples', 'n/a')} resamples")}
+    start, end = _finite(run.get("start")), _finite(run.get("end"))
     return {
+        "schema": REPORT_SCHEMA,
+        "generated": time.time(),
         "run": {
             "run_id": run.get("run_id"),
+            "run_dir": str(Path(run_dir).resolve()),
             "config": config,
             "start": run.get("start"),
             "end": run.get("end"),
+            "duration_s": end - start if start is not None and end is not None else None,
+            "resumed": run.get("resumed", []),
             "versions": run.get("versions", {}),
             "weights_source": weights.get("kind"),
+            "weights_pretrained": weights.get("kind") not in (None, "none"),
             "weights_description": weights.get("description"),
             "weights_sha256": weights.get("sha256"),
             "weights_path": weights.get("path"),
@@ -99,13 +176,17 @@ def compose_report(run_dir: Path) -> dict[str, Any]:
             "test_examples": run.get("test_examples"),
             "test_class_counts": run.get("test_class_counts"),
             "trainable_parameters": run.get("trainable_parameters"),
-            "complete": final is not None and run.get("end") is not None,
+            "rounds_planned": config.get("num-server-rounds"),
+            "rounds_completed": max((line["round"] for line in rounds), default=None),
+            "complete": complete,
+            "incomplete_reason": incomplete_reason,
         },
         "rounds": [
-            {"round": line["round"], **{k: line.get(k) for k in HEADLINE_KEYS}, "sites": line.get("sites", [])}
+            {"round": line["round"], **{k: _finite(line.get(k)) for k in HEADLINE_KEYS}, "sites": line.get("sites", [])}
             for line in rounds
         ],
         "final": final,
         "sites": site_summaries(rounds, config),
         "communication": communication(rounds),
+        "baselines": list(baselines or []),
     }

@@ -127,48 +127,55 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+BENCH_TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "throughput": ("throughput: local training images/s, DP vs non-DP (ResNet-18, batch 64)", [
+        ("policy", "policy"), ("px", "image_size"), ("DP path", "grad_sample_mode"), ("sites use it", "sites_use"),
+        ("non-DP img/s", "nondp_img_s"), ("DP img/s", "dp_img_s"), ("DP/non-DP", "ratio"), ("default", "default"),
+    ]),
+    "communication": ("communication: bytes per site per round, each direction", [
+        ("arch", "arch"), ("classes", "classes"), ("policy", "policy"), ("tensors", "tensors"), ("values", "values"),
+        ("raw bytes", "raw_bytes"), ("on the wire", "wire_bytes"), ("default", "default"),
+    ]),
+    "scale": ("scale: simulated sites in Flower's simulation engine (one machine)", [
+        ("sites", "sites"), ("images/site", "images_per_site"), ("wall s/round", "wall_s_per_round"),
+        ("local training s/round", "local_training_s_per_round"),
+        ("share outside local training", "share_outside_local_training"), ("first round s", "first_round_s"),
+        ("peak RSS MiB", "peak_rss_mib"),
+    ]),
+}
+
+BENCH_NOTES = {
+    "scale": (
+        "\nRounds after the first are timed (the first also starts Ray actors and loads data). Local training "
+        "time is the sum of the sites' own `train-seconds` (data loading, model building, DP-SGD, local "
+        "validation); the rest is Flower, Ray and the server (sampling, messaging, aggregation, central "
+        "evaluation, checkpoints). Peak RSS sums every process of the run (SuperLink, ServerApp, Ray and its "
+        "actors). Beyond one machine: `docs/SCALING.md`.\n"
+    ),
+}
+
+
+def _throughput_verdict(rows: list[dict[str, Any]]) -> str:
+    default = [r for r in rows if r.get("default")]
+    if not default:
+        return ""
+    worst = min(r["ratio"] for r in default)
+    return (f"\nTarget for the default policy: DP/non-DP ≥ 0.7 — lowest measured {worst:.2f}: "
+            f"**{'met' if worst >= 0.7 else 'NOT met'}**. (Raw Opacus `hooks` mode on full ResNet-18 is the "
+            "`full`/`hooks` row.)\n")
+
+
 def _bench_section() -> str:
     out = []
-    rows, meta = _bench_rows("throughput")
-    out.append("### throughput: local training images/s, DP vs non-DP (ResNet-18, batch 64)\n")
-    if rows:
+    for name, (title, columns) in BENCH_TABLES.items():
+        rows, meta = _bench_rows(name)
+        out.append(f"### {title}\n")
+        if not rows:
+            out.append(f"Not run yet: `python -m simulations.bench {name}`.\n")
+            continue
         out.append(_meta_line(meta) + "\n" if meta else "")
-        out.append(_table(rows, [("policy", "policy"), ("px", "image_size"), ("DP path", "grad_sample_mode"),
-                                 ("sites use it", "sites_use"), ("non-DP img/s", "nondp_img_s"),
-                                 ("DP img/s", "dp_img_s"), ("DP/non-DP", "ratio"), ("default", "default")]))
-        default = [r for r in rows if r.get("default")]
-        worst = min(r["ratio"] for r in default) if default else None
-        if worst is not None:
-            verdict = "met" if worst >= 0.7 else "NOT met"
-            out.append(f"\nTarget for the default policy: DP/non-DP ≥ 0.7 — lowest measured {worst:.2f}: **{verdict}**. "
-                       "(Raw Opacus `hooks` mode on full ResNet-18 is the `full`/`hooks` row.)\n")
-    else:
-        out.append("Not run yet: `python -m simulations.bench throughput`.\n")
-    rows, meta = _bench_rows("communication")
-    out.append("\n### communication: bytes per site per round, each direction\n")
-    if rows:
-        out.append(_meta_line(meta) + "\n" if meta else "")
-        out.append(_table(rows, [("arch", "arch"), ("classes", "classes"), ("policy", "policy"),
-                                 ("tensors", "tensors"), ("values", "values"), ("raw bytes", "raw_bytes"),
-                                 ("on the wire", "wire_bytes"), ("default", "default")]))
-    else:
-        out.append("Not run yet: `python -m simulations.bench communication`.\n")
-    rows, meta = _bench_rows("scale")
-    out.append("\n### scale: simulated sites in Flower's simulation engine (one machine)\n")
-    if rows:
-        out.append(_meta_line(meta) + "\n" if meta else "")
-        out.append(_table(rows, [("sites", "sites"), ("images/site", "images_per_site"),
-                                 ("wall s/round", "wall_s_per_round"), ("local training s/round", "local_training_s_per_round"),
-                                 ("share outside local training", "share_outside_local_training"),
-                                 ("first round s", "first_round_s"), ("peak RSS MiB", "peak_rss_mib")]))
-        out.append("\nRounds after the first are timed (the first also starts Ray actors and loads data). "
-                   "Local training time is the sum of the sites' own `train-seconds` (data loading, model "
-                   "building, DP-SGD, local validation); the rest is Flower, Ray and the server "
-                   "(sampling, messaging, aggregation, central evaluation, checkpoints). Peak RSS sums every "
-                   "process of the run (SuperLink, ServerApp, Ray and its actors). Beyond one machine: "
-                   "`docs/SCALING.md`.\n")
-    else:
-        out.append("Not run yet: `python -m simulations.bench scale`.\n")
+        out.append(_table(rows, columns))
+        out.append(_throughput_verdict(rows) if name == "throughput" else BENCH_NOTES.get(name, ""))
     return "\n".join(out)
 
 

@@ -89,3 +89,28 @@ def test_full_evaluation_has_every_section() -> None:
     assert out["accuracy"] == pytest.approx(0.75)
     assert set(out["ci95"]) == {"accuracy", "balanced_accuracy", "macro_f1", "macro_auc"}
     assert out["per_class"]["classes"] == ["a", "b", "c"]
+
+
+def test_vectorised_bootstrap_equals_the_per_resample_definition() -> None:
+    from common.metrics import HEADLINE, bootstrap_headline_cis
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 120)
+    probs = rng.dirichlet([1, 1, 1], 120)
+    probs[:10] = probs[10:20]  # ties in scores
+    y[:5] = 2
+    fast = bootstrap_headline_cis(y, probs, samples=200, seed=9)
+    for name, fn in HEADLINE.items():
+        assert fast[name] == pytest.approx(bootstrap_ci(y, probs, fn, samples=200, seed=9), abs=1e-12), name
+
+
+def test_vectorised_bootstrap_handles_a_class_missing_from_some_resamples() -> None:
+    from common.metrics import bootstrap_headline_cis
+
+    y = np.array([0] * 40 + [1] * 40 + [2])  # class 2 is absent from many resamples
+    probs = np.tile([0.6, 0.3, 0.1], (81, 1))
+    probs[40:, :] = [0.2, 0.7, 0.1]
+    cis = bootstrap_headline_cis(y, probs, samples=300, seed=1)
+    assert all(np.isfinite(v).all() for v in cis.values())
+    low, high = cis["balanced_accuracy"]
+    assert 0 < low <= high <= 1

@@ -124,3 +124,13 @@ def test_calibrated_noise_uses_remaining_budget_after_earlier_spend() -> None:
     assert epsilon_of([(fresh, 0.1, 100), (after_spend, 0.1, 100)], 1e-5) <= 8.0
     assert epsilon_of([(fresh, 0.1, 100), (after_spend * 0.98, 0.1, 100)], 1e-5) > 8.0  # tight
     assert np.isfinite(after_spend) and after_spend > 0
+
+
+def test_a_refusal_before_training_still_reports_the_real_cumulative_spend(tmp_path: Path) -> None:
+    """E.g. a site that spent budget in an earlier run and now has too few examples."""
+    config = RunConfig.from_mapping(tiny_run_config(**{"num-server-rounds": 2}))
+    state = tmp_path / "site-0"
+    spent = run_round(_site(state), config, _request(config, 1)).metrics["epsilon"]
+    strict = RunConfig.from_mapping(tiny_run_config(**{"num-server-rounds": 2, "min-site-examples": 10_000}))
+    refused = run_round(_site(state), strict, _request(strict, 2))
+    assert spent > 0 and refused.status == "refused" and refused.metrics["epsilon"] == pytest.approx(spent)
