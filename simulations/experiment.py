@@ -114,6 +114,8 @@ def federated(scenario: Scenario, workdir: Path) -> dict[str, Any]:
         "max_site_epsilon": max(eps) if eps else None,
         "site_delta": [s["delta"] for s in sites][:1],
         "refused_rounds": sum(len(s["refused_rounds"]) for s in sites),
+        "rejected_updates": sum(len(s["rejected_rounds"]) for s in sites),
+        "failed_replies": sum(len(s.get("failed_rounds", [])) for s in sites),
         "weights": report["run"]["weights_description"], "seconds": round(time.time() - started, 1),
     }
 
@@ -260,6 +262,15 @@ def exp_privacy_utility(quick: bool, data: Path, out: Path, workdir: Path) -> di
     return {"rows": rows, "weights": str(weights.name)}
 
 
+def transfer_lr(policy: str, dp: bool) -> float:
+    """Learning rates per policy: training convolutions needs smaller steps, and without
+    DP's clipping smaller still (at 0.02 unclipped full training from scratch diverges to NaN
+    with frozen BatchNorm statistics, and the server rightly rejects every update)."""
+    if policy in ("norm-head", "head"):
+        return 0.1
+    return 0.02 if dp else 0.005
+
+
 def exp_transfer(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
     from common.model import POLICIES
 
@@ -276,7 +287,7 @@ def exp_transfer(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str,
             for dp in (True, False):
                 label = f"{policy}, {source}, {'DP epsilon=8' if dp else 'non-private'}"
                 scenario = dataclasses.replace(base, label=label, policy=policy, weights=spec, dp=dp,
-                                               lr=0.1 if policy in ("norm-head", "head") else 0.02)
+                                               lr=transfer_lr(policy, dp))
                 row = federated(scenario, workdir)
                 row.update(policy=policy, source=source, dp=dp)
                 rows.append(row)

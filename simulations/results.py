@@ -35,12 +35,15 @@ def _eps(row: dict[str, Any]) -> str:
 def _row_cells(row: dict[str, Any]) -> list[str]:
     rounds = row.get("rounds") or []
     start = _pct(rounds[0]["accuracy"]) if rounds else "-"
+    problems = [f"{row[k]} {what}" for k, what in (("rejected_updates", "rejected"), ("failed_replies", "failed"),
+                                                   ("refused_rounds", "refused")) if row.get(k)]
     return [row["label"], _acc(row), _pct(row.get("balanced_accuracy")), _pct(row.get("macro_f1")),
-            _pct(row.get("macro_auc")), _eps(row), start, f"{row.get('seconds', 0):.0f}" if row.get("seconds") else "-"]
+            _pct(row.get("macro_auc")), _eps(row), start, ", ".join(problems) or "-",
+            f"{row.get('seconds', 0):.0f}" if row.get("seconds") else "-"]
 
 
 HEADER = ["setting", "accuracy % (95% CI)", "balanced acc. %", "macro-F1 %", "macro AUC %", "max site ε",
-          "round-0 acc. %", "seconds"]
+          "round-0 acc. %", "site updates not used", "seconds"]
 
 
 def markdown_table(result: dict[str, Any]) -> str:
