@@ -3,13 +3,16 @@
 Flower's Ray backend calls `ray.init()` without an address, and Ray then joins the cluster
 named by `RAY_ADDRESS`. This starts a real Ray head on 127.0.0.1 (a one-node "cluster"; a
 multi-node one is the same with workers joined by `ray start --address=HEAD:PORT`), runs a
-real `flwr run` simulation with `RAY_ADDRESS` set, and checks the simulation joined it.
+real `flwr run` simulation with `RAY_ADDRESS` set, and checks in the cluster's own logs that
+the simulation's ClientApp actors ran there (Ray's "Connecting to existing Ray cluster" line is
+printed by the simulation process and does not reach `flwr run --stream`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -45,10 +48,17 @@ def test_simulation_joins_an_existing_ray_cluster(tmp_path: Path, monkeypatch: p
                     "bootstrap-samples=20"],
                 tmp_path / "runs", tmp_path / "flwr-home", stream_to=stream, timeout=400,
             )
-        text = log.read_text()
-        assert "Connecting to existing Ray cluster" in text, text[-3000:]
+        cluster_logs = temp_dir / "session_latest" / "logs"
+        actors_run_by_cluster = [
+            f.name for f in cluster_logs.glob("worker-*.out") if "ClientAppActor" in f.read_text(errors="replace")
+        ]
+        assert actors_run_by_cluster, (
+            f"no ClientAppActor ran on the Ray cluster ({cluster_logs}); simulation log tail:\n"
+            + log.read_text()[-3000:]
+        )
         report = json.loads((run_dir / "report.json").read_text())
         assert [r["round"] for r in report["rounds"]] == [0, 1]
         assert all(s["rounds_participated"] == [1] for s in report["sites"])
     finally:
         kill_processes_with_env("FEDPATH_RAY_TEST", marker)
+        shutil.rmtree(temp_dir, ignore_errors=True)
