@@ -12,6 +12,7 @@ The same ClientApp serves both worlds:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from common.config import ConfigError, RunConfig, resolve_path
 from common.paths import run_dir
 
 DEPLOYMENT_KEYS = ("data-path", "site-id", "epsilon-budget", "delta", "state-dir")
+OPTIONAL_DEPLOYMENT_KEYS = ("allow-non-private", "strict")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,29 @@ def _truthy(value: Any) -> bool:
     return value is True or str(value).lower() in ("1", "true", "yes")
 
 
+def check_deployment_node_config(node_config: Mapping[str, Any]) -> tuple[float, float]:
+    """(epsilon budget, delta) of a deployed site, or a ConfigError naming what is missing or wrong.
+
+    Used by the ClientApp on every round and by the site launcher (`python -m deploy site`)
+    before the SuperNode starts, so both reject the same node configs in the same words.
+    """
+    missing = [key for key in DEPLOYMENT_KEYS if key not in node_config or str(node_config[key]) == ""]
+    if missing:
+        raise ConfigError(
+            f"this SuperNode's --node-config lacks {', '.join(missing)}; a deployed site needs "
+            + " ".join(f'{k}=...' for k in DEPLOYMENT_KEYS)
+            + " (see docs/DEPLOYMENT.md)"
+        )
+    try:
+        budget, delta = float(node_config["epsilon-budget"]), float(node_config["delta"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"epsilon-budget and delta in --node-config must be numbers: {err}") from None
+    # An infinite budget would switch the budget check off; NaN makes every comparison with it false.
+    if not (math.isfinite(budget) and budget > 0) or not 0 < delta < 1:
+        raise ConfigError(f"--node-config needs finite epsilon-budget > 0 and 0 < delta < 1, got {budget}, {delta}")
+    return budget, delta
+
+
 def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int) -> SiteIdentity:
     """Resolve the site from Flower's node config; deployment keys must all be present."""
     if "partition-id" in node_config and "data-path" not in node_config:
@@ -56,19 +81,7 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
             num_partitions=num,
             strict=config.strict,
         )
-    missing = [key for key in DEPLOYMENT_KEYS if key not in node_config or str(node_config[key]) == ""]
-    if missing:
-        raise ConfigError(
-            f"this SuperNode's --node-config lacks {', '.join(missing)}; a deployed site needs "
-            + " ".join(f'{k}=...' for k in DEPLOYMENT_KEYS)
-            + " (see docs/DEPLOYMENT.md)"
-        )
-    try:
-        budget, delta = float(node_config["epsilon-budget"]), float(node_config["delta"])
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"epsilon-budget and delta in --node-config must be numbers: {err}") from None
-    if budget <= 0 or not 0 < delta < 1:
-        raise ConfigError(f"--node-config needs epsilon-budget > 0 and 0 < delta < 1, got {budget}, {delta}")
+    budget, delta = check_deployment_node_config(node_config)
     return SiteIdentity(
         site_id=str(node_config["site-id"]),
         deployed=True,

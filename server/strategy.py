@@ -67,6 +67,19 @@ def failure_reason(reason: str) -> str:
     return f"{found[-1].group(1)}: {found[-1].group(2).strip()}" if found else reason.strip()
 
 
+def registered_node_names(grid: Grid) -> dict[int, str]:
+    """Node id -> the name its key was registered under (`flwr supernode register --name`).
+
+    Only a deployment's SuperLink knows names; simulated nodes have none. Used to name a site
+    whose reply is an error, since such a site sent nothing that says who it is.
+    """
+    try:
+        return {int(n.node_id): str(n.name) for n in grid.get_nodes() if getattr(n, "name", "")}
+    except Exception as err:  # noqa: BLE001 - names are a courtesy; a round must not fail for them
+        log.debug("could not read registered node names: %s", err)
+        return {}
+
+
 class FedPathFedAvg(FedAvg):
     """Flower FedAvg (weighted by `num-examples`) with per-site bookkeeping and screening."""
 
@@ -79,6 +92,8 @@ class FedPathFedAvg(FedAvg):
         self.min_accepted_updates = min_accepted_updates
         self.replies: dict[int, list[SiteReply]] = {}
         self._bytes_down: dict[int, int] = {}
+        self._instructions: list[Message] = []
+        self._node_names: dict[int, str] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -86,6 +101,8 @@ class FedPathFedAvg(FedAvg):
         self.screen.set_reference(from_array_record(arrays))
         messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
         self._bytes_down[server_round + self.round_offset] = record_bytes(arrays)
+        self._instructions = messages  # Flower sets their message ids when it pushes them
+        self._node_names = registered_node_names(grid)
         return messages
 
     def aggregate_train(
@@ -111,12 +128,24 @@ class FedPathFedAvg(FedAvg):
             return None, None
         return super().aggregate_train(server_round, accepted)
 
+    def _addressee(self, reply: Message) -> int:
+        """The node an (error) reply is about.
+
+        A site that crashes never replies: the SuperLink answers for it ("Node Unavailable")
+        with its own node id as the sender, so the site is found via the instruction replied to.
+        """
+        for instruction in self._instructions:
+            if instruction.metadata.message_id and instruction.metadata.message_id == reply.metadata.reply_to_message_id:
+                return instruction.metadata.dst_node_id
+        return reply.metadata.src_node_id
+
     def _inspect(self, msg: Message, server_round: int) -> tuple[SiteReply, bool]:
         node_id = msg.metadata.src_node_id
         down = self._bytes_down.get(server_round, 0)
         if msg.has_error():
-            return SiteReply(node_id, f"node-{node_id}", "failed", failure_reason(msg.error.reason),
-                             bytes_down=down), False
+            node_id = self._addressee(msg)
+            name = self._node_names.get(node_id, f"node-{node_id}")
+            return SiteReply(node_id, name, "failed", failure_reason(msg.error.reason), bytes_down=down), False
         content = msg.content
         site = content.config_records.get("site", ConfigRecord())
         site_id = str(site.get("site-id", f"node-{node_id}"))

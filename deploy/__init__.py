@@ -1,0 +1,10 @@
+"""Running fedpath across real hospitals: certificates, keys, the SuperLink and per-site SuperNodes.
+
+`python -m deploy --help` lists the commands; docs/DEPLOYMENT.md is the operator's guide.
+
+* `deploy.pki`: a local test CA and SuperLink certificate; a site's SuperNode key pair.
+* `deploy.flower`: the Flower executables, their environment, the `flwr` connection config.
+* `deploy.superlink`: start the coordinator's SuperLink (TLS and SuperNode authentication on).
+* `deploy.register`: register a site's public key with the SuperLink.
+* `deploy.site`: start a hospital's SuperNode after checking its node config, TLS and key.
+"""

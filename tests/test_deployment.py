@@ -1,0 +1,395 @@
+"""A real deployment on 127.0.0.1: a TLS SuperLink with SuperNode authentication, three hospitals.
+
+Everything here is the real thing, started the way docs/DEPLOYMENT.md tells operators to:
+a test CA and server certificate (`deploy test-pki`), one key pair per site (`deploy
+site-keys`), the SuperLink (`deploy superlink`), the coordinator's `flwr` connection
+(`deploy connection`) and key registration (`deploy register`, i.e. `flwr supernode
+register`), three `flower-supernode` daemons (`deploy site`), each with its own ImageFolder
+tree and state directory, and runs submitted with `flwr run . fedpath --stream`. ClientApps
+train with real Opacus DP-SGD.
+
+One federation serves the module (starting it costs ~20 s); the runs are:
+
+* run A, 2 rounds, all three sites. site-a's own budget (its node config) is set between
+  what one and two rounds cost at the run's noise multiplier, and the run config asks for
+  epsilon=1000: site-a must train round 1 and refuse round 2, the others train both.
+* run B, 1 round: site-c's daemon is SIGKILLed (with its ClientApp) as soon as it receives
+  its instruction. The SuperLink declares it unavailable once its heartbeat lapses, the
+  round completes with site-b's update (site-a refuses again: still out of budget), the run
+  completes; site-c restarted on the same state-dir comes back with its ledger intact.
+
+Every process started here runs in its own session and carries its own `FLWR_HOME`; the
+fixture's finalizer kills all of them (process groups, then anything with those homes),
+whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+
+from common.config import RunConfig
+from common.data.sources import deployed_site
+from common.data.synthetic import make_synthetic
+from common.ledger import LEDGER_FILE, epsilon_of
+from common.training import steps_per_epoch
+from deploy.flower import flower_bin, flower_env
+from simulations.local_superlink import free_port
+from simulations.processes import kill_processes_with_env
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+SITES = ("site-a", "site-b", "site-c")
+IMAGES_PER_SITE = 80
+SEED = 5
+DELTA = 1e-4
+SIGMA = 1.0  # fixed noise multiplier: each round spends a known amount
+BUDGET = 8.0  # site-b and site-c; site-a's is computed (between one and two rounds' spend)
+CONNECTION = "fedpath"
+RUN_TIMEOUT = 300
+
+
+@dataclass
+class Daemon:
+    """A long-lived process in its own session, tagged by the FLWR_HOME it was given."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    flwr_home: Path
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the daemon's process group and every process of its Flower home."""
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        kill_processes_with_env("FLWR_HOME", str(self.flwr_home), sig, wait=5.0)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Federation:
+    root: Path
+    link_port: int
+    coordinator_home: Path
+    budgets: dict[str, float]
+    first_round_epsilon: float
+    daemons: dict[str, Daemon] = field(default_factory=dict)
+    homes: list[Path] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.link_port}"
+
+    def state(self, site: str) -> Path:
+        return self.root / "state" / site
+
+    def ledger(self, site: str) -> dict:
+        return json.loads((self.state(site) / LEDGER_FILE).read_text())
+
+    def start(self, name: str, command: list[str], flwr_home: Path, log: Path, env: dict[str, str]) -> Daemon:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.homes.append(flwr_home)
+        with open(log, "ab") as out:
+            process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        daemon = Daemon(name, process, log, flwr_home)
+        self.daemons[name] = daemon
+        return daemon
+
+    def site_command(self, site: str, key: str | None = None, state: Path | None = None) -> list[str]:
+        """`python -m deploy site ...` for `site` (its data), signing with `key`, keeping state in `state`."""
+        node_config = (
+            f'data-path="{self.root / "data" / site}" site-id="{key or site}" '
+            f'epsilon-budget={self.budgets.get(site, BUDGET)} delta={DELTA} state-dir="{state or self.state(site)}"'
+        )
+        return [
+            sys.executable, "-m", "deploy", "site", "--superlink", self.address,
+            "--root-certificates", str(self.root / "certs" / "ca.crt"),
+            "--private-key", str(self.root / "keys" / f"{key or site}.key"),
+            "--runtime-port", str(free_port()), "--node-config", node_config,
+        ]
+
+    def start_site(self, site: str, log_name: str | None = None) -> Daemon:
+        env = flower_env(self.state(site) / "flwr-home")
+        env.pop("FEDPATH_CACHE_DIR", None)  # the launcher's default: STATE-DIR/cache
+        return self.start(site, self.site_command(site), self.state(site) / "flwr-home",
+                          self.root / "logs" / f"{log_name or site}.log", env)
+
+    def restart_site(self, site: str, timeout: float = 150) -> Daemon:
+        """Start `site` again; Flower refuses to activate a node still counted online, so retry until it connects."""
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, 100):
+            daemon = self.start_site(site, f"{site}-restart-{attempt}")
+            while time.monotonic() < deadline and daemon.process.poll() is None and "SuperNode ID:" not in daemon.text():
+                time.sleep(0.5)
+            if "SuperNode ID:" in daemon.text():
+                return daemon
+            daemon.kill(signal.SIGKILL)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(5)
+        raise AssertionError(f"{site} did not reconnect within {timeout:.0f}s:\n{daemon.text()[-3000:]}")
+
+    def flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([flower_bin("flwr"), *args], cwd=REPO, env=flower_env(self.coordinator_home),
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def nodes(self) -> list[dict]:
+        done = self.flwr("supernode", "list", CONNECTION, "--format", "json")
+        return json.loads(done.stdout[done.stdout.index("{"):])["nodes"]
+
+    def run(self, run_config: str, log: Path, during: Callable[[], None] | None = None) -> tuple[int, str, Path]:
+        """`flwr run . fedpath --stream`; returns (exit status, its output, the run directory)."""
+        command = [flower_bin("flwr"), "run", str(REPO), CONNECTION, "--stream", "--run-config",
+                   f"output-dir='{self.root / 'runs'}' {run_config}"]
+        with open(log, "wb") as out:
+            process = subprocess.Popen(command, cwd=REPO, env=flower_env(self.coordinator_home), stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                if during is not None:
+                    during()
+                process.wait(timeout=RUN_TIMEOUT)
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=10)
+        text = log.read_text(errors="replace")
+        found = re.search(r"Successfully started run (\d+)", text)
+        assert found, f"flwr run did not start a run:\n{text[-3000:]}"
+        return process.returncode, text, self.root / "runs" / f"run-{found.group(1)}"
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, detail: Callable[[], str] = str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail()[-3000:]}")
+
+
+def _image_tree(root: Path, count: int, seed: int) -> Path:
+    images = make_synthetic(count, 32, seed)
+    for i, (image, label) in enumerate(zip(images.images, images.labels)):
+        folder = root / images.classes[int(label)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"patch-{i:04d}.png")
+    return root
+
+
+def _run_config(**extra: object) -> str:
+    values: dict[str, object] = {
+        "image-size": 32, "batch-size": 16, "seed": SEED, "bootstrap-samples": 50, "test-fraction": 0.5,
+        "noise-multiplier": SIGMA, "min-train-nodes": 2, "min-available-nodes": 2,
+    }
+    values.update(extra)
+    return " ".join(f"{k}='{v}'" if isinstance(v, str) else f"{k}={v}" for k, v in values.items())
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    root = tmp_path_factory.mktemp("deployment")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("FEDPATH_CACHE_DIR", str(root / "test-cache"))
+    patch.setenv("TORCH_HOME", str(root / "torch-home"))
+    fed: Federation | None = None
+    try:
+        for k, site in enumerate(SITES):
+            _image_tree(root / "data" / site, IMAGES_PER_SITE, seed=100 + k)
+        _image_tree(root / "data" / "central", 80, seed=7)
+        from conftest import randomised_torchvision
+
+        torch.save(randomised_torchvision("resnet18").state_dict(), root / "resnet18.pth")
+
+        # What one and two rounds cost site-a at SIGMA, computed from its real data split with the
+        # site's own code: its budget lies between, so the site itself must refuse the second round.
+        config = RunConfig.from_mapping({"image-size": 32, "batch-size": 16, "seed": SEED})
+        steps, rate = steps_per_epoch(len(deployed_site(config, root / "data" / "site-a").train), 16)
+        e1, e2 = (epsilon_of([(SIGMA, rate, steps * k)], DELTA) for k in (1, 2))
+        budgets = {"site-a": round((e1 + e2) / 2, 3)}
+
+        deploy = [sys.executable, "-m", "deploy"]
+        subprocess.run([*deploy, "test-pki", "--out", str(root / "certs")], check=True, cwd=REPO, capture_output=True)
+        for key in (*SITES, "unregistered"):
+            subprocess.run([*deploy, "site-keys", "--out", str(root / "keys"), "--site-id", key], check=True, cwd=REPO,
+                           capture_output=True)
+        fed = Federation(root, free_port(), root / "coordinator", budgets, e1)
+
+        link_home = root / "superlink" / "flwr-home"
+        link_env = flower_env(link_home)
+        fed.start("superlink", [*deploy, "superlink", "--certs", str(root / "certs"),
+                                "--state-dir", str(root / "superlink"), "--port", str(fed.link_port)],
+                  link_home, root / "logs" / "superlink.log", link_env)
+        subprocess.run([*deploy, "connection", "--name", CONNECTION, "--address", fed.address,
+                        "--root-certificates", str(root / "certs" / "ca.crt"), "--default",
+                        "--flwr-home", str(fed.coordinator_home)], check=True, cwd=REPO, capture_output=True)
+        fed.homes.append(fed.coordinator_home)
+        ca = ssl.create_default_context(cafile=str(root / "certs" / "ca.crt"))
+
+        def link_up() -> bool:
+            try:
+                return httpx.get(f"https://{fed.address}/health", verify=ca, timeout=2).is_success
+            except httpx.HTTPError:
+                return False
+
+        wait_for(link_up, 60, "the SuperLink", fed.daemons["superlink"].text)
+        for site in SITES:
+            done = subprocess.run([*deploy, "register", "--public-key", str(root / "keys" / f"{site}.pub"),
+                                   "--site-id", site, "--connection", CONNECTION,
+                                   "--flwr-home", str(fed.coordinator_home)],
+                                  cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+            assert done.returncode == 0, done.stderr + done.stdout
+        for site in SITES:
+            fed.start_site(site)
+        for site in SITES:
+            wait_for(lambda s=site: "SuperNode ID:" in fed.daemons[s].text(), 120, f"{site} to connect",
+                     fed.daemons[site].text)
+        yield fed
+    finally:
+        if fed is not None:
+            for daemon in fed.daemons.values():
+                daemon.kill(signal.SIGKILL)
+            for home in fed.homes:
+                kill_processes_with_env("FLWR_HOME", str(home), signal.SIGKILL, wait=5.0)
+        patch.undo()
+
+
+@dataclass
+class RunResult:
+    code: int
+    output: str
+    run_dir: Path
+    report: dict
+
+
+@pytest.fixture(scope="module")
+def run_a(federation: Federation) -> RunResult:
+    """Two rounds with all three sites; the coordinator asks for epsilon=1000, which no site takes."""
+    code, output, run_dir = federation.run(
+        _run_config(**{"num-server-rounds": 2, "min-available-nodes": 3, "epsilon": 1000.0,
+                       "weights": str(federation.root / "resnet18.pth"),
+                       "dataset": str(federation.root / "data" / "central")}),
+        federation.root / "logs" / "run-a.log",
+    )
+    assert code == 0, f"flwr run failed ({code}):\n{output[-4000:]}"
+    report = run_dir / "report.json"
+    assert report.exists(), f"no report in {run_dir}:\n{output[-4000:]}"
+    return RunResult(code, output, run_dir, json.loads(report.read_text()))
+
+
+def test_unregistered_supernode_and_plaintext_are_refused(federation: Federation) -> None:
+    registered = {node["node-id"] for node in federation.nodes()}
+    assert len(registered) == 3
+    started = time.monotonic()
+    state = federation.root / "state" / "unregistered"
+    rogue = federation.start("unregistered", federation.site_command("site-c", key="unregistered", state=state),
+                             state / "flwr-home", federation.root / "logs" / "unregistered.log", flower_env())
+    code = rogue.process.wait(timeout=120)
+    output = rogue.text()
+    assert code != 0, output
+    assert "Failed to activate SuperNode" in output, output
+    assert time.monotonic() - started < 90
+    assert "No SuperNode found with the given public key" in (federation.root / "superlink" / "superlink.log").read_text()
+    assert {node["node-id"] for node in federation.nodes()} == registered  # nothing joined
+
+    # The SuperLink speaks TLS only, with the certificate our CA signed.
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://{federation.address}/health", timeout=5)
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"https://{federation.address}/health", timeout=5)
+    ca = ssl.create_default_context(cafile=str(federation.root / "certs" / "ca.crt"))
+    assert httpx.get(f"https://{federation.address}/health", verify=ca, timeout=5).is_success
+
+
+def test_two_rounds_each_site_spends_only_what_its_own_ledger_allows(federation: Federation, run_a: RunResult) -> None:
+    report = run_a.report
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    sites = {s["site_id"]: s for s in report["sites"]}
+    assert sorted(sites) == list(SITES)
+    for site_id in SITES:
+        site, ledger = sites[site_id], federation.ledger(site_id)
+        budget = federation.budgets.get(site_id, BUDGET)
+        assert site["epsilon_budget"] == pytest.approx(budget)  # the site's node config, not the run's 1000
+        assert site["epsilon"] == pytest.approx(ledger["epsilon_spent"], rel=1e-9)  # report shows what was spent
+        assert 0 < ledger["epsilon_spent"] <= budget
+        assert ledger["site_id"] == site_id and ledger["delta"] == DELTA
+    assert sites["site-b"]["rounds_participated"] == sites["site-c"]["rounds_participated"] == [1, 2]
+    # site-a: one round fits its budget, the second would not; the site refused it itself.
+    assert sites["site-a"]["rounds_participated"] == [1] and sites["site-a"]["refused_rounds"] == [2]
+    assert "beyond the site's budget" in sites["site-a"]["reasons"][0]["reason"]
+    assert federation.ledger("site-a")["epsilon_spent"] == pytest.approx(federation.first_round_epsilon, rel=1e-6)
+    assert len(federation.ledger("site-a")["refusals"]) == 1
+
+    for site_id in SITES:  # the daemon's log: per-round progress, aggregates only, no file names
+        log = federation.daemons[site_id].text()
+        assert f"{site_id} round 1 epoch 1/1" in log and f"site {site_id} round 1: epsilon spent so far" in log
+        assert ".png" not in log and "patch-" not in log
+
+
+def test_killed_site_does_not_stop_the_run_and_keeps_its_ledger(federation: Federation, run_a: RunResult) -> None:
+    before = federation.ledger("site-c")
+    site_c = federation.daemons["site-c"]
+    received_before = site_c.text().count("Receiving: train message")
+    killed = {}
+
+    def kill_site_c_when_it_receives_the_round() -> None:
+        wait_for(lambda: site_c.text().count("Receiving: train message") > received_before, 180,
+                 "site-c to receive run B's round", site_c.text)
+        site_c.kill(signal.SIGKILL)  # the SuperNode, its SuperExec and its ClientApp: a crash
+        killed["at"] = time.monotonic()
+
+    code, output, run_dir = federation.run(
+        _run_config(**{"num-server-rounds": 1, "weights": str(federation.root / "resnet18.pth"),
+                       "dataset": str(federation.root / "data" / "central")}),
+        federation.root / "logs" / "run-b.log", during=kill_site_c_when_it_receives_the_round,
+    )
+    assert code == 0, f"flwr run failed ({code}):\n{output[-4000:]}"
+    # Flower 1.42 declares the node unavailable after 2 missed heartbeats (interval 30 s), not round-timeout.
+    assert time.monotonic() - killed["at"] < 120
+    report = json.loads((run_dir / "report.json").read_text())
+    replies = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["sites"]
+    statuses = sorted((r["site_id"], r["status"]) for r in replies if r["status"] != "failed")
+    assert statuses == [("site-a", "refused"), ("site-b", "trained")]
+    failed = [r for r in replies if r["status"] == "failed"]
+    assert len(failed) == 1 and "Node Unavailable" in failed[0]["reason"]
+    assert failed[0]["site_id"] == "site-c"  # its registered name, though the SuperLink sent the error
+    assert failed[0]["site_id"] == "site-c"  # named from run A's replies (known-sites.json), not "node-<id>"
+    assert report["rounds"][-1]["round"] == 1
+    assert federation.ledger("site-b")["epsilon_spent"] <= BUDGET
+
+    # site-c's ledger is what it was: the crash neither reset it nor lost a committed round.
+    after = federation.ledger("site-c")
+    assert after["accountant"]["history"][: len(before["accountant"]["history"])] == before["accountant"]["history"]
+    assert after["epsilon_spent"] >= before["epsilon_spent"] > 0
+    assert [r["run_id"] for r in after["rounds"]][:2] == [r["run_id"] for r in before["rounds"]]
+
+    # Restarted on the same state-dir, it reads that ledger and rejoins the federation.
+    restarted = federation.restart_site("site-c")
+    assert f"epsilon {after['epsilon_spent']:.3f} of {BUDGET:g} spent in {len(after['rounds'])} round(s)" \
+        in restarted.text()
+    online = {n["node-id"]: n["status"] for n in federation.nodes()}
+    assert list(online.values()).count("online") == 3, online
+    assert federation.ledger("site-c") == after
