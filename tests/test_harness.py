@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from simulations import bench, experiment
+from simulations.publish import _reading
 from simulations.results import markdown_table
 
 
@@ -54,3 +55,29 @@ def test_markdown_table_states_whether_targets_are_met() -> None:
         "dp_minus_pooled_points": -3.0, "within_2_points_of_pooled": False,
         "dp_minus_mean_local_points": 10.0, "above_mean_local_only": True}})
     assert "90.0 (88.0-92.0)" in text and "7.99" in text and "NOT met" in text
+
+
+def _federated(accuracy: float, ci: tuple[float, float], **scenario: object) -> dict:
+    return {"kind": "federated", "accuracy": accuracy, "accuracy_ci95": list(ci),
+            "rounds": [{"round": 0, "accuracy": 0.5}], "scenario": scenario}
+
+
+def test_published_reading_follows_the_numbers_not_the_other_way_round() -> None:
+    flat = {"experiment": "privacy-utility", "rows": [_federated(0.88, (0.86, 0.90)), _federated(0.89, (0.87, 0.91))]}
+    steep = {"experiment": "privacy-utility", "rows": [_federated(0.70, (0.68, 0.72)), _federated(0.89, (0.87, 0.91))]}
+    assert "overlapping 95% CIs" in _reading(flat) and "no measurable accuracy" in _reading(flat)
+    assert "do not all overlap" in _reading(steep) and "no measurable" not in _reading(steep)
+
+    stain = {"experiment": "heterogeneity", "rows": [
+        _federated(0.88, (0, 1), stain_shift=0.0), _federated(0.87, (0, 1), stain_shift=0.0),
+        _federated(0.80, (0, 1), stain_shift=0.5)]}
+    assert "costs 7.5 points" in _reading(stain) and "hurts more than class mix" in _reading(stain)
+    skew = {"experiment": "heterogeneity", "rows": [
+        _federated(0.88, (0, 1), stain_shift=0.0), _federated(0.78, (0, 1), stain_shift=0.0),
+        _federated(0.83, (0, 1), stain_shift=0.5)]}
+    assert "hurts more" not in _reading(skew)
+
+    transfer = {"experiment": "transfer", "rows": [
+        _federated(0.9, (0, 1), weights="pre.pth", policy="head", dp=True),
+        _federated(0.6, (0, 1), weights="none", policy="head", dp=True)]}
+    assert "head DP +30.0" in _reading(transfer)
