@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator, Mapping
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -16,3 +18,17 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+
+
+@contextlib.contextmanager
+def log_levels(levels: Mapping[str, int]) -> Iterator[None]:
+    """Set logger levels for a block and restore them after, so callers in the same process
+    (tests, notebooks) keep seeing the warnings they expect."""
+    saved = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)

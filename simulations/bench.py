@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -195,12 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (minutes on 2 CPU cores)")
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
-    _quiet_logs()
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("")
         _write_meta(args)
-    BENCHES[args.name](args.quick, args.out)
+    from common.logging_setup import log_levels
+
+    # Only JSON on stdout and little on stderr while benchmarking.
+    with log_levels({"fedpath": logging.WARNING, "fedpath.weights": logging.ERROR}):
+        BENCHES[args.name](args.quick, args.out)
     return 0
 
 
@@ -215,13 +219,6 @@ def _write_meta(args: argparse.Namespace) -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "versions": versions(),
     }
     args.out.with_name(args.out.name + ".meta.json").write_text(json.dumps(meta, indent=1))
-
-
-def _quiet_logs() -> None:
-    import logging
-
-    logging.getLogger("fedpath").setLevel(logging.WARNING)
-    logging.getLogger("fedpath.weights").setLevel(logging.ERROR)
 
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:

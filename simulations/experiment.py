@@ -333,10 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
     parser.add_argument("--keep-runs", type=Path, help="keep the federated run directories here")
     args = parser.parse_args(argv)
-    from common.logging_setup import setup_logging
+    from common.logging_setup import log_levels, setup_logging
 
     setup_logging()
-    logging.getLogger("fedpath.weights").setLevel(logging.ERROR)
     if not (args.data / "groups.csv").exists():
         print(f"skipped: LC25000 lung data not found at {args.data} (expected an ImageFolder with groups.csv; "
               "it is in this project's ../shared/data). Published accuracy must come from it.", file=sys.stderr)
@@ -348,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix=f"fedpath-{name}-") as tmp:
         workdir = args.keep_runs or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        result = EXPERIMENTS[args.name](args.quick, args.data.resolve(), args.out, workdir)
+        # Scratch rows are labelled as such; the from-scratch banner would repeat for every model built.
+        with log_levels({"fedpath.weights": logging.ERROR}):
+            result = EXPERIMENTS[args.name](args.quick, args.data.resolve(), args.out, workdir)
     result.update(
         experiment=args.name, quick=args.quick, seconds=round(time.time() - started, 1),
         command=f"python -m simulations.experiment {args.name}" + (" --quick" if args.quick else ""),

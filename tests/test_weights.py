@@ -80,9 +80,10 @@ def test_imagenet_file_with_wrong_hash_is_refused() -> None:
 def test_auto_without_imagenet_falls_back_to_scratch_and_says_so(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # An in-process simulation earlier in the session may have called setup_logging(), which
-    # stops `fedpath` records from propagating to the root logger that caplog listens on.
+    # Earlier tests in the session may have called setup_logging(), which stops `fedpath` records
+    # from propagating to the root logger that caplog listens on, or changed logger levels.
     monkeypatch.setattr(logging.getLogger("fedpath"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="fedpath.weights")
     source, state = resolve_weights("auto", "resnet18")
     assert state is None and source.kind == "none" and not source.pretrained
     assert "FROM SCRATCH" in caplog.text and "NOT pretrained" in caplog.text
