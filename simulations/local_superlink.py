@@ -17,7 +17,6 @@ and stops it (with its SuperExec and simulation children) when the run ends.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from deploy.flower import flower_bin
 from simulations.processes import kill_processes_with_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,15 +37,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def flwr_bin(name: str) -> str:
-    """A Flower executable from this interpreter's environment."""
-    candidate = Path(sys.executable).parent / name
-    found = str(candidate) if candidate.exists() else shutil.which(name)
-    if not found:
-        raise FileNotFoundError(f"{name} not found; install fedpath's dependencies (pip install -e .)")
-    return found
 
 
 def write_flower_config(flwr_home: Path) -> Path:
@@ -93,7 +84,7 @@ class LocalSuperLink:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         database = self.flwr_home / "local-superlink" / "state.db"
         command = [
-            flwr_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+            flower_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
             "--host", "127.0.0.1", "--port", str(self.http_port),
             "--database", str(database), "--log-file", str(self.log_file),
         ]

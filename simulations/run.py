@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from common.config import NAMED_DATASETS, ConfigError, load_app_config, resolve_path
-from simulations.local_superlink import REPO, LocalSuperLink, flwr_bin
+from deploy.flower import flower_bin
+from simulations.local_superlink import REPO, LocalSuperLink
 
 
 def preflight(run_config: list[str], app_dir: Path = REPO) -> None:
@@ -40,7 +41,7 @@ def run_simulation(
     overrides = [f"output-dir='{output_dir}'", *run_config]
     with LocalSuperLink(flwr_home.resolve(), cwd=app_dir) as link:
         command = [
-            flwr_bin("flwr"), "run", str(app_dir), "--stream",
+            flower_bin("flwr"), "run", str(app_dir), "--stream",
             "--federation-config", f"num-supernodes={sites}",
         ]
         for override in overrides:
