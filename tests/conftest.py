@@ -79,7 +79,9 @@ def tiny_simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if os.environ.get("FEDPATH_SKIP_INTEGRATION") == "1":
-        skip = pytest.mark.skip(reason="FEDPATH_SKIP_INTEGRATION=1")
+        skip = pytest.mark.skip(
+            reason="real-process integration test skipped because FEDPATH_SKIP_INTEGRATION=1 is set; unset it to run"
+        )
         for item in items:
             if "integration" in item.keywords:
                 item.add_marker(skip)
