@@ -88,64 +88,75 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _mean_accuracy(rows: list[dict[str, Any]]) -> float:
+    return sum(r["accuracy"] for r in rows) / len(rows)
+
+
+def _reading_privacy_utility(rows: list[dict[str, Any]]) -> str:
+    accs = [r["accuracy"] for r in rows]
+    overlap = max(r["accuracy_ci95"][0] for r in rows) <= min(r["accuracy_ci95"][1] for r in rows)
+    text = (
+        f"Reading: the backbone alone (round 0) scores {_pct(rows[0]['rounds'][0]['accuracy'])}; federated training "
+        f"reaches {_pct(min(accs))}-{_pct(max(accs))} across ε, a spread of {100 * (max(accs) - min(accs)):.1f} points"
+        + (" with overlapping 95% CIs." if overlap else "; the 95% CIs do not all overlap.")
+    )
+    if overlap:
+        text += (f" At this size (few local steps per site, policy `{rows[0]['scenario']['policy']}`) the noise that "
+                 "even the smallest ε needs costs no measurable accuracy; a curve that bends needs smaller ε, longer "
+                 "training or more trainable values.")
+    return text
+
+
+def _reading_heterogeneity(rows: list[dict[str, Any]]) -> str:
+    clean = [r for r in rows if not r["scenario"].get("stain_shift")]
+    shifted = [r for r in rows if r["scenario"].get("stain_shift")]
+    if not clean or not shifted:
+        return ""
+    spread = max(r["accuracy"] for r in clean) - min(r["accuracy"] for r in clean)
+    cost = _mean_accuracy(clean) - _mean_accuracy(shifted)
+    text = (
+        f"Reading: label skew alone moves accuracy by at most {100 * spread:.1f} points "
+        f"(mean {_pct(_mean_accuracy(clean))}); per-site stain shift costs {100 * cost:.1f} points on average "
+        f"(mean {_pct(_mean_accuracy(shifted))})."
+    )
+    if cost > spread:
+        text += (" Here scanner/stain variation hurts more than class mix; stain normalisation or augmentation "
+                 "at the sites is the obvious next step.")
+    return text
+
+
+def _reading_transfer(rows: list[dict[str, Any]]) -> str:
+    scratch = {(r["scenario"]["policy"], r["scenario"]["dp"]): r for r in rows if r["scenario"].get("weights") == "none"}
+    pairs = [
+        (r["scenario"]["policy"], r["scenario"]["dp"], r["accuracy"] - scratch[key]["accuracy"])
+        for r in rows
+        if r["scenario"].get("weights") not in (None, "none")
+        and (key := (r["scenario"]["policy"], r["scenario"]["dp"])) in scratch
+    ]
+    if not pairs:
+        return ""
+    dp_gains = [g for _, dp, g in pairs if dp]
+    text = ", ".join(f"{p} {'DP' if dp else 'non-DP'} {100 * g:+.1f}" for p, dp, g in pairs)
+    return (
+        f"Reading: pretraining on the public share gains (points, pretrained minus scratch): {text}. "
+        f"Under DP the mean gain is {100 * sum(dp_gains) / max(1, len(dp_gains)):+.1f} points. Rounds here are "
+        "few, so scratch rows mostly show how far each policy gets from random features in that budget."
+    )
+
+
+READINGS = {
+    "privacy-utility": _reading_privacy_utility,
+    "heterogeneity": _reading_heterogeneity,
+    "transfer": _reading_transfer,
+}
+
+
 def _reading(result: dict[str, Any]) -> str:
     """What the table says, computed from it (so it stays true when the numbers are re-run)."""
     rows = [r for r in result["rows"] if r.get("kind") == "federated" and r.get("accuracy") is not None]
-    if not rows:
-        return ""
-    name = result["experiment"]
-    if name == "privacy-utility":
-        accs = [r["accuracy"] for r in rows]
-        start = rows[0]["rounds"][0]["accuracy"]
-        overlap = max(r["accuracy_ci95"][0] for r in rows) <= min(r["accuracy_ci95"][1] for r in rows)
-        text = (
-            f"\nReading: the backbone alone (round 0) scores {_pct(start)}; federated training reaches "
-            f"{_pct(min(accs))}-{_pct(max(accs))} across ε, a spread of {100 * (max(accs) - min(accs)):.1f} points"
-            + (" with overlapping 95% CIs." if overlap else "; the 95% CIs do not all overlap.")
-        )
-        if overlap:
-            text += (" At this size (few local steps per site, 11 k trainable values with `norm-head`) the noise "
-                     "that even the smallest ε needs costs no measurable accuracy; a curve that bends needs smaller ε, "
-                     "longer training or more trainable values.")
-        return text + "\n"
-    if name == "heterogeneity":
-        def mean(rs: list[dict[str, Any]]) -> float:
-            return sum(r["accuracy"] for r in rs) / len(rs)
-
-        clean = [r for r in rows if not r["scenario"].get("stain_shift")]
-        shifted = [r for r in rows if r["scenario"].get("stain_shift")]
-        if not clean or not shifted:
-            return ""
-        spread = max(r["accuracy"] for r in clean) - min(r["accuracy"] for r in clean)
-        cost = mean(clean) - mean(shifted)
-        text = (
-            f"\nReading: label skew alone moves accuracy by at most {100 * spread:.1f} points "
-            f"(mean {_pct(mean(clean))}); per-site stain shift costs {100 * cost:.1f} points on average "
-            f"(mean {_pct(mean(shifted))})."
-        )
-        if cost > spread:
-            text += (" Here scanner/stain variation hurts more than class mix; stain normalisation or augmentation "
-                     "at the sites is the obvious next step.")
-        return text + "\n"
-    if name == "transfer":
-        pairs = []
-        for r in rows:
-            s = r["scenario"]
-            if s.get("weights") and s["weights"] != "none":
-                twin = next((o for o in rows if o["scenario"].get("weights") == "none"
-                             and o["scenario"]["policy"] == s["policy"] and o["scenario"]["dp"] == s["dp"]), None)
-                if twin is not None:
-                    pairs.append((s["policy"], s["dp"], r["accuracy"] - twin["accuracy"]))
-        if not pairs:
-            return ""
-        dp_gains = [g for _, dp, g in pairs if dp]
-        text = ", ".join(f"{p} {'DP' if dp else 'non-DP'} {100 * g:+.1f}" for p, dp, g in pairs)
-        return (
-            f"\nReading: pretraining on the public share gains (points, pretrained minus scratch): {text}. "
-            f"Under DP the mean gain is {100 * sum(dp_gains) / max(1, len(dp_gains)):+.1f} points. Rounds here are "
-            "few, so scratch rows mostly show how far each policy gets from random features in that budget.\n"
-        )
-    return ""
+    reading = READINGS.get(result["experiment"])
+    text = reading(rows) if reading and rows else ""
+    return f"\n{text}\n" if text else ""
 
 
 def _setup_line(result: dict[str, Any]) -> str:
