@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from common.model import ARCHITECTURES, POLICIES
 
 PARTITIONINGS = ("iid", "dirichlet")
@@ -66,6 +67,7 @@ class RunConfig:
     min_accepted_updates: int = 1
     max_update_norm: float = 0.0
     strict: bool = False
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     resume_from: str = ""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -150,6 +152,7 @@ class RunConfig:
         need(self.min_accepted_updates >= 1, f"min-accepted-updates must be >= 1, got {self.min_accepted_updates}")
         need(self.max_update_norm >= 0, f"max-update-norm must be >= 0 (0 = automatic DP bound), got {self.max_update_norm}")
         need(self.min_site_examples >= 1, f"min-site-examples must be >= 1, got {self.min_site_examples}")
+        need(self.max_image_pixels >= 1, f"max-image-pixels must be >= 1, got {self.max_image_pixels}")
         need(self.bootstrap_samples >= 0, f"bootstrap-samples must be >= 0, got {self.bootstrap_samples}")
         need(bool(self.output_dir), "output-dir must not be empty")
         if self.weights_sha256:

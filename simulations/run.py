@@ -20,13 +20,54 @@ from deploy.flower import flower_bin
 from simulations.local_superlink import REPO, LocalSuperLink
 
 
-def preflight(run_config: list[str], app_dir: Path = REPO) -> None:
-    """Reject a bad run config or a missing dataset before any Flower process starts."""
+def preflight(run_config: list[str], app_dir: Path = REPO, sites: int | None = None) -> None:
+    """Reject a bad run config, a missing dataset or unusable data before any Flower process starts.
+
+    The data is loaded and checked by the very functions the ServerApp and the simulated sites
+    call (`common.data.sources`), so a data error is said here once, as one block, instead of as a
+    traceback from every Ray actor. Nothing is paid twice: those loaders are cached in this process
+    (later checks here reuse them) and decoded ImageFolder trees on disk (FEDPATH_CACHE_DIR), where
+    the server and the sites find them. With `sites`, every simulated site's share is cut
+    too. The built-in synthetic generator is not run here: it cannot make messy data.
+    """
     config = load_app_config(app_dir / "pyproject.toml", run_config)
     if config.dataset not in NAMED_DATASETS and not resolve_path(config.dataset, app_dir).exists():
         raise ConfigError(f"dataset {config.dataset!r} not found (looked for {resolve_path(config.dataset, app_dir)})")
     if config.resume_from and not (resolve_path(config.resume_from, app_dir) / "run.json").exists():
         raise ConfigError(f"resume-from={config.resume_from!r} is not a fedpath run directory (no run.json)")
+    if config.dataset == "synthetic":
+        return
+    import dataclasses  # noqa: PLC0415 - data code stays out of --help
+    import textwrap  # noqa: PLC0415
+
+    from common.data import sources  # noqa: PLC0415
+    from common.data.checks import check_splittable  # noqa: PLC0415
+    from common.data.imageset import DataError  # noqa: PLC0415
+
+    def as_the_server_reads(path: str) -> str:
+        """The server runs in `app_dir`; the same string where this process agrees keeps one cache entry."""
+        same = path in NAMED_DATASETS or not path or resolve_path(path) == resolve_path(path, app_dir)
+        return path if same else str(resolve_path(path, app_dir))
+
+    data = dataclasses.replace(config, dataset=as_the_server_reads(config.dataset),
+                               groups_csv=as_the_server_reads(config.groups_csv))
+    try:
+        pool, official_test = sources._load(data)  # what dataset_classes / central_test_set read
+        if official_test is None:
+            check_splittable(pool.labels, pool.groups, pool.classes, f"dataset {data.dataset}")
+        test = sources.central_test_set(data)
+        for site in range(sites or 0):
+            sources.simulated_site(data, site, sites or 0)
+    except DataError as err:
+        body = textwrap.fill(str(err), width=100, initial_indent="  ", subsequent_indent="  ",
+                             break_long_words=False, break_on_hyphens=False)
+        raise ConfigError(
+            f"the data cannot be used, so nothing was started.\n  dataset: {data.dataset}\n{body}\n"
+            "  Every data message and what to do: docs/TROUBLESHOOTING.md, section 'Site data'."
+        ) from None
+    print(f"data: {len(pool)} images of {len(pool.classes)} classes ({', '.join(pool.classes)}), "
+          f"{len(test)} in the central test set; skipped {pool.report.skipped} unreadable and "
+          f"{pool.report.hidden} hidden files", flush=True)
 
 
 def run_simulation(

@@ -91,14 +91,15 @@ def test_npz_with_out_of_range_labels_is_an_error_before_training(tmp_path: Path
         run_round(identity, config, _request(config, ["class-0", "class-1"]))
 
 
-def test_empty_site_refuses_clearly(tmp_path: Path) -> None:
+def test_empty_site_is_an_error_naming_its_empty_folders(tmp_path: Path) -> None:
     data = tmp_path / "data"
     for name in CLASSES:
         (data / name).mkdir(parents=True)
     config = _config()
-    result = run_round(site_identity(_deployed(tmp_path, data), config, 1), config, _request(config))
-    assert result.status == "refused" and result.update is None
-    assert "only 0 training examples" in result.reason
+    with pytest.raises(DataError) as info:
+        run_round(site_identity(_deployed(tmp_path, data), config, 1), config, _request(config))
+    assert all(str(data / name) in str(info.value) for name in CLASSES) and "hold no files" in str(info.value)
+    assert not (tmp_path / "state" / LEDGER_FILE).exists()  # nothing was trained or spent
 
 
 def test_too_few_examples_for_a_dp_step_refuses_clearly(tmp_path: Path) -> None:

@@ -18,16 +18,30 @@ class DataError(ValueError):
 
 @dataclass
 class LoadReport:
-    """What a loader skipped, so a site can report counts without revealing content."""
+    """What a loader skipped, so a site can report counts without revealing content.
+
+    `skipped_files` names every unreadable file (for the site's own log); only the counts
+    may leave a site. Hidden entries (`.DS_Store`, `.ipynb_checkpoints`, ...) are counted
+    apart from unreadable files: they are never data, so they are no sign of a bad export.
+    """
 
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
     converted: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+    hidden: int = 0
+    hidden_examples: list[str] = field(default_factory=list)
 
     def skip(self, path: str, reason: str, keep: int = 5) -> None:
         self.skipped += 1
+        self.skipped_files.append(f"{path}: {reason}")
         if len(self.skipped_examples) < keep:
             self.skipped_examples.append(f"{path}: {reason}")
+
+    def hide(self, path: str, keep: int = 5) -> None:
+        self.hidden += 1
+        if len(self.hidden_examples) < keep:
+            self.hidden_examples.append(path)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 PathMNIST is 9 colorectal tissue classes from NCT-CRC-HE-100K; its official test split is
 the external CRC-VAL-HE-7K set. `load_pathmnist` fetches it with the `medmnist` package
-where there is network; offline, point `dataset` at a local `pathmnist*.npz`.
+where there is network; offline, point `dataset` at a local `pathmnist*.npz`. Files are
+checked before use (`common/data/checks.py`): never unpickled, labels 0..K-1 without gaps,
+pixel scales stated, oversized images refused.
 """
 
 from __future__ import annotations
@@ -13,6 +15,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from common.data.checks import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    check_image_shape,
+    check_label_range,
+    check_npz_container,
+    classes_from_labels,
+    label_vector,
+    to_uint8,
+)
 from common.data.folder import to_rgb_array
 from common.data.imageset import DataError, ImageSet
 
@@ -32,14 +43,11 @@ PATHMNIST_CLASSES = [
 _REQUIRED = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-def _to_rgb_batch(images: np.ndarray, image_size: int) -> np.ndarray:
+def _to_rgb_batch(images: np.ndarray, image_size: int, name: str, path: Path, max_pixels: int) -> np.ndarray:
+    check_image_shape(images, name, path, max_pixels)
+    images = to_uint8(images, name, path)
     if images.ndim == 3:  # grayscale (N, H, W)
         images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise DataError(f"expected images of shape (N, H, W[, 1|3|4]), got {images.shape}")
-    if images.dtype != np.uint8:
-        top = 65535.0 if images.max(initial=0) > 255 else 255.0
-        images = np.clip(images.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
     elif images.shape[-1] == 4:
@@ -50,52 +58,68 @@ def _to_rgb_batch(images: np.ndarray, image_size: int) -> np.ndarray:
     return np.stack([to_rgb_array(Image.fromarray(img), image_size)[0] for img in images])
 
 
-def _labels(raw: np.ndarray, name: str, classes: list[str], path: Path) -> np.ndarray:
-    labels = np.asarray(raw).reshape(len(raw), -1)[:, 0].astype(np.int64)
-    bad = labels[(labels < 0) | (labels >= len(classes))]
-    if len(bad):
-        raise DataError(
-            f"{path}: {name} holds labels {sorted(set(bad.tolist()))[:10]} outside 0..{len(classes) - 1}; "
-            f"the federation has {len(classes)} classes ({', '.join(classes)})"
-        )
-    return labels
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the file, never unpickling (a pickle can run code)."""
+    check_npz_container(path)
+    try:
+        with np.load(path, allow_pickle=False) as blob:
+            parts = {}
+            for key in blob.files:
+                try:
+                    parts[key] = blob[key]
+                except ValueError as err:
+                    if "object arrays" not in str(err).lower():
+                        raise
+                    raise DataError(f"{path}: array {key!r} holds Python objects (pickled), which fedpath never "
+                                    "loads since unpickling can run code; store numeric arrays") from None
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"cannot read {path} as an .npz file: {err}") from err
+    missing = [k for k in _REQUIRED if k not in parts]
+    if missing:
+        held = ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in parts.items()) or "nothing"
+        raise DataError(f"{path} lacks {missing}; a MedMNIST-format .npz has {', '.join(_REQUIRED)} (+ val_*). "
+                        f"It holds: {held}")
+    return parts
 
 
-def load_npz(path: Path, image_size: int, classes: list[str] | None = None) -> tuple[ImageSet, ImageSet]:
+def load_npz(
+    path: Path, image_size: int, classes: list[str] | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[ImageSet, ImageSet]:
     """(pool, test): `train` + `val` pooled for the sites, `test` held out centrally.
 
-    Class names are not stored in MedMNIST files; PathMNIST's are used when the label
-    range fits 9 classes, otherwise `class-0..class-K`. Each image is its own group
-    because MedMNIST publishes no patient ids (a known limitation of that benchmark).
+    Class names are not stored in MedMNIST files. Given `classes` (the federation's, at a
+    deployed site), labels must fit them. Otherwise a file named `pathmnist*` gets
+    PathMNIST's names when its labels fit them; any other file's labels must run 0..K-1
+    without gaps (`class-0..class-K-1`). Each image is its own group because MedMNIST
+    publishes no patient ids (a known limitation of that benchmark).
     """
     if not path.exists():
         raise DataError(f"dataset file {path} does not exist")
-    try:
-        blob = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {path} as an .npz file: {err}") from err
-    with blob:
-        missing = [k for k in _REQUIRED if k not in blob.files]
-        if missing:
-            raise DataError(f"{path} lacks {missing}; a MedMNIST-format .npz has {', '.join(_REQUIRED)} (+ val_*)")
-        parts = {k: blob[k] for k in blob.files}
+    parts = _read_arrays(path)
+    splits = [s for s in ("train", "val", "test") if f"{s}_labels" in parts]
+    labels = {s: label_vector(parts[f"{s}_labels"], f"{s}_labels", path) for s in splits}
+    for s in splits:
+        if f"{s}_images" in parts and len(parts[f"{s}_images"]) != len(labels[s]):
+            raise DataError(f"{path}: {len(parts[f'{s}_images'])} {s}_images but {len(labels[s])} {s}_labels")
     if classes is None:
-        top = max(int(np.max(parts[f"{s}_labels"], initial=0)) for s in ("train", "val", "test") if f"{s}_labels" in parts)
-        classes = list(PATHMNIST_CLASSES) if top < len(PATHMNIST_CLASSES) and "pathmnist" in path.name.lower() else [
-            f"class-{i}" for i in range(top + 1)
-        ]
-    pool_images = [parts["train_images"]] + ([parts["val_images"]] if "val_images" in parts else [])
-    pool_labels = [parts["train_labels"]] + ([parts["val_labels"]] if "val_labels" in parts else [])
+        names = PATHMNIST_CLASSES if "pathmnist" in path.name.lower() else []
+        classes = classes_from_labels(list(labels.values()), path, names)
+    for s in splits:
+        check_label_range(labels[s], f"{s}_labels", classes, path)
+    pool_splits = ["train"] + (["val"] if "val_images" in parts and "val" in labels else [])
     pool = ImageSet(
-        _to_rgb_batch(np.concatenate(pool_images), image_size),
-        _labels(np.concatenate(pool_labels), "train/val labels", classes, path),
-        np.asarray([f"pool-{i}" for i in range(sum(len(x) for x in pool_labels))]),
+        np.concatenate([_to_rgb_batch(parts[f"{s}_images"], image_size, f"{s}_images", path, max_pixels)
+                        for s in pool_splits]),
+        np.concatenate([labels[s] for s in pool_splits]),
+        np.asarray([f"pool-{i}" for i in range(sum(len(labels[s]) for s in pool_splits))]),
         list(classes),
     )
     test = ImageSet(
-        _to_rgb_batch(parts["test_images"], image_size),
-        _labels(parts["test_labels"], "test_labels", classes, path),
-        np.asarray([f"test-{i}" for i in range(len(parts["test_labels"]))]),
+        _to_rgb_batch(parts["test_images"], image_size, "test_images", path, max_pixels),
+        labels["test"],
+        np.asarray([f"test-{i}" for i in range(len(labels["test"]))]),
         list(classes),
     )
     return pool, test
