@@ -8,6 +8,9 @@
   of the file's SHA-256 in its name) and where to put it.
 * a path to a `.pth`/`.pt` torchvision-format state dict (e.g. `server.pretrain` output),
   verified against `weights-sha256` or a `<file>.sha256` sidecar when one is given.
+  A run's own `checkpoints/final.pt` (the global model a job ended with, with its sidecar)
+  is accepted too, so a consortium's next job can continue from the last one: its
+  DP-compatible layer names are mapped back to torchvision's (`torchvision_state`).
 * `none`: random initialisation: the from-scratch baseline.
 * `auto` (default): ImageNet weights if they are already in the hub cache, otherwise
   `none` with a prominent warning. Never downloads, so the offline demo works; and the
@@ -34,6 +37,13 @@ IMAGENET_WEIGHTS = {
     "resnet34": ResNet34_Weights.IMAGENET1K_V1,
     "resnet50": ResNet50_Weights.IMAGENET1K_V2,
 }
+
+
+# The format `server.run_store` writes checkpoints in; kept here so `common` does not import `server`.
+FEDPATH_CHECKPOINT_FORMAT = "fedpath-checkpoint/1"
+# What `common.model.make_dp_compatible` renames in each BatchNorm: its statistics and affine parameters.
+_DP_BATCHNORM_NAMES = {"norm.running_mean": "running_mean", "norm.running_var": "running_var",
+                       "affine.weight": "weight", "affine.bias": "bias"}
 
 
 class WeightsError(RuntimeError):
@@ -74,15 +84,60 @@ def imagenet_file(arch: str) -> tuple[Path, str, str]:
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    return _read_weights(path)[0]
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """(torchvision-format state dict, description if the file says what it is)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for bad files
         raise WeightsError(f"cannot read weights file {path} as a PyTorch state dict: {err}") from err
+    if isinstance(state, dict) and state.get("format") == FEDPATH_CHECKPOINT_FORMAT:
+        return _from_fedpath_checkpoint(state, path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} does not hold a state dict of tensors")
-    return state
+    return state, None
+
+
+def _from_fedpath_checkpoint(payload: dict[str, Any], path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """A run's final global model as torchvision weights, and what it is (run, round, how it began)."""
+    if payload.get("kind") != "full" or not isinstance(payload.get("state_dict"), dict):
+        raise WeightsError(
+            f"{path} is a per-round checkpoint: it holds only the tensors that trained, not a whole model. To "
+            "continue from a job, give weights= its checkpoints/final.pt; to continue a crashed job, resume-from="
+        )
+    meta = payload.get("meta") or {}
+    run = path.parent.parent.name if path.parent.name == "checkpoints" else path.parent.name
+    began = (meta.get("weights") or {}).get("description", "unknown")
+    description = (f"fedpath global model {run}/{path.name} after round {payload.get('round')} "
+                   f"({meta.get('arch')}, policy {meta.get('policy')}; that job started from: {began})")
+    return torchvision_state(payload["state_dict"]), description
+
+
+def torchvision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A DP-compatible fedpath model's state dict under torchvision's names.
+
+    `make_dp_compatible` splits each BatchNorm `bnX` into `bnX.norm` (statistics) and
+    `bnX.affine` (scale, shift); torchvision, and `build_resnet`, expect `bnX.running_mean`
+    and so on, plus a `num_batches_tracked` counter (unused in eval mode; 0 here).
+    """
+    batchnorms = {name[: -len(".norm.running_mean")] for name in state if name.endswith(".norm.running_mean")}
+    out = {_torchvision_name(name, batchnorms): tensor for name, tensor in state.items()}
+    for prefix in batchnorms:
+        out[f"{prefix}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
+    return out
+
+
+def _torchvision_name(name: str, batchnorms: set[str]) -> str:
+    """`layer1.0.bn1.affine.weight` -> `layer1.0.bn1.weight`; names outside a converted BatchNorm unchanged."""
+    for dp_name, tv_name in _DP_BATCHNORM_NAMES.items():
+        prefix = name[: -len(dp_name) - 1]
+        if name.endswith("." + dp_name) and prefix in batchnorms:
+            return f"{prefix}.{tv_name}"
+    return name
 
 
 def _imagenet(arch: str, download: bool) -> tuple[WeightsSource, dict[str, torch.Tensor]]:
@@ -124,7 +179,8 @@ def _file(spec: str, sha256: str) -> tuple[WeightsSource, dict[str, torch.Tensor
     digest = sha256_of(path)
     if expected and digest != expected:
         raise WeightsError(f"weights file {path} has SHA-256 {digest}, but {expected} was expected: refusing to use it")
-    return WeightsSource("file", _provenance(path), str(path), digest), _load_state(path)
+    state, description = _read_weights(path)
+    return WeightsSource("file", description or _provenance(path), str(path), digest), state
 
 
 def _provenance(path: Path) -> str:

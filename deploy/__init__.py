@@ -5,6 +5,7 @@
 * `deploy.pki`: a local test CA and SuperLink certificate; a site's SuperNode key pair.
 * `deploy.flower`: the Flower executables, their environment, the `flwr` connection config.
 * `deploy.superlink`: start the coordinator's SuperLink (TLS and SuperNode authentication on).
-* `deploy.register`: register a site's public key with the SuperLink.
-* `deploy.site`: start a hospital's SuperNode after checking its node config, TLS and key.
+* `deploy.register`: register a site's public key with the SuperLink; list which node is which site.
+* `deploy.site`: start a hospital's SuperNode after checking its node config, data, TLS and key.
+* `deploy.link_check`: ask the SuperLink whether a site's key is registered and its node free.
 """

@@ -9,6 +9,7 @@ COMMANDS = {
     "site-keys": ("deploy.pki", "main_site_keys", "make a site's SuperNode authentication key pair"),
     "connection": ("deploy.register", "main_connection", "write the flwr CLI's connection to the SuperLink"),
     "register": ("deploy.register", "main_register", "register a site's public key with the SuperLink"),
+    "sites": ("deploy.register", "main_sites", "which node is which site: id, registered name, status, key fingerprint"),
     "superlink": ("deploy.superlink", "main", "start the SuperLink (TLS + SuperNode authentication)"),
     "site": ("deploy.site", "main", "check a site's configuration and start its SuperNode"),
 }

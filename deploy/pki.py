@@ -20,7 +20,9 @@ Two different things, easy to confuse:
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
+import hashlib
 import ipaddress
 import os
 from collections.abc import Sequence
@@ -156,10 +158,44 @@ def check_root_certificates(path: Path) -> list[x509.Certificate]:
     return certs
 
 
+def openssh_fingerprint(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey) -> str:
+    """`SHA256:...`, exactly what `ssh-keygen -lf <key>.pub` prints for the key.
+
+    The one identifier a site, the coordinator and `python -m deploy sites` can all compare
+    (over the phone, too) without sending key material around.
+    """
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    blob = base64.b64decode(public.public_bytes(serialization.Encoding.OpenSSH,
+                                                serialization.PublicFormat.OpenSSH).split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def _missing_key_message(path: Path) -> str:
+    """Why the key is missing, steering away from making a new (then unregistered) key.
+
+    A typo in `--private-key` is far likelier than a lost key, and a new key pair is useless
+    until the coordinator registers it; so name the keys that do exist near the given path.
+    """
+    folder = path.parent
+    try:
+        keys = sorted(p.name for p in folder.iterdir()
+                      if p.is_file() and (p.suffix == ".key" or (p.name.startswith("id_") and p.suffix != ".pub")))
+        found = f"keys in {folder}: {', '.join(keys)}" if keys else f"{folder} holds no *.key file"
+    except FileNotFoundError:
+        found = f"the directory {folder} does not exist either"
+    except OSError as err:
+        found = f"{folder} cannot be listed: {err.strerror}"
+    return (
+        f"SuperNode private key {path} does not exist. Check the path first (a typo? {found}): the SuperLink "
+        "accepts only the key whose .pub the coordinator registered. Make a new pair (python -m deploy site-keys) "
+        "only if the registered key is really lost, and then have the new .pub registered before the site can connect"
+    )
+
+
 def check_site_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """The site's OpenSSH EC private key, as flower-supernode will load it, or a ValueError."""
     if not path.is_file():
-        raise ValueError(f"SuperNode private key {path} does not exist (make one with: python -m deploy site-keys)")
+        raise ValueError(_missing_key_message(path))
     try:
         key = serialization.load_ssh_private_key(path.read_bytes(), None)
     except (ValueError, TypeError) as err:

@@ -3,12 +3,14 @@
     run.json            what ran: config, versions, weights, classes, sites (at start)
     metrics.jsonl       one JSON line per evaluated round, appended and fsynced
     checkpoints/        round-NNNN.pt (trainable tensors) per round, final.pt (full model)
+                        and final.pt.sha256 (`sha256sum` format) for the next job's weights=
     final-eval.json     the final model's full evaluation
     report.json/.html   composed from the above by `server.report`
 
 Per-round checkpoints hold only the trainable tensors (what changes); together with the
 weights source recorded in run.json they rebuild the model exactly, and `final.pt` is a
-complete, self-contained state dict.
+complete, self-contained state dict, which `weights=` accepts (common/weights.py), so the
+next job of a consortium can start from it; its `.sha256` sidecar is checked on load.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import torch
 from torch import nn
 
 from common.ledger import atomic_write_json
+from common.weights import FEDPATH_CHECKPOINT_FORMAT, sha256_of
 
-CHECKPOINT_FORMAT = "fedpath-checkpoint/1"
+CHECKPOINT_FORMAT = FEDPATH_CHECKPOINT_FORMAT
 
 
 def jsonable(value: Any) -> Any:
@@ -95,7 +98,13 @@ class RunStore:
         return path
 
     def save_final(self, model: nn.Module, server_round: int, meta: dict[str, Any]) -> Path:
+        """The whole final model, and `final.pt.sha256` so a later job can pin it (`weights-sha256`).
+
+        The old sidecar goes first: a crash between the two writes leaves a checkpoint without a
+        sidecar (loaded unchecked, unless weights-sha256 is given), never one with a wrong one.
+        """
         path = self.checkpoints / "final.pt"
+        sidecar = path.with_name(path.name + ".sha256")
         payload = {
             "format": CHECKPOINT_FORMAT,
             "kind": "full",
@@ -103,7 +112,9 @@ class RunStore:
             "meta": meta,
             "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         }
+        sidecar.unlink(missing_ok=True)
         _atomic_torch_save(payload, path)
+        _atomic_write_text(sidecar, f"{sha256_of(path)}  {path.name}\n")
         return path
 
     def latest_round_checkpoint(self) -> Path | None:
@@ -115,6 +126,15 @@ def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

@@ -6,9 +6,13 @@ Fast: nothing here connects anywhere. The real TLS federation is tests/test_depl
 from __future__ import annotations
 
 import math
+import shutil
+import socket
+import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,12 +24,13 @@ from PIL import Image
 
 from client.identity import DEPLOYMENT_KEYS
 from common.ledger import PrivacyLedger
-from deploy import pki
+from deploy import link_check, pki
 from deploy.flower import is_loopback, split_address, write_connection
 from deploy.site import SiteConfigError, build_parser, format_node_config, plan_site
 from deploy.site import main as site_main
 from deploy.superlink import SuperLinkConfigError, plan_superlink
 from deploy.superlink import build_parser as superlink_parser
+from simulations.local_superlink import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -143,6 +148,33 @@ def test_valid_site_plan(site_files: dict[str, Path]) -> None:
     assert site.env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
     assert site.env["FLWR_HOME"] == str(site_files["state"].resolve() / "flwr-home")
     assert any("epsilon 0.000 of 8 spent in 0 round(s)" in note for note in site.notes)
+    assert any(note.startswith("data: ") and "2 classes (benign 1, tumour 1)" in note for note in site.notes)
+    assert site.link is not None and site.link.address == "127.0.0.1:9092"
+    assert site.link.fingerprint == pki.openssh_fingerprint(pki.check_site_private_key(site_files["key"]))
+
+
+def test_optional_node_config_keys_reach_the_supernode(site_files: dict[str, Path]) -> None:
+    """Every site setting the ClientApp reads must be in the node config flower-supernode gets."""
+    site = plan(site_files, config=node_config(site_files, **{"epsilon-per-job": 2.0, "val-fraction": 0.2}))
+    passed = parse_config_args([site.command[site.command.index("--node-config") + 1]])
+    assert passed["epsilon-per-job"] == 2.0 and passed["val-fraction"] == 0.2
+
+
+# -- the site's data, through the ClientApp's own loader -----------------------------------
+
+
+def test_empty_class_folder_is_refused_naming_it(site_files: dict[str, Path]) -> None:
+    """Needs the loader to refuse empty class folders (common/data, another change than this one)."""
+    (site_files["data"] / "stroma").mkdir()
+    with pytest.raises(SiteConfigError, match=r"data-path cannot be trained on: .*stroma"):
+        plan(site_files)
+
+
+def test_loader_errors_stop_the_site_before_it_starts(site_files: dict[str, Path]) -> None:
+    (site_files["data"] / "tumour" / "scan.png").write_bytes(b"not an image")
+    plan(site_files)  # strict=false: the loader skips and counts it
+    with pytest.raises(SiteConfigError, match=r"data-path cannot be trained on: .*scan\.png"):
+        plan(site_files, config=node_config(site_files) + " strict=true")
 
 
 def test_check_prints_the_command_and_starts_nothing(site_files: dict[str, Path],
@@ -170,6 +202,59 @@ def test_site_refuses_plaintext_unless_the_local_testing_flag(site_files: dict[s
     argv = ["--superlink", "10.1.2.3:9092", "--node-config", node_config(site_files), "--insecure-local-testing"]
     with pytest.raises(SiteConfigError, match="only allowed to a loopback address"):
         plan_site(build_parser().parse_args(argv))
+
+
+def test_mistyped_key_path_says_check_the_path_before_making_a_new_key(site_files: dict[str, Path]) -> None:
+    typo = site_files["key"].with_name("site-aa.key")
+    with pytest.raises(SiteConfigError) as info:
+        plan_site(build_parser().parse_args(["--superlink", "127.0.0.1:1", "--node-config", node_config(site_files),
+                                             "--private-key", str(typo), "--root-certificates", str(site_files["ca"])]))
+    message = str(info.value)
+    assert "Check the path first" in message and f"keys in {typo.parent}: site-a.key" in message
+    assert message.index("Check the path") < message.index("site-keys")  # the typo before a new, unregistered key
+
+
+def test_fingerprint_is_what_ssh_keygen_prints(tmp_path: Path) -> None:
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen (OpenSSH client) is not installed")
+    keys = pki.make_site_keys(tmp_path, "site-a")
+    printed = subprocess.run(["ssh-keygen", "-lf", str(keys.public_key)], capture_output=True, text=True,
+                             check=True).stdout.split()[1]
+    assert pki.openssh_fingerprint(pki.check_site_private_key(keys.private_key)) == printed
+
+
+def test_link_check_of_an_unreachable_superlink(site_files: dict[str, Path],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing listens: --check-link says so (69); a real start would leave it to the SuperNode's retries."""
+    argv = ["--superlink", f"127.0.0.1:{free_port()}", "--node-config", node_config(site_files), "--private-key",
+            str(site_files["key"]), "--root-certificates", str(site_files["ca"]), "--check-link"]
+    assert site_main(argv) == 69
+    assert "error: cannot reach 127.0.0.1:" in capsys.readouterr().err
+
+
+def test_link_check_refuses_a_superlink_certified_by_another_ca(site_files: dict[str, Path], tmp_path: Path) -> None:
+    other = pki.make_test_pki(tmp_path / "other-ca")  # a TLS server whose certificate our CA did not sign
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(other.server_cert, other.server_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve_one() -> None:
+        conn, _ = listener.accept()
+        try:
+            context.wrap_socket(conn, server_side=True).close()
+        except (ssl.SSLError, OSError):
+            pass  # the client aborts the handshake
+
+    thread = threading.Thread(target=serve_one, daemon=True)
+    thread.start()
+    key = pki.check_site_private_key(site_files["key"])
+    try:
+        with pytest.raises(link_check.LinkConfigError, match="--root-certificates must be the CA certificate"):
+            link_check.check_link(f"127.0.0.1:{port}", site_files["ca"], key, 0)
+    finally:
+        listener.close()
+        thread.join(timeout=10)
 
 
 def test_site_rejects_a_bad_root_certificate_or_key(site_files: dict[str, Path], tmp_path: Path) -> None:
@@ -259,3 +344,4 @@ def test_deploy_usage_lists_commands() -> None:
     done = subprocess.run([sys.executable, "-m", "deploy"], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=False)
     assert done.returncode == 2 and "register" in done.stderr and "superlink" in done.stderr
+    assert "sites" in done.stderr
