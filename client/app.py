@@ -8,7 +8,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.identity import site_identity
-from client.site import RoundRequest, run_round
+from client.site import RoundRequest, failure_code, run_round
+from common import reply as wire
 from common.config import RunConfig
 from common.logging_setup import setup_logging
 from common.records import from_array_record, to_array_record
@@ -17,10 +18,28 @@ app = ClientApp()
 log = logging.getLogger("fedpath.client")
 
 
+class SiteError(RuntimeError):
+    """What a site's failure looks like on the wire: a fixed code and sentence, nothing else.
+
+    Flower sends the text of a ClientApp's exception to the coordinator; data errors name
+    files (patient identifiers in many hospitals) and counts. The full error stays in the
+    site's own log; only `common.reply.failure_text(code)` crosses the wire.
+    """
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train on this site's private data and reply with trainable weights and aggregates."""
+    """Train on this site's private data and reply with what `common.reply` declares."""
     setup_logging()
+    try:
+        return _train(msg, context)
+    except Exception as err:  # noqa: BLE001 - every failure is reported, sanitised
+        code = failure_code(err)
+        log.error("this site's round failed (%s): %s: %s", code, type(err).__name__, err, exc_info=True)
+        raise SiteError(wire.failure_text(code)) from None
+
+
+def _train(msg: Message, context: Context) -> Message:
     config = RunConfig.from_mapping(context.run_config)
     identity = site_identity(context.node_config, config, context.run_id)
     round_config = msg.content["config"]
@@ -32,19 +51,13 @@ def train(msg: Message, context: Context) -> Message:
         frozen_fingerprint=str(round_config["frozen-fingerprint"]),
     )
     result = run_round(identity, config, request)
-    content = RecordDict(
-        {
-            "metrics": MetricRecord(result.metrics),
-            "site": ConfigRecord(
-                {
-                    "site-id": result.site_id,
-                    "status": result.status,
-                    "reason": result.reason,
-                    "class-counts": [int(c) for c in result.class_counts],
-                }
-            ),
-        }
-    )
+    records = wire.encode(result.reply)
+    content = RecordDict({
+        wire.METRICS: MetricRecord(records[wire.METRICS]),
+        wire.SITE: ConfigRecord(records[wire.SITE]),
+    })
+    if wire.DIAGNOSTICS in records:
+        content[wire.DIAGNOSTICS] = ConfigRecord(records[wire.DIAGNOSTICS])
     if result.update is not None:
-        content["arrays"] = to_array_record(result.update)
+        content[wire.ARRAYS] = to_array_record(result.update)
     return Message(content=content, reply_to=msg)

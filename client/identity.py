@@ -7,14 +7,17 @@ The same ClientApp serves both worlds:
 * deployment: the hospital's operator starts `flower-supernode --node-config` with
   `data-path`, `site-id`, `epsilon-budget`, `delta` and `state-dir`. These come from the
   site, never from the coordinator, so no run config can move a site's ledger, raise its
-  budget or point it at other data.
+  budget, point it at other data, choose which patients sit in its validation split,
+  switch `strict` or read its DP randomness. Optional keys: `epsilon-per-job`,
+  `accept-budget-change`, `val-fraction`, `share-diagnostics`, `dp-seed`, `split-key`,
+  `allow-non-private`, `strict` (docs/DEPLOYMENT.md).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +25,52 @@ from common.config import ConfigError, RunConfig, resolve_path
 from common.paths import run_dir
 
 DEPLOYMENT_KEYS = ("data-path", "site-id", "epsilon-budget", "delta", "state-dir")
-OPTIONAL_DEPLOYMENT_KEYS = ("allow-non-private", "strict")
+OPTIONAL_DEPLOYMENT_KEYS = (
+    "allow-non-private", "strict", "epsilon-per-job", "accept-budget-change", "val-fraction", "share-diagnostics",
+    "dp-seed", "split-key",
+)
+# A per-job cap of a quarter of the lifetime budget: a trial job can never spend more than a
+# quarter, and a site can take part in at least four jobs (a pilot, a study, two follow-ups).
+DEFAULT_JOB_SHARE = 0.25
+DEFAULT_VAL_FRACTION = 0.15
 
 
 @dataclass(frozen=True)
 class SiteIdentity:
+    """Who the site is and the settings that are the site's own (never the coordinator's)."""
+
     site_id: str
     deployed: bool
     state_dir: Path
-    epsilon_budget: float
+    epsilon_budget: float  # lifetime budget
     delta: float | None  # None: derived from the site's size (simulation, delta = 0)
     partition_id: int = -1
     num_partitions: int = 0
     data_path: Path | None = None
     allow_non_private: bool = False
     strict: bool = False
+    epsilon_per_job: float = 0.0  # 0: DEFAULT_JOB_SHARE of the lifetime budget
+    accept_budget_change: str = ""  # "OLD->NEW": the operator's acknowledgement of a budget raise
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    share_diagnostics: bool = False
+    dp_seed: str = field(default="", repr=False)  # secret; "" = fresh OS randomness every round
+    split_key: str = field(default="", repr=False)  # secret; "" = generated once into state-dir
+
+    @property
+    def job_cap(self) -> float:
+        """The most ε one job may spend at this site."""
+        return self.epsilon_per_job if self.epsilon_per_job > 0 else DEFAULT_JOB_SHARE * self.epsilon_budget
 
 
-def _truthy(value: Any) -> bool:
+def truthy(value: Any) -> bool:
     return value is True or str(value).lower() in ("1", "true", "yes")
+
+
+def _number(node_config: Mapping[str, Any], key: str, default: float) -> float:
+    try:
+        return float(node_config.get(key, default))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} in --node-config must be a number, got {node_config.get(key)!r}") from None
 
 
 def check_deployment_node_config(node_config: Mapping[str, Any]) -> tuple[float, float]:
@@ -63,11 +93,34 @@ def check_deployment_node_config(node_config: Mapping[str, Any]) -> tuple[float,
     # An infinite budget would switch the budget check off; NaN makes every comparison with it false.
     if not (math.isfinite(budget) and budget > 0) or not 0 < delta < 1:
         raise ConfigError(f"--node-config needs finite epsilon-budget > 0 and 0 < delta < 1, got {budget}, {delta}")
+    per_job = _number(node_config, "epsilon-per-job", 0.0)
+    if not (math.isfinite(per_job) and per_job >= 0):
+        raise ConfigError(f"epsilon-per-job in --node-config must be >= 0 (0 = a quarter of epsilon-budget), got {per_job}")
+    val = _number(node_config, "val-fraction", DEFAULT_VAL_FRACTION)
+    if not 0 <= val < 1:
+        raise ConfigError(f"val-fraction in --node-config must be in [0, 1), got {val}")
+    change = str(node_config.get("accept-budget-change", ""))
+    if change and parse_budget_change(change) is None:
+        raise ConfigError(f'accept-budget-change must read "OLD->NEW" (e.g. "8->12"), got {change!r}')
     return budget, delta
 
 
+def parse_budget_change(text: str) -> tuple[float, float] | None:
+    """("8->12") -> (8.0, 12.0); None when malformed."""
+    old, sep, new = text.partition("->")
+    try:
+        return (float(old), float(new)) if sep else None
+    except ValueError:
+        return None
+
+
 def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int) -> SiteIdentity:
-    """Resolve the site from Flower's node config; deployment keys must all be present."""
+    """Resolve the site from Flower's node config; deployment keys must all be present.
+
+    Simulated sites have no node config of their own: the run config's `site-*` keys stand in
+    for it (the experimenter plays every hospital). Deployed sites take every privacy- and
+    data-handling setting from their own node config; the run config cannot change them.
+    """
     if "partition-id" in node_config and "data-path" not in node_config:
         pid, num = int(node_config["partition-id"]), int(node_config["num-partitions"])
         base = resolve_path(config.ledger_dir) if config.ledger_dir else run_dir(config, run_id) / "sites"
@@ -75,11 +128,16 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
             site_id=f"site-{pid}",
             deployed=False,
             state_dir=base / f"site-{pid}",
-            epsilon_budget=config.epsilon,
+            epsilon_budget=config.site_epsilon_budget,
             delta=config.delta if config.delta > 0 else None,
             partition_id=pid,
             num_partitions=num,
             strict=config.strict,
+            epsilon_per_job=config.site_epsilon_per_job,
+            accept_budget_change=config.site_accept_budget_change,
+            val_fraction=config.val_fraction,
+            share_diagnostics=config.site_share_diagnostics,
+            dp_seed=config.site_dp_seed,
         )
     budget, delta = check_deployment_node_config(node_config)
     return SiteIdentity(
@@ -89,6 +147,12 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
         epsilon_budget=budget,
         delta=delta,
         data_path=resolve_path(str(node_config["data-path"])),
-        allow_non_private=_truthy(node_config.get("allow-non-private", False)),
-        strict=_truthy(node_config.get("strict", config.strict)),
+        allow_non_private=truthy(node_config.get("allow-non-private", False)),
+        strict=truthy(node_config.get("strict", False)),
+        epsilon_per_job=_number(node_config, "epsilon-per-job", 0.0),
+        accept_budget_change=str(node_config.get("accept-budget-change", "")),
+        val_fraction=_number(node_config, "val-fraction", DEFAULT_VAL_FRACTION),
+        share_diagnostics=truthy(node_config.get("share-diagnostics", False)),
+        dp_seed=str(node_config.get("dp-seed", "")),
+        split_key=str(node_config.get("split-key", "")),
     )

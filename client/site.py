@@ -1,9 +1,13 @@
 """One round of local training at a site: the privacy-critical path, free of Flower types.
 
 Order matters here. Everything that can be checked without training (config, classes,
-frozen layers, data size, delta, budget) is checked first; training happens only when
-the whole round fits the budget; and the ledger records the round's spend before the
-update is handed back to Flower, so a crash can only over-count.
+frozen layers, data size, delta, the job's grant, the round's budget) is checked first;
+training happens only when the whole round fits; and the ledger records the round's spend
+before the update is handed back to Flower, so a crash can only over-count.
+
+What leaves the site is built by `common.reply` alone: the DP update, accounting values and
+fixed codes. Free text (refusal details, file names, exception messages) stays in the site's
+own log, `state-dir/site-rounds.jsonl`.
 """
 
 from __future__ import annotations
@@ -12,23 +16,33 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from client.identity import SiteIdentity
-from common.config import RunConfig
-from common.data.imageset import ImageSet
+from client.identity import SiteIdentity, parse_budget_change
+from client.site_keys import site_split_key
+from common.config import ConfigError, RunConfig, auto_delta, check_delta
+from common.data.imageset import DataError
 from common.data.sources import SiteData, check_classes, deployed_site, simulated_site
+from common.dp_randomness import RoundRandomness, round_randomness
 from common.factory import initial_model
-from common.ledger import PrivacyLedger, site_lock
+from common.ledger import LedgerError, PrivacyLedger, site_lock
 from common.model import frozen_fingerprint, get_trainable_state, set_trainable_state
-from common.privacy import BudgetExhausted, calibrate_noise, check_round
+from common.privacy import BudgetExhausted, JobGrant, calibrate_noise, check_round, grant_job
+from common.reply import SiteReplyContent
 from common.training import TrainSettings, grad_sample_mode_for, predict, steps_per_epoch, train_local
 
 log = logging.getLogger("fedpath.site")
+
+SITE_LOG = "site-rounds.jsonl"
+PRIVACY_UNIT = "patch"
+
+
+class ModelMismatch(RuntimeError):
+    """The site's frozen layers differ from the server's: averaging would be meaningless."""
 
 
 @dataclass
@@ -44,228 +58,252 @@ class RoundRequest:
 
 @dataclass
 class RoundResult:
-    """What goes back: an update (or none, when refused) and aggregate metrics only."""
+    """The reply that goes on the wire, and the full local reason that does not."""
 
-    site_id: str
-    status: str  # "trained" | "refused"
-    reason: str
-    update: dict[str, np.ndarray] | None
-    metrics: dict[str, float]
-    class_counts: list[int] = field(default_factory=list)
-    skipped_files: int = 0
+    reply: SiteReplyContent
+    local_reason: str = ""
+
+    @property
+    def status(self) -> str:
+        return self.reply.status
+
+    @property
+    def reason(self) -> str:
+        return self.local_reason
+
+    @property
+    def update(self) -> dict[str, np.ndarray] | None:
+        return self.reply.update
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.reply.metrics
+
+
+def failure_code(err: BaseException) -> str:
+    """The fixed code (common.reply.FAILURES) under which a site's exception crosses the wire."""
+    if isinstance(err, DataError):
+        return "data"
+    if isinstance(err, ConfigError):
+        return "config"
+    if isinstance(err, ModelMismatch):
+        return "model"
+    if isinstance(err, LedgerError):
+        return "ledger"
+    return "internal"
 
 
 def load_site_data(identity: SiteIdentity, config: RunConfig, classes: list[str] | None = None) -> SiteData:
     if identity.deployed:
         assert identity.data_path is not None
-        return deployed_site(config, identity.data_path, strict=identity.strict, classes=classes)
+        return deployed_site(identity.data_path, config.image_size, identity.val_fraction, site_split_key(identity),
+                             strict=identity.strict, classes=classes)
     return simulated_site(config, identity.partition_id, identity.num_partitions)
-
-
-def _round_seed(config: RunConfig, identity: SiteIdentity, request: RoundRequest) -> int:
-    """Reproducible in simulation, different for every site, round and run."""
-    words = [config.seed, request.server_round, request.run_id % (2**32), abs(hash(identity.site_id)) % (2**32)]
-    if not identity.deployed:
-        words[3] = identity.partition_id
-    return int(np.random.SeedSequence(words).generate_state(1)[0])
-
-
-def _metrics(
-    *, num_examples: int, train_loss: float, val_accuracy: float, val_examples: int, epsilon: float,
-    delta: float, sigma: float, clip: float, steps: int, sample_rate: float, refused: bool, dp: bool,
-    budget: float, skipped: int, seconds: float,
-) -> dict[str, float]:
-    """The fixed set of metric keys every reply carries (Flower requires identical keys)."""
-    return {
-        "num-examples": num_examples,
-        "train-loss": train_loss,
-        "val-accuracy": val_accuracy,
-        "val-examples": val_examples,
-        "epsilon": epsilon,
-        "epsilon-budget": budget,
-        "delta": delta,
-        "noise-multiplier": sigma,
-        "max-grad-norm": clip,
-        "steps": steps,
-        "sample-rate": sample_rate,
-        "refused": int(refused),
-        "dp": int(dp),
-        "skipped-files": skipped,
-        "train-seconds": seconds,
-    }
-
-
-def _refusal(identity: SiteIdentity, data: ImageSet | None, reason: str, ledger: PrivacyLedger | None,
-             config: RunConfig, delta: float) -> RoundResult:
-    log.warning("site %s refuses this round: %s", identity.site_id, reason)
-    epsilon = ledger.epsilon() if ledger is not None else PrivacyLedger.spent_so_far(identity.state_dir)
-    return RoundResult(
-        site_id=identity.site_id,
-        status="refused",
-        reason=reason,
-        update=None,
-        metrics=_metrics(
-            num_examples=0, train_loss=float("nan"), val_accuracy=float("nan"), val_examples=0, epsilon=epsilon,
-            delta=delta, sigma=0.0, clip=config.max_grad_norm, steps=0, sample_rate=0.0, refused=True,
-            dp=config.dp, budget=identity.epsilon_budget, skipped=data.report.skipped if data is not None else 0,
-            seconds=0.0,
-        ),
-        class_counts=data.class_counts() if data is not None else [],
-        skipped_files=data.report.skipped if data is not None else 0,
-    )
-
-
-SITE_LOG = "site-rounds.jsonl"
 
 
 def run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest) -> RoundResult:
     """Train one round at this site, or refuse with a reason. Raises on broken setups.
 
-    Every outcome is also appended to `state-dir/site-rounds.jsonl`, the site's own record,
-    which keeps what must not leave the site (e.g. the paths of unreadable files).
+    Every outcome, failures included, is appended to `state-dir/site-rounds.jsonl`, the
+    site's own record, which keeps what must not leave the site (reasons, file paths).
     """
-    data = load_site_data(identity, config, request.classes)
-    if data.train.report.skipped:
-        log.warning(
-            "site %s skipped %d unreadable files (first: %s)", identity.site_id, data.train.report.skipped,
-            "; ".join(data.train.report.skipped_examples),
-        )
-    result = _run_round(identity, config, request, data)
-    _append_site_log(identity, request, result, data)
+    try:
+        data = load_site_data(identity, config, request.classes)
+        if data.train.report.skipped:
+            log.warning(
+                "site %s skipped %d unreadable files (first: %s)", identity.site_id, data.train.report.skipped,
+                "; ".join(data.train.report.skipped_examples),
+            )
+        result = _run_round(identity, config, request, data)
+    except Exception as err:
+        _append_site_log(identity, request, {"status": "failed", "code": failure_code(err),
+                                             "error": f"{type(err).__name__}: {err}"})
+        raise
+    _append_site_log(identity, request, {
+        "status": result.status, "reason": result.local_reason, "metrics": result.metrics,
+        "diagnostics": _local_diagnostics(data, result),
+        "skipped_files": data.train.report.skipped, "skipped_examples": data.train.report.skipped_examples,
+    })
     return result
 
 
-def _append_site_log(identity: SiteIdentity, request: RoundRequest, result: RoundResult, data: SiteData) -> None:
-    record = {
-        "time": time.time(), "run_id": request.run_id, "round": request.server_round, "status": result.status,
-        "reason": result.reason, "metrics": result.metrics,
-        "skipped_files": data.train.report.skipped, "skipped_examples": data.train.report.skipped_examples,
-    }
+def _local_diagnostics(data: SiteData, result: RoundResult) -> dict[str, Any]:
+    return result.reply.diagnostics or {"class-counts": data.train.class_counts(), "val-examples": len(data.val)}
+
+
+def _append_site_log(identity: SiteIdentity, request: RoundRequest, record: dict[str, Any]) -> None:
+    line = {"time": time.time(), "run_id": request.run_id, "round": request.server_round, **record}
     identity.state_dir.mkdir(parents=True, exist_ok=True)
     with open(identity.state_dir / SITE_LOG, "a") as handle:
-        handle.write(json.dumps(record, default=str) + "\n")
+        handle.write(json.dumps(line, default=str) + "\n")
+
+
+@dataclass
+class _Round:
+    """What one round knows as it goes: the pieces every reply is built from."""
+
+    identity: SiteIdentity
+    config: RunConfig
+    request: RoundRequest
+    data: SiteData
+    delta: float
+    started: float
+    randomness: str = "secure"
+    epsilon: float = 0.0
+    grant: JobGrant | None = None
+
+    def reply(self, status: str, refusal: str = "", update: dict[str, np.ndarray] | None = None,
+              sigma: float = 0.0, steps: int = 0, sample_rate: float = 0.0, train_loss: float = float("nan"),
+              val_accuracy: float = float("nan")) -> SiteReplyContent:
+        trained = status == "trained"
+        metrics = {
+            "num-examples": len(self.data.train) if trained else 0,
+            "epsilon": self.epsilon if self.config.dp else float("inf"),
+            "epsilon-budget": self.identity.epsilon_budget,
+            "epsilon-asked": self.config.epsilon,
+            "epsilon-granted": self.grant.granted if self.grant else 0.0,
+            "delta": self.delta if self.config.dp else 0.0,
+            "noise-multiplier": sigma,
+            "max-grad-norm": self.config.max_grad_norm,
+            "sample-rate": sample_rate,
+            "steps": steps,
+            "dp": int(self.config.dp),
+            "shares-diagnostics": int(self.identity.share_diagnostics),
+        }
+        diagnostics = None
+        if self.identity.share_diagnostics:
+            diagnostics = {
+                "train-loss": train_loss, "val-accuracy": val_accuracy, "val-examples": len(self.data.val),
+                "class-counts": [int(c) for c in self.data.train.class_counts()],
+                "skipped-files": self.data.train.report.skipped, "train-seconds": time.time() - self.started,
+            }
+        return SiteReplyContent(
+            site_id=self.identity.site_id, status=status, refusal=refusal, randomness=self.randomness,
+            privacy_unit=PRIVACY_UNIT, metrics=metrics, diagnostics=diagnostics, update=update,
+        )
+
+    def refuse(self, code: str, detail: str) -> RoundResult:
+        log.warning("site %s refuses round %d: %s", self.identity.site_id, self.request.server_round, detail)
+        return RoundResult(self.reply("refused", refusal=code), local_reason=detail)
 
 
 def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest, data: SiteData) -> RoundResult:
-    started = time.time()
     check_classes(data.train.classes, request.classes, f"site {identity.site_id}'s data")
-    train = data.train
-    delta = identity.delta if identity.delta is not None else config.site_delta(len(train) + len(data.val))
+    n = len(data.train)
+    delta = identity.delta if identity.delta is not None else auto_delta(n)
+    state = _Round(identity, config, request, data, delta, time.time(),
+                   epsilon=PrivacyLedger.spent_so_far(identity.state_dir))
 
-    if len(train) < config.min_site_examples:
-        return _refusal(
-            identity, train,
-            f"only {len(train)} training examples, fewer than min-site-examples={config.min_site_examples} "
-            "needed for a meaningful DP step",
-            None, config, delta,
-        )
+    if n < config.min_site_examples:
+        return state.refuse("too-few-examples", f"only {n} training examples, fewer than min-site-examples="
+                            f"{config.min_site_examples} needed for a meaningful DP step")
     if identity.deployed and not config.dp and not identity.allow_non_private:
-        return _refusal(
-            identity, train,
-            "the run asks for non-private training (dp=false) but this site only trains under DP "
-            "(start the SuperNode with allow-non-private=true to permit it)",
-            None, config, delta,
-        )
-
-    model, _ = initial_model(config, len(request.classes))
-    local_print = frozen_fingerprint(model)
-    if local_print != request.frozen_fingerprint:
-        raise RuntimeError(
-            f"site {identity.site_id}'s frozen layers differ from the server's (fingerprint {local_print[:12]} vs "
-            f"{request.frozen_fingerprint[:12]}): both must start from the same weights ({config.weights}) and "
-            "the same arch/policy/seed, or averaged updates are meaningless"
-        )
-    set_trainable_state(model, request.arrays)
-    seed = _round_seed(config, identity, request)
-    torch.manual_seed(seed)
-
-    steps, sample_rate = steps_per_epoch(len(train), config.batch_size)
+        return state.refuse("non-private-not-allowed", "the run asks for non-private training (dp=false) but this "
+                            "site only trains under DP (start the SuperNode with allow-non-private=true to permit it)")
+    model = _start_model(identity, config, request)
+    steps, sample_rate = steps_per_epoch(n, config.batch_size)
     steps *= config.local_epochs
     settings = TrainSettings(
         epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
-        seed=seed, dp=config.dp, max_grad_norm=config.max_grad_norm,
+        seed=0, dp=config.dp, max_grad_norm=config.max_grad_norm,
         grad_sample_mode=grad_sample_mode_for(config.policy, config.grad_sample_mode),
     )
-
+    desc = f"{identity.site_id} round {request.server_round}"
     if not config.dp:
-        outcome = train_local(model, train, settings, desc=f"{identity.site_id} round {request.server_round}")
-        return _trained(identity, data, model, outcome, config, delta, 0.0, float("nan"), started)
+        randomness = round_randomness(identity.dp_seed, 0)
+        state.randomness = randomness.mode
+        outcome = train_local(model, data.train, _with_seed(settings, randomness), desc=desc)
+        return _trained(state, model, outcome, 0.0)
 
-    if not delta < 1.0 / len(train):
-        hint = " (delta=0 means 1/(all site records), which needs a local validation split)" if config.delta == 0 else ""
-        raise ValueError(
-            f"delta={delta:.4g} must be below 1/n = {1.0 / len(train):.4g} for site {identity.site_id} with "
-            f"n={len(train)} training records (otherwise releasing one record in the clear satisfies it){hint}"
-        )
+    problem = check_delta(delta, n)
+    if problem:
+        raise ConfigError(f"site {identity.site_id}: delta={delta:.4g} with n={n} training records: {problem}")
     with site_lock(identity.state_dir):
-        ledger = PrivacyLedger.open(identity.state_dir, identity.site_id, delta, identity.epsilon_budget)
-        plan_key = str(request.run_id)
-        if config.noise_multiplier > 0:
-            sigma = config.noise_multiplier
-        elif plan_key in ledger.plans:
-            sigma = float(ledger.plans[plan_key]["noise_multiplier"])
-        else:
-            remaining_rounds = max(1, config.num_server_rounds - request.server_round + 1)
-            try:
-                sigma = calibrate_noise(
-                    ledger.history, sample_rate, steps * remaining_rounds, identity.epsilon_budget, delta
-                )
-            except BudgetExhausted as err:
-                ledger.record_refusal({"run_id": request.run_id, "round": request.server_round, "reason": str(err)})
-                return _refusal(identity, train, str(err), ledger, config, delta)
-            ledger.plans[plan_key] = {
-                "noise_multiplier": sigma, "sample_rate": sample_rate, "steps_per_round": steps,
-                "planned_rounds": remaining_rounds, "from_round": request.server_round,
-            }
-            ledger.save()
-            log.info(
-                "site %s: noise multiplier %.3f so that %d rounds x %d steps stay within epsilon=%.3g (delta=%.2g)",
-                identity.site_id, sigma, remaining_rounds, steps, identity.epsilon_budget, delta,
-            )
-        budget = check_round(ledger.history, sigma, sample_rate, steps, identity.epsilon_budget, delta)
+        ledger = PrivacyLedger.open(identity.state_dir, identity.site_id, delta, identity.epsilon_budget,
+                                    unit=PRIVACY_UNIT,
+                                    accept_budget_change=parse_budget_change(identity.accept_budget_change))
+        state.epsilon = ledger.epsilon()
+        planned = _plan_job(state, ledger, sample_rate, steps)
+        if isinstance(planned, RoundResult):
+            return planned
+        sigma = planned
+        budget = check_round(ledger.history, sigma, sample_rate, steps, state.grant.limit, delta)
         if not budget.fits:
-            reason = (
-                f"this round would raise epsilon from {budget.epsilon_before:.3f} to {budget.epsilon_after:.3f}, "
-                f"beyond the site's budget {identity.epsilon_budget} (delta={delta:.3g})"
-            )
+            reason = (f"this round would raise epsilon from {budget.epsilon_before:.3f} to {budget.epsilon_after:.3f}, "
+                      f"beyond the site's budget for this job ({state.grant.limit:.3f}: granted "
+                      f"{state.grant.granted:.3g} of lifetime {identity.epsilon_budget:g}; delta={delta:.3g})")
             ledger.record_refusal({"run_id": request.run_id, "round": request.server_round, "reason": reason})
-            return _refusal(identity, train, reason, ledger, config, delta)
+            return state.refuse("round-exceeds-budget", reason)
 
-        settings = TrainSettings(**{**settings.__dict__, "noise_multiplier": sigma})
-        outcome = train_local(model, train, settings, history=ledger.history,
-                              desc=f"{identity.site_id} round {request.server_round}")
+        randomness = round_randomness(identity.dp_seed, ledger.position())
+        state.randomness = randomness.mode
+        settings = TrainSettings(**{**_with_seed(settings, randomness).__dict__, "noise_multiplier": sigma})
+        outcome = train_local(model, data.train, settings, history=ledger.history, desc=desc)
         assert outcome.history is not None
         if outcome.steps != steps:
             log.warning("site %s took %d steps, %d were planned", identity.site_id, outcome.steps, steps)
         # The spend is on disk before the update can leave this function.
         ledger.commit_round(outcome.history, {
             "run_id": request.run_id, "round": request.server_round, "steps": outcome.steps,
-            "noise_multiplier": sigma, "sample_rate": outcome.sample_rate, "num_examples": len(train),
+            "noise_multiplier": sigma, "sample_rate": outcome.sample_rate, "num_examples": n,
+            "randomness": randomness.mode,
         })
-        epsilon = ledger.epsilon()
-    log.info("site %s round %d: epsilon spent so far %.3f of %.3g", identity.site_id, request.server_round,
-             epsilon, identity.epsilon_budget)
-    return _trained(identity, data, model, outcome, config, delta, sigma, epsilon, started)
+        state.epsilon = ledger.epsilon()
+    log.info("site %s round %d: epsilon spent so far %.3f of %.3g (this job may reach %.3f)", identity.site_id,
+             request.server_round, state.epsilon, identity.epsilon_budget, state.grant.limit)
+    return _trained(state, model, outcome, sigma)
 
 
-def _trained(identity: SiteIdentity, data: SiteData, model: torch.nn.Module, outcome: Any, config: RunConfig,
-             delta: float, sigma: float, epsilon: float, started: float) -> RoundResult:
+def _with_seed(settings: TrainSettings, randomness: RoundRandomness) -> TrainSettings:
+    return TrainSettings(**{**settings.__dict__, "seed": randomness.seed})
+
+
+def _start_model(identity: SiteIdentity, config: RunConfig, request: RoundRequest) -> torch.nn.Module:
+    model, _ = initial_model(config, len(request.classes))
+    local_print = frozen_fingerprint(model)
+    if local_print != request.frozen_fingerprint:
+        raise ModelMismatch(
+            f"site {identity.site_id}'s frozen layers differ from the server's (fingerprint {local_print[:12]} vs "
+            f"{request.frozen_fingerprint[:12]}): both must start from the same weights ({config.weights}) and "
+            "the same arch/policy/seed, or averaged updates are meaningless"
+        )
+    set_trainable_state(model, request.arrays)
+    return model
+
+
+def _plan_job(state: _Round, ledger: PrivacyLedger, sample_rate: float, steps: int) -> float | RoundResult:
+    """σ for this round: the job's grant and noise are decided once, on the job's first round here."""
+    identity, config, request = state.identity, state.config, state.request
+    key = str(request.run_id)
+    job = ledger.jobs.get(key)
+    if job is not None and "granted" in job:
+        state.grant = JobGrant(job["asked"], job["cap"], job["budget"], job["spent_before"], job["granted"])
+        return config.noise_multiplier if config.noise_multiplier > 0 else float(job["noise_multiplier"])
+    try:
+        state.grant = grant_job(config.epsilon, identity.job_cap, identity.epsilon_budget, ledger.epsilon())
+        remaining_rounds = max(1, config.num_server_rounds - request.server_round + 1)
+        sigma = config.noise_multiplier if config.noise_multiplier > 0 else calibrate_noise(
+            ledger.history, sample_rate, steps * remaining_rounds, state.grant.limit, state.delta)
+    except BudgetExhausted as err:
+        ledger.record_refusal({"run_id": request.run_id, "round": request.server_round, "reason": str(err)})
+        return state.refuse("budget-exhausted", str(err))
+    ledger.jobs[key] = {
+        **state.grant.as_dict(), "noise_multiplier": sigma, "sample_rate": sample_rate, "steps_per_round": steps,
+        "planned_rounds": max(1, config.num_server_rounds - request.server_round + 1),
+        "from_round": request.server_round, "time": time.time(),
+    }
+    ledger.save()
+    log.info("site %s grants job %s epsilon %.3g (asked %g, per-job cap %g, lifetime %g, spent %.3f); noise "
+             "multiplier %.3f for %d steps per round", identity.site_id, key, state.grant.granted, config.epsilon,
+             identity.job_cap, identity.epsilon_budget, state.grant.spent_before, sigma, steps)
+    return sigma
+
+
+def _trained(state: _Round, model: torch.nn.Module, outcome: Any, sigma: float) -> RoundResult:
     val_accuracy = float("nan")
-    if len(data.val):
-        probs, _ = predict(model, data.val, config.eval_batch_size)
-        val_accuracy = float(np.mean(probs.argmax(axis=1) == data.val.labels))
-    return RoundResult(
-        site_id=identity.site_id,
-        status="trained",
-        reason="",
-        update=dict(get_trainable_state(model)),
-        metrics=_metrics(
-            num_examples=outcome.num_examples, train_loss=outcome.mean_loss, val_accuracy=val_accuracy,
-            val_examples=len(data.val), epsilon=epsilon if config.dp else float("inf"), delta=delta if config.dp else 0.0,
-            sigma=sigma, clip=config.max_grad_norm, steps=outcome.steps, sample_rate=outcome.sample_rate,
-            refused=False, dp=config.dp, budget=identity.epsilon_budget, skipped=data.train.report.skipped,
-            seconds=time.time() - started,
-        ),
-        class_counts=data.train.class_counts(),
-        skipped_files=data.train.report.skipped,
-    )
+    if state.identity.share_diagnostics and len(state.data.val):
+        probs, _ = predict(model, state.data.val, state.config.eval_batch_size)
+        val_accuracy = float(np.mean(probs.argmax(axis=1) == state.data.val.labels))
+    reply = state.reply("trained", update=dict(get_trainable_state(model)), sigma=sigma, steps=outcome.steps,
+                        sample_rate=outcome.sample_rate, train_loss=outcome.mean_loss, val_accuracy=val_accuracy)
+    return RoundResult(reply)

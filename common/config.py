@@ -7,6 +7,7 @@ policy name must not surface an hour later as a crash inside a Ray actor.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,14 @@ class RunConfig:
     lr: float = 0.1
     momentum: float = 0.9
     dp: bool = True
-    epsilon: float = 8.0
+    epsilon: float = 8.0  # what this job asks each site for; each site grants at most its own cap
     delta: float = 1e-5
+    # Simulation only: the node config of simulated sites (deployed sites use their own node config).
+    site_epsilon_budget: float = 32.0
+    site_epsilon_per_job: float = 0.0
+    site_accept_budget_change: str = ""
+    site_share_diagnostics: bool = False
+    site_dp_seed: str = ""
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
     grad_sample_mode: str = "auto"
@@ -137,9 +144,14 @@ class RunConfig:
         if self.dp:
             need(self.epsilon > 0, f"epsilon must be > 0, got {self.epsilon}")
             need(
-                0 <= self.delta < 1,
-                f"delta must be in (0, 1/n) for a site of n records (0 = 1/(site records)), got {self.delta}",
+                0 <= self.delta <= MAX_DELTA_FACTOR,
+                f"delta must be at most 1/(10·n) for a site of n training records, so at most {MAX_DELTA_FACTOR} "
+                f"even for n = 1 (0 = 1/(10·n) per site), got {self.delta}",
             )
+        need(math.isfinite(self.site_epsilon_budget) and self.site_epsilon_budget > 0,
+             f"site-epsilon-budget must be finite and > 0, got {self.site_epsilon_budget}")
+        need(self.site_epsilon_per_job >= 0,
+             f"site-epsilon-per-job must be >= 0 (0 = a quarter of site-epsilon-budget), got {self.site_epsilon_per_job}")
         need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
         need(0 <= self.stain_shift <= 1, f"stain-shift must be in [0, 1], got {self.stain_shift}")
         need(0 < self.test_fraction < 1, f"test-fraction must be in (0, 1), got {self.test_fraction}")
@@ -163,13 +175,27 @@ class RunConfig:
         if problems:
             raise ConfigError("invalid run config:\n  - " + "\n  - ".join(problems))
 
-    def site_delta(self, num_records: int) -> float:
-        """The delta of a site holding `num_records` records in all (0 means 1/records).
+    def site_delta(self, num_training_records: int) -> float:
+        """The delta of a simulated site with n training records (delta = 0 means 1/(10·n))."""
+        return self.delta if self.delta > 0 else auto_delta(num_training_records)
 
-        With the automatic choice, records include the site's validation split, so delta
-        stays below 1/(training records) as it must.
-        """
-        return self.delta if self.delta > 0 else 1.0 / max(num_records, 1)
+
+# δ must be well below 1/n: a mechanism that publishes one random record in the clear has
+# δ = 1/n. fedpath requires δ <= 1/(10·n), and the automatic δ is exactly that bound.
+MAX_DELTA_FACTOR = 0.1
+
+
+def auto_delta(num_training_records: int) -> float:
+    """1/(10·n): the largest δ fedpath accepts for a site of n training records."""
+    return MAX_DELTA_FACTOR / max(num_training_records, 1)
+
+
+def check_delta(delta: float, num_training_records: int) -> str:
+    """'' when δ suits a site of n training records, else why not (no counts: it may cross the wire)."""
+    if delta > auto_delta(num_training_records) * (1 + 1e-12):
+        return ("delta must be at most 1/(10·n) for a site of n training records (a mechanism that releases one "
+                "record in the clear has delta = 1/n); lower delta or use delta = 0 for 1/(10·n)")
+    return ""
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

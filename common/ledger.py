@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import getpass
 import json
 import os
+import socket
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +38,12 @@ class LedgerError(RuntimeError):
 
 @dataclass
 class PrivacyLedger:
-    """Cumulative (epsilon, delta) spend of one site, backed by a JSON file."""
+    """Cumulative (epsilon, delta) spend of one site, backed by a JSON file.
+
+    Besides the accountant history it keeps the site's audit trail: every job's grant
+    (`jobs`, keyed by run id), every round, every refusal, and every change of the lifetime
+    budget (`budget_changes`). The unit of privacy and δ are fixed once the site has a ledger.
+    """
 
     path: Path
     site_id: str
@@ -44,28 +52,36 @@ class PrivacyLedger:
     history: list[tuple[float, float, int]] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
-    plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    budget_changes: list[dict[str, Any]] = field(default_factory=list)
+    unit: str = "patch"
 
     # -- accounting -------------------------------------------------------------------
-    def accountant(self) -> RDPAccountant:
-        """A fresh Opacus RDP accountant holding this site's whole history."""
-        acc = RDPAccountant()
-        acc.load_state_dict({"history": [tuple(h) for h in self.history], "mechanism": acc.mechanism()})
-        return acc
-
     def epsilon(self) -> float:
         return epsilon_of(self.history, self.delta)
 
     def total_steps(self) -> int:
         return int(sum(h[2] for h in self.history))
 
+    def position(self) -> int:
+        """How many requests this site has answered (rounds + refusals): advances with every answer."""
+        return len(self.rounds) + len(self.refusals)
+
     # -- persistence ------------------------------------------------------------------
     @classmethod
-    def open(cls, state_dir: Path, site_id: str, delta: float, epsilon_budget: float) -> PrivacyLedger:
-        """Load the site's ledger, or start an empty one if the site has never trained."""
+    def open(
+        cls, state_dir: Path, site_id: str, delta: float, epsilon_budget: float, unit: str = "patch",
+        accept_budget_change: tuple[float, float] | None = None,
+    ) -> PrivacyLedger:
+        """Load the site's ledger, or start an empty one if the site has never trained.
+
+        A raised lifetime budget is refused unless `accept_budget_change` names exactly the
+        old and the new value (the operator's acknowledgement); every change, raise or cut,
+        is appended to `budget_changes` (saved with the ledger's next write).
+        """
         path = Path(state_dir) / LEDGER_FILE
         if not path.exists():
-            return cls(path, site_id, delta, epsilon_budget)
+            return cls(path, site_id, delta, epsilon_budget, unit=unit)
         data = _read(path)
         if data.get("site_id") != site_id:
             raise LedgerError(
@@ -76,16 +92,47 @@ class PrivacyLedger:
                 f"{path} was accounted with delta={data['delta']}, but delta={delta} was asked for; "
                 "changing delta mid-life would misstate the guarantee. Keep delta, or start a new site identity."
             )
-        return cls(
+        recorded_unit = str(data.get("unit", "patch"))
+        if recorded_unit != unit:
+            raise LedgerError(
+                f"{path} was accounted with the privacy unit {recorded_unit!r}, but {unit!r} was asked for; "
+                "a site's unit of privacy cannot change once it has spent budget (its epsilon would then mean two "
+                "things). Keep the unit, or start a new site identity."
+            )
+        ledger = cls(
             path=path,
             site_id=site_id,
             delta=float(data["delta"]),
-            epsilon_budget=epsilon_budget,
+            epsilon_budget=float(data.get("epsilon_budget", epsilon_budget)),
             history=[(float(s), float(q), int(n)) for s, q, n in data["accountant"]["history"]],
             rounds=list(data.get("rounds", [])),
             refusals=list(data.get("refusals", [])),
-            plans=dict(data.get("plans", {})),
+            jobs=dict(data.get("jobs", data.get("plans", {}))),
+            budget_changes=list(data.get("budget_changes", [])),
+            unit=recorded_unit,
         )
+        if ledger._change_budget(epsilon_budget, accept_budget_change):
+            ledger.save()  # the audit trail holds the change from the moment the site accepts it
+        return ledger
+
+    def _change_budget(self, new: float, acknowledged: tuple[float, float] | None) -> bool:
+        """Apply a new lifetime budget (a raise only when acknowledged); True when it changed."""
+        old = self.epsilon_budget
+        if abs(new - old) <= 1e-12 * max(1.0, abs(old)):
+            return False
+        if new > old and not (acknowledged and _close(acknowledged[0], old) and _close(acknowledged[1], new)):
+            raise LedgerError(
+                f"the lifetime privacy budget of site {self.site_id!r} would be raised from {old:g} to {new:g}. "
+                f'Raising it must be deliberate: restart the site with accept-budget-change="{old:g}->{new:g}" in '
+                "its node config (simulation: site-accept-budget-change) to acknowledge it; the change is recorded "
+                "in the ledger. Lowering a budget needs no acknowledgement."
+            )
+        self.budget_changes.append({
+            "time": time.time(), "old": old, "new": new, "by": _who(),
+            "how": "accept-budget-change" if new > old else "lowered",
+        })
+        self.epsilon_budget = new
+        return True
 
     @staticmethod
     def spent_so_far(state_dir: Path) -> float:
@@ -108,7 +155,9 @@ class PrivacyLedger:
             "epsilon_spent": self.epsilon(),
             "rounds": self.rounds,
             "refusals": self.refusals,
-            "plans": self.plans,
+            "jobs": self.jobs,
+            "budget_changes": self.budget_changes,
+            "unit": self.unit,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
@@ -132,13 +181,30 @@ class PrivacyLedger:
         self.save()
 
 
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def _who() -> str:
+    """user@host of the process that changed the budget: the site operator's account."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid-{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
 def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
     """Epsilon of an accountant history at `delta` (0 for an empty history)."""
     if not history:
         return 0.0
     acc = RDPAccountant()
     acc.history = [tuple(h) for h in history]
-    return float(acc.get_epsilon(delta=delta))
+    with warnings.catch_warnings():
+        # Opacus warns when the best RDP order is the largest it tries (small spends); the epsilon
+        # it returns is then a valid but looser upper bound, which is the safe side for a budget.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha", category=UserWarning)
+        return float(acc.get_epsilon(delta=delta))
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -89,3 +89,40 @@ def check_round(
         epsilon_after=epsilon_of(with_steps(history, noise_multiplier, sample_rate, steps), delta),
         epsilon_budget=epsilon_budget,
     )
+
+
+@dataclass(frozen=True)
+class JobGrant:
+    """The ε a site grants one job: decided by the site alone, never by the coordinator.
+
+    A job *asks* (run config `epsilon`); the site grants at most its own per-job cap and what
+    remains of its lifetime budget. The job's noise is calibrated to the grant, so one job can
+    never spend a site's whole lifetime budget unless the site's operator allows it.
+    """
+
+    asked: float
+    cap: float
+    budget: float
+    spent_before: float
+    granted: float
+
+    @property
+    def limit(self) -> float:
+        """The cumulative ε this job may take the site to."""
+        return min(self.budget, self.spent_before + self.granted)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"asked": self.asked, "cap": self.cap, "budget": self.budget, "spent_before": self.spent_before,
+                "granted": self.granted, "remaining_before": max(self.budget - self.spent_before, 0.0)}
+
+
+def grant_job(asked: float, cap: float, budget: float, spent_before: float) -> JobGrant:
+    """min(asked, cap, remaining); raises BudgetExhausted when the lifetime budget is (almost) spent."""
+    remaining = budget - spent_before
+    granted = max(0.0, min(asked, cap, remaining))
+    if granted <= 0 or remaining <= MIN_REMAINING_SHARE * budget:
+        raise BudgetExhausted(
+            f"the site grants this job epsilon {granted:.3g} (asked {asked:g}, per-job cap {cap:g}, "
+            f"{max(budget - spent_before, 0.0):.3g} of the lifetime budget {budget:g} left): too little to train"
+        )
+    return JobGrant(asked, cap, budget, spent_before, granted)

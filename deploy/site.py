@@ -58,7 +58,7 @@ from deploy.flower import flower_bin, flower_env, is_loopback, split_address
 from deploy.pki import check_root_certificates, check_site_private_key, openssh_fingerprint
 
 SIMULATION_KEYS = ("partition-id", "num-partitions")
-BOOL_KEYS = ("allow-non-private", "strict")
+BOOL_KEYS = ("allow-non-private", "strict", "share-diagnostics")
 PATH_KEYS = ("data-path", "state-dir")
 DEFAULT_RUNTIME_PORT = 9094  # Flower's default for the SuperNode's local Runtime API
 
@@ -219,19 +219,27 @@ def check_site_data(node_config: Mapping[str, Any], classes: list[str] | None = 
 
 def _check_ledger(node_config: Mapping[str, Any], state: Path) -> list[str]:
     """The existing privacy ledger must belong to this site and delta; say what it holds."""
+    from client.identity import parse_budget_change
+    from client.site import PRIVACY_UNIT
     from common.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
 
     notes = []
     if (state / LEDGER_FILE).exists():
         try:
-            ledger = PrivacyLedger.open(state, node_config["site-id"], node_config["delta"],
-                                        node_config["epsilon-budget"])
+            ledger = PrivacyLedger.open(
+                state, node_config["site-id"], node_config["delta"], node_config["epsilon-budget"],
+                unit=PRIVACY_UNIT,
+                accept_budget_change=parse_budget_change(str(node_config.get("accept-budget-change", ""))),
+            )
         except (LedgerError, KeyError, TypeError, ValueError) as err:
             raise SiteConfigError(f"the privacy ledger in state-dir cannot be used: {err}") from None
         notes.append(
             f"privacy ledger {ledger.path}: epsilon {ledger.epsilon():.3f} of {node_config['epsilon-budget']:g} "
             f"spent in {len(ledger.rounds)} round(s) (delta={ledger.delta:g})"
         )
+        for change in ledger.budget_changes:
+            notes.append(f"lifetime budget changed from {change['old']:g} to {change['new']:g} by {change['by']} "
+                         f"({change['how']})")
     else:
         notes.append(f"no privacy ledger yet in {state}: this site has not trained; it starts at epsilon 0")
     return notes

@@ -113,6 +113,23 @@ def main(grid: Grid, context: Context) -> None:
     paths = write_report(root)
     log.info("final accuracy %.3f (95%% CI %.3f-%.3f); report: %s", final["accuracy"],
              *final["ci95"]["accuracy"], ", ".join(str(p) for p in paths))
+    if remaining and not any(r.status == "trained" for replies in strategy.replies.values() for r in replies):
+        raise NoSiteTrained(untrained_summary(strategy.replies))
+
+
+class NoSiteTrained(RuntimeError):
+    """A job in which no site trained: the model is the starting model; the run must not look complete."""
+
+
+def untrained_summary(replies: dict[int, list]) -> str:
+    """One readable block: why each site never trained (its last answer)."""
+    last: dict[str, str] = {}
+    for server_round in sorted(replies):
+        for reply in replies[server_round]:
+            last[reply.site_id] = f"round {server_round}: {reply.status}: {reply.reason}"
+    lines = [f"  - {site}: {text}" for site, text in sorted(last.items())] or ["  - no site answered"]
+    return ("no site trained in any round: the global model is the starting model (the report says so).\n"
+            + "\n".join(lines))
 
 
 def _round_summary(sites: list[dict]) -> str:

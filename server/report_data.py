@@ -59,23 +59,33 @@ def site_summaries(rounds: list[dict[str, Any]], config: dict[str, Any]) -> list
             site = by_site.setdefault(site_id, {
                 "site_id": site_id, "num_examples": 0, "class_counts": [], "rounds_participated": [],
                 "local_val_accuracy": None, "epsilon": None,  # unknown until the site reports it
-                "epsilon_budget": None, "delta": None, "noise_multiplier": None,
-                "max_grad_norm": config.get("max-grad-norm"), "refused_rounds": [], "failed_rounds": [],
-                "rejected_rounds": [], "reasons": [], "skipped_files": 0, "dp": bool(config.get("dp", True)),
-                "val_examples": None, "steps": 0,
+                "epsilon_budget": None, "epsilon_asked": None, "epsilon_granted": None, "delta": None,
+                "noise_multiplier": None, "max_grad_norm": config.get("max-grad-norm"), "refused_rounds": [],
+                "failed_rounds": [], "rejected_rounds": [], "reasons": [], "skipped_files": None,
+                "dp": bool(config.get("dp", True)), "val_examples": None, "steps": 0, "randomness": None,
+                "privacy_unit": None, "shares_diagnostics": False,
             })
             metrics = reply.get("metrics") or {}
-            if reply.get("class_counts"):
-                site["class_counts"] = reply["class_counts"]
+            diagnostics = reply.get("diagnostics") or {}
+            for key in ("randomness", "privacy_unit"):
+                if reply.get(key):
+                    site[key] = reply[key]
+            if diagnostics:
+                site["shares_diagnostics"] = True
+                if diagnostics.get("class-counts"):
+                    site["class_counts"] = diagnostics["class-counts"]
+                if _finite(diagnostics.get("skipped-files")) is not None:
+                    site["skipped_files"] = int(diagnostics["skipped-files"])
             if "dp" in metrics and _finite(metrics["dp"]) is not None:
                 site["dp"] = bool(metrics["dp"])
                 if not site["dp"]:
                     site["epsilon"] = None
-            for key, name in (("epsilon-budget", "epsilon_budget"), ("max-grad-norm", "max_grad_norm")):
+            for key, name in (("epsilon-budget", "epsilon_budget"), ("max-grad-norm", "max_grad_norm"),
+                              ("epsilon-asked", "epsilon_asked")):
                 if _finite(metrics.get(key)) is not None:
                     site[name] = metrics[key]
-            if metrics.get("skipped-files"):
-                site["skipped_files"] = int(metrics["skipped-files"])
+            if _finite(metrics.get("epsilon-granted")):
+                site["epsilon_granted"] = metrics["epsilon-granted"]
             if site["dp"] and metrics.get("dp") and _finite(metrics.get("epsilon")) is not None:
                 site["epsilon"] = max(float(site["epsilon"] or 0.0), float(metrics["epsilon"]))
             if _finite(metrics.get("delta")):
@@ -84,9 +94,9 @@ def site_summaries(rounds: list[dict[str, Any]], config: dict[str, Any]) -> list
             if status in ("trained", "rejected"):
                 site["num_examples"] = int(metrics.get("num-examples", site["num_examples"]) or 0)
                 site["rounds_participated"].append(line["round"])
-                site["local_val_accuracy"] = _finite(metrics.get("val-accuracy"))
-                if _finite(metrics.get("val-examples")) is not None:
-                    site["val_examples"] = int(metrics["val-examples"])
+                site["local_val_accuracy"] = _finite(diagnostics.get("val-accuracy"))
+                if _finite(diagnostics.get("val-examples")) is not None:
+                    site["val_examples"] = int(diagnostics["val-examples"])
                 site["steps"] += int(_finite(metrics.get("steps")) or 0)
                 if _finite(metrics.get("noise-multiplier")):
                     site["noise_multiplier"] = metrics["noise-multiplier"]
@@ -126,10 +136,20 @@ def communication(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def any_site_trained(rounds: list[dict[str, Any]]) -> bool:
+    return any(reply.get("status") == "trained" for line in rounds for reply in line.get("sites", []))
+
+
+NO_SITE_TRAINED = ("No site trained: every site refused or failed in every round, so the model evaluated here is "
+                   "the starting model, not a federated one.")
+
+
 def _status(run: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, Any] | None) -> tuple[bool, str | None]:
-    """Whether the run finished, and if not, what the report can and cannot show."""
+    """Whether the run finished with a trained model, and if not, what the report can and cannot show."""
     planned = run.get("config", {}).get("num-server-rounds")
     done = rounds[-1]["round"] if rounds else None
+    if planned and any(line["round"] > 0 for line in rounds) and not any_site_trained(rounds):
+        return False, NO_SITE_TRAINED
     if final is not None and run.get("end") is not None:
         return True, None
     recorded = (f"rounds up to {done} of {planned} planned were recorded" if rounds else
@@ -180,6 +200,7 @@ def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None)
             "rounds_completed": max((line["round"] for line in rounds), default=None),
             "complete": complete,
             "incomplete_reason": incomplete_reason,
+            "no_site_trained": incomplete_reason == NO_SITE_TRAINED,
         },
         "rounds": [
             {"round": line["round"], **{k: _finite(line.get(k)) for k in HEADLINE_KEYS}, "sites": line.get("sites", [])}

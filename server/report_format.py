@@ -111,12 +111,34 @@ def config_value(value: Any) -> str:
     return str(value)
 
 
+RANDOMNESS_TEXT = {
+    "secure": "fresh noise from the operating system CSPRNG every round (nobody can regenerate it)",
+    "site-seed": "noise reproducible from a seed the site holds (dp-seed): private only while that seed stays secret; "
+                 "in a simulation the experimenter holds it, so it is NOT private there",
+}
+
+
+def privacy_header(sites: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    """The header's privacy line: what the sites actually applied, never only what the job asked."""
+    dp_sites = [s for s in sites if s.get("dp") and is_number(s.get("epsilon_budget"))]
+    asked = short(config.get("epsilon"))
+    if not dp_sites:
+        return (f"DP-SGD (Opacus); the job asked each site for ε = {asked}; no site reported its accounting; "
+                f"unit of privacy: one image patch")
+    granted = ", ".join(f"{s['site_id']} {short(s.get('epsilon_granted'))}" for s in dp_sites)
+    lifetime = ", ".join(f"{s['site_id']} {short(s['epsilon_budget'])}" for s in dp_sites)
+    return (f"DP-SGD (Opacus), clipping C = {short(config.get('max-grad-norm'))}; the job asked each site for "
+            f"ε = {asked}; the sites granted: {granted}; their lifetime budgets: {lifetime}; "
+            f"unit of privacy: one image patch")
+
+
 def privacy_statement(site: dict[str, Any]) -> str:
     """One plain sentence: what this site spent, of what budget, and what it guarantees.
 
     Written for a hospital's data-protection officer: the cumulative spend against the site's
-    own budget, delta, which rounds of this run it covers, the unit of privacy (one patch), and
-    what remains. A site that trained without DP is told so, never given a number.
+    own lifetime budget and this job's grant, delta, which rounds of this run it covers, the
+    unit of privacy (one patch), where its noise came from, and what else it sent outside DP.
+    A site that trained without DP is told so, never given a number.
     """
     name = site.get("site_id", "?")
     trained = [r for r in site.get("rounds_participated", []) if r not in site.get("rejected_rounds", [])]
@@ -130,10 +152,17 @@ def privacy_statement(site: dict[str, Any]) -> str:
     fraction = budget_fraction(epsilon, budget) or 0.0
     this_run = f"this run: round{'s' if len(trained) != 1 else ''} {round_list(trained)}" if trained else \
         "no update in this run"
+    granted = site.get("epsilon_granted")
+    grant = f"; this job was granted ε = {short(granted)}" if is_number(granted) and granted else ""
+    randomness = RANDOMNESS_TEXT.get(site.get("randomness") or "", "noise source not reported")
+    extra = ("it also sent opt-in diagnostics (training loss, local validation accuracy, class counts, timings, "
+             "skipped files) that are NOT differentially private" if site.get("shares_diagnostics") else
+             "besides it, only the accounting and configured values listed under What each site sent")
     sentence = (
-        f"Site {name} has spent ε = {eps(epsilon)} of its budget {short(budget)} (δ = {short(delta)}) in total "
-        f"({this_run}): everything it sent is ({eps(epsilon)}, {short(delta)})-differentially private for each "
-        f"one of its image patches"
+        f"Site {name} has spent ε = {eps(epsilon)} of its lifetime budget {short(budget)} (δ = {short(delta)}) in "
+        f"total ({this_run}{grant}): each model update it sent is ({eps(epsilon)}, {short(delta)})-differentially "
+        f"private for each one of its image patches (unit of privacy: one patch; a patient with k patches is "
+        f"protected only at group level); noise: {randomness}; {extra}"
     )
     if float(epsilon) > float(budget) + 1e-9:
         return sentence + f". WARNING: this exceeds its budget ({spent_percent(fraction)} spent)."

@@ -14,8 +14,10 @@ from typing import Any
 import jinja2
 import markupsafe
 
+from common.reply import PROTECTIONS, wire_table
 from server import report_plots
 from server.report_format import (
+    privacy_header,
     budget_fraction,
     bytes_text,
     config_value,
@@ -37,7 +39,8 @@ SECTIONS = (
     ("summary", "Summary"), ("learning-curves", "Learning curves"), ("confusion-matrix", "Confusion matrix"),
     ("per-class", "Per class"), ("reliability", "Calibration"), ("sites", "Sites and privacy"),
     ("rounds-without-update", "Rounds without update"), ("baselines", "Baselines"),
-    ("communication", "Communication"), ("configuration", "Configuration"), ("how-to-read", "How to read this"),
+    ("communication", "Communication"), ("configuration", "Configuration"), ("what-sites-sent", "What sites sent"),
+    ("how-to-read", "How to read this"),
 )
 
 
@@ -72,9 +75,11 @@ def _weights_view(run: dict[str, Any]) -> dict[str, Any]:
 def _headline(report: dict[str, Any]) -> dict[str, Any]:
     """The numbers the summary leads with: the final evaluation, or the last recorded round if none."""
     final, rounds = report.get("final"), report.get("rounds") or []
+    untrained = "UNTRAINED starting model (no site trained), " if report["run"].get("no_site_trained") else ""
     if final is not None:
         ci = final.get("ci95") or {}
-        return {"from": f"final model (round {final.get('round', '?')}), {final.get('num_examples', '?')} test images",
+        return {"from": f"{untrained}final model (round {final.get('round', '?')}), "
+                        f"{final.get('num_examples', '?')} test images",
                 "items": [{"label": label, "value": pct(final.get(key)), "ci": _ci_text(ci.get(key))}
                           for key, label in METRICS]}
     if rounds:
@@ -256,9 +261,11 @@ def build_view(report: dict[str, Any]) -> dict[str, Any]:
                        f"{run.get('rounds_planned', '?')} planned",
         "model_text": f"{config.get('arch', '?')}, policy '{config.get('policy', '?')}' "
                       f"({run.get('trainable_parameters', '?')} trainable values travel each round)",
-        "privacy_text": (f"DP-SGD (Opacus), per-site budget ε = {short(config.get('epsilon'))}, clipping C = "
-                         f"{short(config.get('max-grad-norm'))}; unit of privacy: one image patch" if dp else
-                         "none: this run trained WITHOUT differential privacy (dp = false)"),
+        "privacy_text": privacy_header(sites, config) if dp else
+                        "none: this run trained WITHOUT differential privacy (dp = false)",
+        "no_site_trained": bool(run.get("no_site_trained")),
+        "wire_rows": [{**row, "protection": PROTECTIONS[row["protection"]]} for row in wire_table()],
+        "diagnostics_sites": ", ".join(s["site_id"] for s in sites if s.get("shares_diagnostics")) or "no site",
         "dp": dp,
         "over_budget": over,
         "headline": _headline(report),

@@ -114,7 +114,7 @@ TEMPLATE = """<!DOCTYPE html>
 {% if not complete %}
 <div class="alert alert-danger" id="incomplete-warning" role="alert">
   <div class="icon">!</div>
-  <div><strong>Incomplete run.</strong> {{ incomplete_reason }}
+  <div><strong>{{ 'No site trained.' if no_site_trained else 'Incomplete run.' }}</strong> {{ incomplete_reason }}
     <p>This report shows what was recorded. Regenerate it after the run is resumed and finished
     (<code>python -m server.report {{ run.run_dir }}</code>).</p></div>
 </div>
@@ -320,6 +320,15 @@ TEMPLATE = """<!DOCTYPE html>
   <div class="config">{% for key, value in config_items %}<div><span class="k mono">{{ key }}</span><span class="v mono">{{ value }}</span></div>{% endfor %}</div>
 </section>
 
+<section id="what-sites-sent">
+  <h2>What each site sent</h2>
+  <p class="lead">Every value a site may send, from the reply schema the sites and this server share
+    (common/reply.py); nothing else is accepted. Opt-in diagnostics sent by: {{ diagnostics_sites }}.</p>
+  <table><thead><tr><th>value</th><th>protection</th><th>meaning</th></tr></thead>
+    <tbody>{% for f in wire_rows %}<tr><td class="mono">{{ f.key }}</td><td>{{ f.protection }}</td>
+      <td>{{ f.meaning }}</td></tr>{% endfor %}</tbody></table>
+</section>
+
 <section id="how-to-read">
   <h2>How to read this</h2>
   <dl class="howto">
@@ -329,11 +338,13 @@ TEMPLATE = """<!DOCTYPE html>
       would plausibly take on another test set of the same size. The confusion matrix and the per-class table show
       which tissue types are confused; a low recall means that class is often missed.</dd>
     <dt>For the data-protection officer</dt>
-    <dd>No image left any hospital: only model updates travelled. Each site trained with differential privacy
-      (DP-SGD): its updates were clipped and noised so that they reveal almost nothing about any single patch. ε
-      measures the remaining risk (smaller is safer; it adds up over rounds and runs), δ is the small probability the
-      guarantee may fail. Each site set its own budget and refuses any round that would exceed it. The guarantee
-      protects single patches; a patient with many patches is protected less per patient.</dd>
+    <dd>No image left any hospital. Each site sent its DP-SGD model update (clipped and noised so that it reveals
+      almost nothing about any single patch) together with the values listed under "What each site sent", each with
+      how it is protected; values marked opt-in are NOT differentially private and were sent only by sites whose
+      operator chose to. ε measures the remaining risk (smaller is safer; it adds up over rounds and jobs), δ is the
+      small probability the guarantee may fail. Each site grants each job at most its own per-job cap of its lifetime
+      budget and refuses any round that would exceed it. The guarantee protects single patches; a patient with many
+      patches is protected less per patient.</dd>
     <dt>For the ML engineer</dt>
     <dd>FedAvg (weighted by examples) over the trainable tensors of the chosen policy; Opacus RDP accounting per site,
       cumulative in a ledger on the site's disk. The curves are central test-set metrics per round; CIs are a

@@ -18,10 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from common import reply as wire
 from common.records import from_array_record, record_bytes
 from server.screening import UpdateScreen
 
@@ -30,14 +31,17 @@ log = logging.getLogger("fedpath.server")
 
 @dataclass
 class SiteReply:
-    """One site's answer in one round, as recorded for the report."""
+    """One site's answer in one round, as recorded for the report (decoded by `common.reply`)."""
 
     node_id: int
     site_id: str
     status: str  # trained | refused | failed | rejected
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
-    class_counts: list[int] = field(default_factory=list)
+    diagnostics: dict[str, Any] | None = None
+    randomness: str = ""
+    privacy_unit: str = ""
+    refusal: str = ""
     bytes_down: int = 0
     bytes_up: int = 0
 
@@ -47,14 +51,35 @@ class SiteReply:
             "site_id": self.site_id,
             "status": self.status,
             "reason": self.reason,
+            "refusal": self.refusal,
+            "randomness": self.randomness,
+            "privacy_unit": self.privacy_unit,
             "metrics": self.metrics,
-            "class_counts": self.class_counts,
+            "diagnostics": self.diagnostics,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
         }
 
 
+def aggregate_round_metrics(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """What Flower logs for a round: only aggregates that mean something across sites.
+
+    Flower's default averages every metric (a mean of site budgets or of δ means nothing);
+    per-site values are in the run's metrics.jsonl and the report.
+    """
+    values = [next(iter(r.metric_records.values()), {}) for r in replies]
+    spent = [float(m["epsilon"]) for m in values if "epsilon" in m and m.get("dp")]
+    return MetricRecord({
+        "sites-aggregated": len(values),
+        "examples-aggregated": int(sum(int(m.get(weighted_by_key, 0)) for m in values)),
+        **({"largest-site-epsilon": max(spent)} if spent else {}),
+    })
+
+
 _EXCEPTION_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exhausted)): (.+)$", re.MULTILINE)
+
+
+_SITE_FAILURE = re.compile(re.escape(wire.FAILURE_PREFIX) + r" \[([a-z-]+)\]")
 
 
 def failure_reason(reason: str) -> str:
@@ -63,6 +88,9 @@ def failure_reason(reason: str) -> str:
     In simulation Flower wraps a ClientApp's exception in Ray's traceback; the line that
     says what went wrong is the last `SomethingError: message` line.
     """
+    fixed = _SITE_FAILURE.search(reason)
+    if fixed:  # a fedpath site sends only a code; its sentence is fixed (common.reply.failure_text)
+        return wire.failure_text(fixed.group(1))
     found = [m for m in _EXCEPTION_LINE.finditer(reason) if "RayTaskError" not in m.group(1)]
     return f"{found[-1].group(1)}: {found[-1].group(2).strip()}" if found else reason.strip()
 
@@ -86,6 +114,7 @@ class FedPathFedAvg(FedAvg):
     def __init__(
         self, screen: UpdateScreen, round_offset: int = 0, min_accepted_updates: int = 1, **kwargs: Any
     ) -> None:
+        kwargs.setdefault("train_metrics_aggr_fn", aggregate_round_metrics)
         super().__init__(fraction_evaluate=0.0, **kwargs)  # evaluation is central, on the server
         self.screen = screen
         self.round_offset = round_offset
@@ -147,20 +176,22 @@ class FedPathFedAvg(FedAvg):
             name = self._node_names.get(node_id, f"node-{node_id}")
             return SiteReply(node_id, name, "failed", failure_reason(msg.error.reason), bytes_down=down), False
         content = msg.content
-        site = content.config_records.get("site", ConfigRecord())
-        site_id = str(site.get("site-id", f"node-{node_id}"))
-        metrics_records = list(content.metric_records.values())
-        metrics = dict(metrics_records[0]) if metrics_records else {}
-        counts = [int(c) for c in site.get("class-counts", [])]
-        status = str(site.get("status", "trained"))
-        arrays = content.array_records.get("arrays")
+        arrays = content.array_records.get(wire.ARRAYS)
         up = record_bytes(arrays) if arrays is not None else 0
-        reply = SiteReply(node_id, site_id, status, str(site.get("reason", "")), metrics, counts, down, up)
-        if status == "refused" or arrays is None:
+        records = {name: dict(rec) for name, rec in (*content.metric_records.items(), *content.config_records.items())}
+        try:
+            decoded = wire.decode(records, None)
+        except wire.ReplyError as err:
+            name = self._node_names.get(node_id, f"node-{node_id}")
+            return SiteReply(node_id, name, "rejected", f"reply does not follow the fedpath schema: {err}",
+                             bytes_down=down, bytes_up=up), False
+        reply = SiteReply(node_id, decoded.site_id, decoded.status, decoded.reason, decoded.metrics,
+                          decoded.diagnostics, decoded.randomness, decoded.privacy_unit, decoded.refusal, down, up)
+        if decoded.status == "refused" or arrays is None:
             reply.status = "refused"
             reply.reason = reply.reason or "no update sent"
             return reply, False
-        problem = self.screen.check(from_array_record(arrays), metrics)
+        problem = self.screen.check(from_array_record(arrays), decoded.metrics)
         if problem:
             reply.status, reply.reason = "rejected", problem
             return reply, False

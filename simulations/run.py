@@ -10,12 +10,13 @@ This is `flwr run . --stream` against a private local SuperLink (see
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common.config import NAMED_DATASETS, ConfigError, load_app_config, resolve_path
+from common.config import NAMED_DATASETS, ConfigError, auto_delta, check_delta, load_app_config, resolve_path
 from deploy.flower import flower_bin
 from simulations.local_superlink import REPO, LocalSuperLink
 
@@ -52,7 +53,7 @@ def preflight(run_config: list[str], app_dir: Path = REPO, sites: int | None = N
     data = dataclasses.replace(config, dataset=as_the_server_reads(config.dataset),
                                groups_csv=as_the_server_reads(config.groups_csv))
     try:
-        pool, official_test = sources._load(data)  # what dataset_classes / central_test_set read
+        pool, official_test = sources.load_pool(data)  # what dataset_classes / central_test_set read
         if official_test is None:
             check_splittable(pool.labels, pool.groups, pool.classes, f"dataset {data.dataset}")
         test = sources.central_test_set(data)
@@ -70,12 +71,35 @@ def preflight(run_config: list[str], app_dir: Path = REPO, sites: int | None = N
           f"{pool.report.hidden} hidden files", flush=True)
 
 
+def preflight_privacy(run_config: list[str], sites: int, app_dir: Path = REPO) -> None:
+    """Refuse a δ that some simulated site could not accept (δ > 1/(10·n)) before anything starts.
+
+    The sites would refuse it themselves, each with a failure; this says it once, with the numbers
+    (the launcher is the experimenter's own process, so counts may be printed here).
+    """
+    config = load_app_config(app_dir / "pyproject.toml", run_config)
+    if not config.dp or config.delta == 0:
+        return
+    from common.data.sources import simulated_site  # loads torch-free data code; kept out of --help
+
+    sizes = {k: len(simulated_site(config, k, sites).train) for k in range(sites)}
+    bad = {k: n for k, n in sizes.items() if check_delta(config.delta, n)}
+    if bad:
+        smallest = min(sizes.values())
+        raise ConfigError(
+            f"delta={config.delta:g} is too large for {len(bad)} of {sites} simulated sites: it must be at most "
+            f"1/(10·n) for a site of n training records ({', '.join(f'site-{k}: n={n}' for k, n in bad.items())}). "
+            f"Use delta <= {auto_delta(smallest):.3g}, or delta=0 for 1/(10·n) per site."
+        )
+
+
 def run_simulation(
     sites: int, run_config: list[str], output_dir: Path, flwr_home: Path, stream_to: object = None,
     timeout: float | None = None, app_dir: Path = REPO,
 ) -> Path:
     """Run one simulation; returns its run directory (raises if it produced no report)."""
-    preflight(run_config, app_dir)
+    preflight(run_config, app_dir, sites)
+    preflight_privacy(run_config, sites, app_dir)
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     before = set(output_dir.glob("run-*"))
@@ -90,8 +114,6 @@ def run_simulation(
         print("$", " ".join(command), flush=True)
         completed = subprocess.run(command, env=link.env, cwd=app_dir, stdout=stream_to, stderr=subprocess.STDOUT,
                                    timeout=timeout, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"flwr run exited with {completed.returncode}")
     resumed = load_app_config(app_dir / "pyproject.toml", run_config).resume_from
     new = sorted(set(output_dir.glob("run-*")) - before, key=lambda p: p.stat().st_mtime)
     if resumed:
@@ -101,7 +123,33 @@ def run_simulation(
     run_dir = new[-1]
     if not (run_dir / "report.json").exists():
         raise RuntimeError(f"the run did not finish: {run_dir} has no report.json; see the log above")
+    check_outcome(run_dir)
+    if completed.returncode != 0:
+        raise RuntimeError(f"flwr run exited with {completed.returncode}")
     return run_dir
+
+
+class NoSiteTrained(RuntimeError):
+    """Every site refused or failed in every round: the run produced no federated model."""
+
+
+def check_outcome(run_dir: Path) -> dict:
+    """The run's report; raises NoSiteTrained, with each site's reasons, when no site trained."""
+    report = json.loads((run_dir / "report.json").read_text())
+    if report["run"].get("no_site_trained"):
+        raise NoSiteTrained(f"{run_dir}: no site trained, the model is the starting model\n{site_summary(report)}")
+    return report
+
+
+def site_summary(report: dict) -> str:
+    """One line per site: rounds trained and, for the others, the (fixed, privacy-safe) reasons."""
+    lines = []
+    for site in report.get("sites", []):
+        trained = [r for r in site.get("rounds_participated", []) if r not in site.get("rejected_rounds", [])]
+        reasons = sorted({f"{r['status']}: {r['reason']}" for r in site.get("reasons", [])})
+        text = f"trained rounds {trained}" if trained else "never trained"
+        lines.append(f"  - {site['site_id']}: {text}" + (f"; {'; '.join(reasons)}" if reasons else ""))
+    return "\n".join(lines) or "  - no site answered"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    report = json.loads((run_dir / "report.json").read_text())
+    print("\nsites:\n" + site_summary(report))
     print(f"\nfinished in {time.time() - started:.0f}s")
     print(f"run directory: {run_dir}")
     for name in ("report.html", "report.json"):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from client.identity import site_identity
 from client.site import SITE_LOG, RoundRequest, run_round
+from common import reply as wire
 from common.config import ConfigError, RunConfig
 from common.data.imageset import DataError
 from common.data.synthetic import make_synthetic
@@ -53,10 +54,10 @@ def test_unreadable_files_are_skipped_counted_and_kept_on_site(tmp_path: Path) -
     (data / "tumour" / "scan.txt").write_text("scanner log, not an image")
     (data / "tumour" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF truncated")
     config = _config()
-    identity = site_identity(_deployed(tmp_path, data), config, run_id=1)
+    identity = site_identity(_deployed(tmp_path, data, **{"share-diagnostics": "true"}), config, run_id=1)
     result = run_round(identity, config, _request(config))
-    assert result.status == "trained" and result.metrics["skipped-files"] == 3
-    assert not any("zero.png" in str(v) for v in result.metrics.values())  # no paths leave the site
+    assert result.status == "trained" and result.reply.diagnostics["skipped-files"] == 3  # a count, opted in
+    assert "zero.png" not in json.dumps(wire.encode(result.reply))  # no paths leave the site
     local = [json.loads(line) for line in (tmp_path / "state" / SITE_LOG).read_text().splitlines()]
     assert local[-1]["skipped_files"] == 3 and any("zero.png" in e for e in local[-1]["skipped_examples"])
 
@@ -121,11 +122,11 @@ def test_missing_node_config_key_is_named() -> None:
         site_identity({"data-path": "/d", "site-id": "x", "delta": 1e-5}, _config(), 1)
 
 
-def test_delta_not_below_one_over_n_is_an_error(tmp_path: Path) -> None:
+def test_delta_above_one_over_ten_n_is_an_error(tmp_path: Path) -> None:
     data = _site_tree(tmp_path / "data", per_class=20)
     config = _config()
     identity = site_identity(_deployed(tmp_path, data, delta=0.05), config, 1)
-    with pytest.raises(ValueError, match="must be below 1/n"):
+    with pytest.raises(ConfigError, match=r"at most 1/\(10·n\)"):
         run_round(identity, config, _request(config))
 
 

@@ -36,7 +36,8 @@ def test_overrides_are_typed() -> None:
         ("partitioning", "random", "valid values: iid, dirichlet"),
         ("epsilon", 0.0, "epsilon must be > 0"),
         ("epsilon", -1.0, "epsilon must be > 0"),
-        ("delta", 1.5, "delta must be in"),
+        ("delta", 1.5, r"delta must be at most 1/\(10·n\)"),
+        ("delta", 0.5, r"delta must be at most 1/\(10·n\)"),
         ("num-server-rounds", -1, "num-server-rounds must be >= 0"),
         ("weights", "resnet.onnx", "use one of auto, imagenet, none"),
         ("num-server-rounds", 2.5, "is not a valid int"),
@@ -54,5 +55,5 @@ def test_all_problems_are_reported_at_once() -> None:
 
 
 def test_auto_delta_is_one_over_site_records() -> None:
-    assert RunConfig.from_mapping({"delta": 0.0}).site_delta(400) == pytest.approx(1 / 400)
+    assert RunConfig.from_mapping({"delta": 0.0}).site_delta(400) == pytest.approx(1 / 4000)  # 1/(10·n)
     assert RunConfig.from_mapping({"delta": 1e-5}).site_delta(400) == 1e-5

@@ -10,13 +10,18 @@ train with real Opacus DP-SGD.
 
 One federation serves the module (starting it costs ~20 s); the runs are:
 
-* run A, 2 rounds, all three sites. site-a's own budget (its node config) is set between
-  what one and two rounds cost at the run's noise multiplier, and the run config asks for
-  epsilon=1000: site-a must train round 1 and refuse round 2, the others train both.
-* run B, 1 round: site-c's daemon is SIGKILLed (with its ClientApp) as soon as it receives
-  its instruction. The SuperLink declares it unavailable once its heartbeat lapses, the
-  round completes with site-b's update (site-a refuses again: still out of budget), the run
-  completes; site-c restarted on the same state-dir comes back with its ledger intact.
+* run A, 2 rounds, all three sites, default privacy settings; the coordinator asks for
+  epsilon=1000. Each site grants only its own share: site-b and site-c (lifetime 8, default
+  per-job cap = a quarter, 2) spend at most 2; site-a (lifetime 8, `epsilon-per-job=8`) may
+  spend its whole budget. The report's header shows the grants and budgets of the ledgers.
+* run B, 1 round, default settings again: site-a refuses (its lifetime budget is spent),
+  site-b trains a second job without refusal (two grants in its ledger); site-c's daemon is
+  SIGKILLed (with its ClientApp) as soon as it receives its instruction. The SuperLink
+  declares it unavailable once its heartbeat lapses, the round completes with site-b's update,
+  the run completes; site-c restarted on the same state-dir comes back with its ledger intact,
+  but only after its operator acknowledges a raised budget (refused without it, recorded with it).
+* run C, 1 round, `dp=false`: every site refuses (none allows non-private training); the run
+  ends as failed (`flwr list`: finished:failed) and its report leads with "No site trained".
 
 Every process started here runs in its own session and carries its own `FLWR_HOME`; the
 fixture's finalizer kills all of them (process groups, then anything with those homes),
@@ -42,11 +47,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common.config import RunConfig
-from common.data.sources import deployed_site
+from common import reply as wire
 from common.data.synthetic import make_synthetic
-from common.ledger import LEDGER_FILE, epsilon_of
-from common.training import steps_per_epoch
+from common.ledger import LEDGER_FILE
 from deploy.flower import flower_bin, flower_env
 from simulations.local_superlink import free_port
 from simulations.processes import kill_processes_with_env
@@ -58,8 +61,8 @@ SITES = ("site-a", "site-b", "site-c")
 IMAGES_PER_SITE = 80
 SEED = 5
 DELTA = 1e-4
-SIGMA = 1.0  # fixed noise multiplier: each round spends a known amount
-BUDGET = 8.0  # site-b and site-c; site-a's is computed (between one and two rounds' spend)
+BUDGET = 8.0  # every site's lifetime budget
+SITE_A_PER_JOB = 8.0  # site-a lets one job spend its whole budget; the others keep the default (a quarter)
 CONNECTION = "fedpath"
 RUN_TIMEOUT = 300
 
@@ -95,7 +98,6 @@ class Federation:
     link_port: int
     coordinator_home: Path
     budgets: dict[str, float]
-    first_round_epsilon: float
     daemons: dict[str, Daemon] = field(default_factory=dict)
     homes: list[Path] = field(default_factory=list)
 
@@ -119,11 +121,12 @@ class Federation:
         self.daemons[name] = daemon
         return daemon
 
-    def site_command(self, site: str, key: str | None = None, state: Path | None = None) -> list[str]:
+    def site_command(self, site: str, key: str | None = None, state: Path | None = None, extra: str = "") -> list[str]:
         """`python -m deploy site ...` for `site` (its data), signing with `key`, keeping state in `state`."""
         node_config = (
             f'data-path="{self.root / "data" / site}" site-id="{key or site}" '
             f'epsilon-budget={self.budgets.get(site, BUDGET)} delta={DELTA} state-dir="{state or self.state(site)}"'
+            + (f" epsilon-per-job={SITE_A_PER_JOB}" if site == "site-a" else "") + (f" {extra}" if extra else "")
         )
         return [
             sys.executable, "-m", "deploy", "site", "--superlink", self.address,
@@ -132,17 +135,17 @@ class Federation:
             "--runtime-port", str(free_port()), "--node-config", node_config,
         ]
 
-    def start_site(self, site: str, log_name: str | None = None) -> Daemon:
+    def start_site(self, site: str, log_name: str | None = None, extra: str = "") -> Daemon:
         env = flower_env(self.state(site) / "flwr-home")
         env.pop("FEDPATH_CACHE_DIR", None)  # the launcher's default: STATE-DIR/cache
-        return self.start(site, self.site_command(site), self.state(site) / "flwr-home",
+        return self.start(site, self.site_command(site, extra=extra), self.state(site) / "flwr-home",
                           self.root / "logs" / f"{log_name or site}.log", env)
 
-    def restart_site(self, site: str, timeout: float = 150) -> Daemon:
+    def restart_site(self, site: str, timeout: float = 150, extra: str = "") -> Daemon:
         """Start `site` again; Flower refuses to activate a node still counted online, so retry until it connects."""
         deadline = time.monotonic() + timeout
         for attempt in range(1, 100):
-            daemon = self.start_site(site, f"{site}-restart-{attempt}")
+            daemon = self.start_site(site, f"{site}-restart-{attempt}", extra=extra)
             while time.monotonic() < deadline and daemon.process.poll() is None and "SuperNode ID:" not in daemon.text():
                 time.sleep(0.5)
             if "SuperNode ID:" in daemon.text():
@@ -203,7 +206,7 @@ def _image_tree(root: Path, count: int, seed: int) -> Path:
 def _run_config(**extra: object) -> str:
     values: dict[str, object] = {
         "image-size": 32, "batch-size": 16, "seed": SEED, "bootstrap-samples": 50, "test-fraction": 0.5,
-        "noise-multiplier": SIGMA, "min-train-nodes": 2, "min-available-nodes": 2,
+        "min-train-nodes": 2, "min-available-nodes": 2,
     }
     values.update(extra)
     return " ".join(f"{k}='{v}'" if isinstance(v, str) else f"{k}={v}" for k, v in values.items())
@@ -224,19 +227,14 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
 
         torch.save(randomised_torchvision("resnet18").state_dict(), root / "resnet18.pth")
 
-        # What one and two rounds cost site-a at SIGMA, computed from its real data split with the
-        # site's own code: its budget lies between, so the site itself must refuse the second round.
-        config = RunConfig.from_mapping({"image-size": 32, "batch-size": 16, "seed": SEED})
-        steps, rate = steps_per_epoch(len(deployed_site(config, root / "data" / "site-a").train), 16)
-        e1, e2 = (epsilon_of([(SIGMA, rate, steps * k)], DELTA) for k in (1, 2))
-        budgets = {"site-a": round((e1 + e2) / 2, 3)}
+        budgets: dict[str, float] = {}
 
         deploy = [sys.executable, "-m", "deploy"]
         subprocess.run([*deploy, "test-pki", "--out", str(root / "certs")], check=True, cwd=REPO, capture_output=True)
         for key in (*SITES, "unregistered"):
             subprocess.run([*deploy, "site-keys", "--out", str(root / "keys"), "--site-id", key], check=True, cwd=REPO,
                            capture_output=True)
-        fed = Federation(root, free_port(), root / "coordinator", budgets, e1)
+        fed = Federation(root, free_port(), root / "coordinator", budgets)
 
         link_home = root / "superlink" / "flwr-home"
         link_env = flower_env(link_home)
@@ -324,29 +322,40 @@ def test_unregistered_supernode_and_plaintext_are_refused(federation: Federation
     assert httpx.get(f"https://{federation.address}/health", verify=ca, timeout=5).is_success
 
 
-def test_two_rounds_each_site_spends_only_what_its_own_ledger_allows(federation: Federation, run_a: RunResult) -> None:
+def test_two_rounds_each_site_spends_only_what_it_grants_the_job(federation: Federation, run_a: RunResult) -> None:
     report = run_a.report
     assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
     sites = {s["site_id"]: s for s in report["sites"]}
     assert sorted(sites) == list(SITES)
+    run_id = str(report["run"]["run_id"])
     for site_id in SITES:
         site, ledger = sites[site_id], federation.ledger(site_id)
-        budget = federation.budgets.get(site_id, BUDGET)
-        assert site["epsilon_budget"] == pytest.approx(budget)  # the site's node config, not the run's 1000
+        grant = ledger["jobs"][run_id]
+        cap = SITE_A_PER_JOB if site_id == "site-a" else BUDGET / 4  # the default per-job cap: a quarter
+        assert grant["asked"] == 1000.0 and grant["cap"] == pytest.approx(cap) and grant["granted"] == pytest.approx(cap)
+        assert site["rounds_participated"] == [1, 2]  # σ was calibrated to the grant: both rounds fit
+        assert site["epsilon_budget"] == pytest.approx(ledger["epsilon_budget"]) == BUDGET  # not the run's 1000
+        assert site["epsilon_granted"] == pytest.approx(grant["granted"])
         assert site["epsilon"] == pytest.approx(ledger["epsilon_spent"], rel=1e-9)  # report shows what was spent
-        assert 0 < ledger["epsilon_spent"] <= budget
-        assert ledger["site_id"] == site_id and ledger["delta"] == DELTA
-    assert sites["site-b"]["rounds_participated"] == sites["site-c"]["rounds_participated"] == [1, 2]
-    # site-a: one round fits its budget, the second would not; the site refused it itself.
-    assert sites["site-a"]["rounds_participated"] == [1] and sites["site-a"]["refused_rounds"] == [2]
-    assert "beyond the site's budget" in sites["site-a"]["reasons"][0]["reason"]
-    assert federation.ledger("site-a")["epsilon_spent"] == pytest.approx(federation.first_round_epsilon, rel=1e-6)
-    assert len(federation.ledger("site-a")["refusals"]) == 1
+        assert 0.9 * cap < ledger["epsilon_spent"] <= cap + 1e-9
+        assert ledger["site_id"] == site_id and ledger["delta"] == DELTA and ledger["unit"] == "patch"
+        assert site["randomness"] == "secure" and not site["shares_diagnostics"]
+    # (d) the header states the budgets the sites applied, from their ledgers, not the run's ask alone
+    html = (run_a.run_dir / "report.html").read_text()
+    for site_id in SITES:
+        ledger = federation.ledger(site_id)
+        assert f"{site_id} {ledger['jobs'][run_id]['granted']:g}" in html
+    assert "per-site budget ε = 1000" not in html
 
     for site_id in SITES:  # the daemon's log: per-round progress, aggregates only, no file names
         log = federation.daemons[site_id].text()
         assert f"{site_id} round 1 epoch 1/1" in log and f"site {site_id} round 1: epsilon spent so far" in log
         assert ".png" not in log and "patch-" not in log
+    # every value the sites sent is declared by the reply schema (the server would have rejected it otherwise)
+    for line in (run_a.run_dir / "metrics.jsonl").read_text().splitlines():
+        for reply in json.loads(line).get("sites", []):
+            assert set(reply["metrics"]) <= {f.key for f in wire.FIELDS if f.record == wire.METRICS}
+            assert reply["status"] in ("trained", "refused") and reply["diagnostics"] is None
 
 
 def test_killed_site_does_not_stop_the_run_and_keeps_its_ledger(federation: Federation, run_a: RunResult) -> None:
@@ -373,6 +382,10 @@ def test_killed_site_does_not_stop_the_run_and_keeps_its_ledger(federation: Fede
     replies = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["sites"]
     statuses = sorted((r["site_id"], r["status"]) for r in replies if r["status"] != "failed")
     assert statuses == [("site-a", "refused"), ("site-b", "trained")]
+    refused = next(r for r in replies if r["site_id"] == "site-a")
+    assert refused["refusal"] == "budget-exhausted" and refused["reason"] == wire.REFUSALS["budget-exhausted"]
+    # (a) a second job at default settings trains at site-b: two grants, two jobs' rounds
+    assert [job["granted"] for job in federation.ledger("site-b")["jobs"].values()] == [pytest.approx(2.0)] * 2
     failed = [r for r in replies if r["status"] == "failed"]
     assert len(failed) == 1 and "Node Unavailable" in failed[0]["reason"]
     assert failed[0]["site_id"] == "site-c"  # its registered name, though the SuperLink sent the error
@@ -386,10 +399,37 @@ def test_killed_site_does_not_stop_the_run_and_keeps_its_ledger(federation: Fede
     assert after["epsilon_spent"] >= before["epsilon_spent"] > 0
     assert [r["run_id"] for r in after["rounds"]][:2] == [r["run_id"] for r in before["rounds"]]
 
-    # Restarted on the same state-dir, it reads that ledger and rejoins the federation.
-    restarted = federation.restart_site("site-c")
-    assert f"epsilon {after['epsilon_spent']:.3f} of {BUDGET:g} spent in {len(after['rounds'])} round(s)" \
-        in restarted.text()
+    # (b) Restarted with a raised budget but no acknowledgement, the site refuses to start.
+    federation.budgets["site-c"] = 9.0
+    raised = federation.start_site("site-c", "site-c-raised")
+    assert raised.process.wait(timeout=120) != 0
+    assert 'accept-budget-change="8->9"' in raised.text()
+    assert federation.ledger("site-c") == after
+    # With it, on the same state-dir, it reads that ledger, records the change and rejoins the federation.
+    restarted = federation.restart_site("site-c", extra='accept-budget-change="8->9"')
+    assert f"epsilon {after['epsilon_spent']:.3f} of 9 spent in {len(after['rounds'])} round(s)" in restarted.text()
     online = {n["node-id"]: n["status"] for n in federation.nodes()}
     assert list(online.values()).count("online") == 3, online
-    assert federation.ledger("site-c") == after
+    ledger = federation.ledger("site-c")
+    assert ledger["accountant"] == after["accountant"] and ledger["rounds"] == after["rounds"]
+    assert [(c["old"], c["new"], c["how"]) for c in ledger["budget_changes"]] == [(8.0, 9.0, "accept-budget-change")]
+
+
+def test_a_job_in_which_no_site_trains_fails_and_says_so(federation: Federation, run_a: RunResult) -> None:
+    """(c) Every site refuses (dp=false is allowed by none): the run fails, and its report leads with it."""
+    code, output, run_dir = federation.run(
+        _run_config(**{"num-server-rounds": 1, "dp": False, "min-available-nodes": 2,
+                       "weights": str(federation.root / "resnet18.pth"),
+                       "dataset": str(federation.root / "data" / "central")}),
+        federation.root / "logs" / "run-c.log",
+    )
+    # Flower 1.42's `flwr run --stream` exits 0 whatever the run's outcome; the run itself fails.
+    assert "no site trained in any round" in output, output[-3000:]
+    listed = federation.flwr("list", CONNECTION, "--run-id", run_dir.name.removeprefix("run-"), "--format", "json")
+    status = json.loads(listed.stdout[listed.stdout.index("{"):])["runs"][0]["status"]
+    assert status == "finished:failed", listed.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["run"]["no_site_trained"] and not report["run"]["complete"]
+    html = (run_dir / "report.html").read_text()
+    assert html.index("No site trained") < html.index('<section id="summary">')  # it leads the report
+    assert "UNTRAINED starting model" in html

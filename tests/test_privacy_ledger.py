@@ -24,9 +24,11 @@ from common.training import steps_per_epoch
 from tests.conftest import tiny_run_config
 
 
-def _site(state_dir: Path, budget: float = 8.0, pid: int = 0) -> SiteIdentity:
+def _site(state_dir: Path, budget: float = 8.0, pid: int = 0, per_job: float | None = None) -> SiteIdentity:
+    """A simulated site whose per-job cap is its whole budget unless `per_job` says otherwise."""
     return SiteIdentity(site_id=f"site-{pid}", deployed=False, state_dir=state_dir, epsilon_budget=budget,
-                        delta=1e-4, partition_id=pid, num_partitions=3)
+                        delta=1e-4, partition_id=pid, num_partitions=3,
+                        epsilon_per_job=budget if per_job is None else per_job)
 
 
 def _request(config: RunConfig, server_round: int, run_id: int = 1) -> RoundRequest:
@@ -83,7 +85,7 @@ def test_site_refuses_a_round_past_its_budget(tmp_path: Path) -> None:
     result = run_round(site, config, _request(config, 1))
     assert result.status == "refused" and result.update is None
     assert "beyond the site's budget" in result.reason
-    assert result.metrics["refused"] == 1 and result.metrics["epsilon"] == 0.0
+    assert result.reply.refusal == "round-exceeds-budget" and result.metrics["epsilon"] == 0.0
     ledger = PrivacyLedger.open(tmp_path / "site-2", "site-2", 1e-4, 2.0)
     assert ledger.history == [] and len(ledger.refusals) == 1
 
@@ -93,7 +95,7 @@ def test_exhausted_budget_is_refused_in_the_next_run(tmp_path: Path) -> None:
     state = tmp_path / "site-0"
     assert run_round(_site(state), config, _request(config, 1, run_id=1)).status == "trained"
     again = run_round(_site(state), config, _request(config, 1, run_id=2))  # a coordinator asks for more
-    assert again.status == "refused" and "leaves no room" in again.reason
+    assert again.status == "refused" and again.reply.refusal == "budget-exhausted" and "too little" in again.reason
     assert again.metrics["epsilon"] == pytest.approx(8.0, rel=0.01)
 
 
@@ -134,3 +136,18 @@ def test_a_refusal_before_training_still_reports_the_real_cumulative_spend(tmp_p
     strict = RunConfig.from_mapping(tiny_run_config(**{"num-server-rounds": 2, "min-site-examples": 10_000}))
     refused = run_round(_site(state), strict, _request(strict, 2))
     assert spent > 0 and refused.status == "refused" and refused.metrics["epsilon"] == pytest.approx(spent)
+
+
+def test_planned_steps_are_the_steps_opacus_takes_where_ceil_differs() -> None:
+    """Opacus takes int(1/q) steps with q = 1/ceil(n/batch), one fewer than ceil(n/batch) for ~6% of sizes."""
+    import torch
+    from opacus.data_loader import DPDataLoader
+    from torch.utils.data import TensorDataset
+
+    differ = [(n, b) for n in range(1, 400) for b in (1, 3, 7, 64) if int(1 / (1 / -(-n // b))) != -(-n // b)]
+    assert (93, 1) in differ and len(differ) > 10  # the sizes where a ceil(n/batch) plan would be wrong
+    for n, b in [*differ[:20], (93, 1), (5952, 64), (100, 64)]:
+        loader = DPDataLoader(TensorDataset(torch.zeros(n, 1)), sample_rate=1 / -(-n // b))
+        steps, rate = steps_per_epoch(n, b)
+        assert (steps, rate) == (len(loader), loader.sample_rate), (n, b)
+    assert steps_per_epoch(93, 1)[0] == 92

@@ -82,10 +82,20 @@ def _site(**overrides: object) -> dict:
 
 def test_privacy_sentence_states_spend_budget_delta_and_rounds() -> None:
     text = privacy_statement(_site())
-    assert text.startswith("Site site-0 has spent ε = 7.996 of its budget 8 (δ = 1e-05)")
+    assert text.startswith("Site site-0 has spent ε = 7.996 of its lifetime budget 8 (δ = 1e-05)")
     assert "this run: rounds 1-2, 4" in text  # the rejected round 3 sent no accepted update
     assert "(7.996, 1e-05)-differentially private" in text and "image patches" in text
     assert text.endswith("; 0.004 remains (99.9% spent).")
+
+
+def test_privacy_sentence_states_the_protection_in_force() -> None:
+    secure = privacy_statement(_site(randomness="secure", epsilon_granted=2.0))
+    assert "unit of privacy: one patch" in secure and "protected only at group level" in secure
+    assert "this job was granted ε = 2" in secure and "operating system CSPRNG" in secure
+    assert "NOT differentially private" not in secure
+    seeded = privacy_statement(_site(randomness="site-seed", shares_diagnostics=True))
+    assert "reproducible from a seed the site holds" in seeded and "NOT private there" in seeded
+    assert "opt-in diagnostics" in seeded and "NOT differentially private" in seeded
 
 
 def test_privacy_sentence_for_one_round_and_for_overspending() -> None:

@@ -44,16 +44,19 @@ def site_reply(site: int, server_round: int, rounds: int, status: str = "trained
     """One site's reply as the strategy records it; epsilon grows to just under the budget."""
     epsilon = BUDGET * (0.55 + 0.4499 * (server_round - 1) / max(rounds - 1, 1)) - 0.01 * site
     metrics = {
-        "num-examples": 130 + site, "train-loss": 1.2, "val-accuracy": 0.5 + 0.05 * site, "val-examples": 26,
-        "epsilon": epsilon if dp else 0.0, "epsilon-budget": BUDGET, "delta": DELTA,
+        "num-examples": 130 + site, "epsilon": epsilon if dp else 0.0, "epsilon-budget": BUDGET,
+        "epsilon-asked": BUDGET, "epsilon-granted": BUDGET, "delta": DELTA,
         "noise-multiplier": 0.83 if dp else 0.0, "max-grad-norm": 1.0, "steps": 5, "sample-rate": 0.2,
-        "refused": int(status == "refused"), "dp": int(dp), "skipped-files": 0,
+        "dp": int(dp), "shares-diagnostics": 1,
     }
+    diagnostics = {"train-loss": 1.2, "val-accuracy": 0.5 + 0.05 * site, "val-examples": 26,
+                   "class-counts": [31 + site, 35, 31, 36], "skipped-files": 0, "train-seconds": 3.0}
     node = 1000 + site
     if status == "failed":
         return SiteReply(node, f"node-{node}", "failed", reason, bytes_down=51984).as_dict()
     up = 0 if status == "refused" else 51984
-    return SiteReply(node, f"site-{site}", status, reason, metrics, [31 + site, 35, 31, 36], 51984, up).as_dict()
+    return SiteReply(node, f"site-{site}", status, reason, metrics, diagnostics, "secure", "patch",
+                     "round-exceeds-budget" if status == "refused" else "", 51984, up).as_dict()
 
 
 def build_run_dir(
@@ -97,7 +100,8 @@ def build_run_dir(
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "loss")
 SITE_KEYS = ("site_id", "num_examples", "class_counts", "rounds_participated", "local_val_accuracy", "epsilon",
-             "epsilon_budget", "delta", "noise_multiplier", "max_grad_norm", "refused_rounds")
+             "epsilon_budget", "delta", "noise_multiplier", "max_grad_norm", "refused_rounds", "epsilon_asked",
+             "epsilon_granted", "randomness", "privacy_unit", "shares_diagnostics")
 
 
 def check_schema(report: dict[str, Any]) -> None:
@@ -139,6 +143,9 @@ def check_schema(report: dict[str, Any]) -> None:
             assert 0.0 < site["epsilon"] <= site["epsilon_budget"]  # cumulative spend, within budget
             assert 0.0 < site["delta"] < 1.0 and site["noise_multiplier"] > 0.0
         assert site["privacy_statement"].startswith(f"Site {site['site_id']} ")
+        if site["dp"] and site["epsilon"] is not None:  # the statement says what protection was in force
+            assert "unit of privacy: one patch" in site["privacy_statement"]
+            assert site["randomness"] in ("secure", "site-seed") and "noise:" in site["privacy_statement"]
 
     comm = report["communication"]
     for entry in comm["per_site_round"]:
@@ -149,7 +156,8 @@ def check_schema(report: dict[str, Any]) -> None:
 
 
 SECTION_IDS = ("summary", "learning-curves", "confusion-matrix", "per-class", "reliability", "sites",
-               "rounds-without-update", "baselines", "communication", "configuration", "how-to-read")
+               "rounds-without-update", "baselines", "communication", "configuration", "what-sites-sent",
+               "how-to-read")
 
 
 class Page(HTMLParser):

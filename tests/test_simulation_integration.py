@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from common import reply as wire
 from common.ledger import LEDGER_FILE
 
 pytestmark = pytest.mark.integration
@@ -25,12 +26,18 @@ def test_three_hospitals_two_rounds_learn_within_budget(tiny_simulation_run: Pat
     assert sorted(s["site_id"] for s in sites) == ["site-0", "site-1", "site-2"]
     for site in sites:
         assert site["rounds_participated"] == [1, 2] and site["refused_rounds"] == []
-        assert 0 < site["epsilon"] <= site["epsilon_budget"] == 8.0
+        # the job asked for 8; each simulated site (lifetime 32, default cap a quarter = 8) granted 8
+        assert site["epsilon_budget"] == 32.0 and site["epsilon_granted"] == 8.0
+        assert 0 < site["epsilon"] <= 8.0 + 1e-9 and site["randomness"] == "secure"
         ledger = json.loads((run_dir / "sites" / site["site_id"] / LEDGER_FILE).read_text())
         assert site["epsilon"] == pytest.approx(ledger["epsilon_spent"])  # the report shows what was spent
 
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and len(json.loads(lines[-1])["sites"]) == 3
+    declared = {f.key for f in wire.FIELDS if f.record == wire.METRICS}
+    for line in lines:  # every value a simulated site sent is declared by the reply schema
+        for reply in json.loads(line)["sites"]:
+            assert set(reply["metrics"]) == declared and reply["diagnostics"] is None
     for name in ("round-0000.pt", "round-0001.pt", "round-0002.pt", "final.pt"):
         assert (run_dir / "checkpoints" / name).exists()
     final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=True)

@@ -11,6 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.identity import SiteIdentity
 from client.site import RoundRequest, run_round
+from common import reply as wire
 from common.config import RunConfig
 from common.data.sources import dataset_classes
 from common.factory import initial_model
@@ -34,16 +35,19 @@ def flower_process() -> Iterator[None]:
     TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
-def _reply(node: int, arrays: dict[str, np.ndarray] | None, examples: float = 10, error: str = "") -> Message:
+def _reply(node: int, arrays: dict[str, np.ndarray] | None, examples: float = 10, error: str = "",
+           extra_metric: str = "") -> Message:
     TaskIdentity.node_id = 0
     instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
     TaskIdentity.node_id = node
     if error:
         return Message(Error(code=1, reason=error), reply_to=instruction)
-    content = RecordDict({
-        "metrics": MetricRecord({"num-examples": examples, "noise-multiplier": 1.0, "epsilon": 1.0, "dp": 1}),
-        "site": ConfigRecord({"site-id": f"site-{node}", "status": "trained", "reason": "", "class-counts": [5, 5]}),
-    })
+    metrics = {f.key: 0 for f in wire.FIELDS if f.record == wire.METRICS}
+    metrics.update({"num-examples": examples, "noise-multiplier": 1.0, "epsilon": 1.0, "dp": 1})
+    records = wire.encode(wire.SiteReplyContent(f"site-{node}", "trained", "", "secure", "patch", metrics))
+    if extra_metric:
+        records[wire.METRICS][extra_metric] = 0.5
+    content = RecordDict({"metrics": MetricRecord(records[wire.METRICS]), "site": ConfigRecord(records[wire.SITE])})
     if arrays is not None:
         content["arrays"] = to_array_record(arrays)
     return Message(content, reply_to=instruction)
@@ -68,6 +72,7 @@ def test_broken_and_hostile_updates_are_excluded_and_recorded(flower_process: No
         _reply(8, _small(1e4)),  # far beyond what clipped DP-SGD can move
         _reply(9, _small(0.1), examples=-3),
         _reply(10, None, error="site crashed"),
+        _reply(11, _small(0.1), extra_metric="train-loss"),  # a value the schema does not declare
     ]
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
@@ -78,13 +83,14 @@ def test_broken_and_hostile_updates_are_excluded_and_recorded(flower_process: No
     expected = {"site-3": "NaN or Inf", "site-4": "missing ['b']", "site-5": "extra ['c']", "site-6": "shape",
                 "site-7": "dtype float64", "site-8": "beyond what this round's clipped training",
                 "site-9": "num-examples must be a positive number"}
+    assert status["node-11"][0] == "rejected" and "undeclared keys ['train-loss']" in status["node-11"][1]
     for site, reason in expected.items():
         assert status[site][0] == "rejected" and reason in status[site][1], status[site]
     assert status["node-10"] == ("failed", "site crashed")
 
     summary = site_summaries([{"round": 1, "sites": [r.as_dict() for r in strategy.replies[1]]}], {"dp": True})
     rejected = {s["site_id"] for s in summary if s["rejected_rounds"] == [1]}
-    assert rejected == set(expected)
+    assert rejected == set(expected) | {"node-11"}
 
 
 def test_round_keeps_the_model_when_too_few_updates_remain(flower_process: None) -> None:
@@ -100,7 +106,8 @@ def test_real_dp_updates_pass_the_automatic_bound(tmp_path) -> None:
     classes = dataset_classes(config)
     model, _ = initial_model(config, len(classes))
     start = get_trainable_state(model)
-    identity = SiteIdentity("site-0", False, tmp_path, 8.0, 1e-4, partition_id=0, num_partitions=2)
+    identity = SiteIdentity("site-0", False, tmp_path, 8.0, 1e-4, partition_id=0, num_partitions=2,
+                            epsilon_per_job=8.0)
     result = run_round(identity, config, RoundRequest(1, 1, start, classes, frozen_fingerprint(model)))
     norm = float(np.sqrt(sum(np.sum((result.update[k] - start[k]) ** 2) for k in start)))
     bound = TrainingBound(config.lr, config.momentum, config.max_grad_norm, config.local_epochs, config.batch_size)

@@ -3,12 +3,16 @@
 A group is a patient, slide or near-duplicate family (LC25000's `groups.csv`). Every split
 here moves whole groups, so no group straddles test / site / validation or two sites:
 otherwise near-identical patches on both sides of a split inflate accuracy into meaning-
-lessness. All randomness comes from `seed`, so the server and every simulated site derive
-the same split independently.
+lessness. The cross-site splits take their randomness from `seed`, so the server and every
+simulated site derive the same split independently (the experimenter chooses who the
+hospitals are). A site's own train/validation split does not: it is `keyed_train_val`,
+where a group's side depends only on its id and a key the site holds.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,10 +160,46 @@ def _assign_dirichlet(table: GroupTable, num_sites: int, alpha: float, rng: np.r
     return assignment
 
 
+def in_validation(group_id: str, key: bytes, fraction: float) -> bool:
+    """Whether a group (patient) belongs to the site's local validation split.
+
+    HMAC-SHA256 of the group id under the site's secret key, read as a number in [0, 1):
+    the side of a group depends on nothing else, so adding or removing records (of this or
+    any other patient) never moves another patient between training and validation, and a
+    coordinator that does not hold the key can neither predict nor choose the split.
+    """
+    digest = hmac.new(key, str(group_id).encode("utf-8"), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+
+
+def keyed_train_val(
+    groups: np.ndarray, indices: np.ndarray, fraction: float, key: bytes
+) -> tuple[np.ndarray, np.ndarray]:
+    """A site's (train, val) indices: whole groups, each placed by `in_validation` alone."""
+    if not key:
+        raise ValueError("a site's train/validation split needs the site's key")
+    indices = np.sort(np.asarray(indices, dtype=np.int64))
+    if fraction <= 0 or len(indices) == 0:
+        return indices, np.zeros(0, dtype=np.int64)
+    side = {g: in_validation(g, key, fraction) for g in np.unique(groups[indices])}
+    val_mask = np.fromiter((side[g] for g in groups[indices]), dtype=bool, count=len(indices))
+    return indices[~val_mask], indices[val_mask]
+
+
+def simulation_split_key(seed: int, site: int) -> bytes:
+    """A simulated site's split key. The experimenter plays every hospital in a simulation, so
+    its key derives from the seed (reproducible experiments); deployed sites hold their own."""
+    return hashlib.sha256(f"fedpath-simulated-site-split:{seed}:{site}".encode()).digest()
+
+
 def split_train_val(
     groups: np.ndarray, labels: np.ndarray, indices: np.ndarray, num_classes: int, fraction: float, seed: int, site: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A site's (train, val) indices; validation takes whole groups, train keeps at least one."""
+    """(train, val) indices of data the coordinator holds itself (e.g. the public share for pretraining).
+
+    Stratified by label and seeded: fine for the centre's own data, never for a site's (see
+    `keyed_train_val`), since the side of one group here depends on every other group.
+    """
     table = GroupTable.build(groups, labels, indices, num_classes)
     if fraction <= 0 or len(table.members) < 2:
         return np.sort(np.asarray(indices, dtype=np.int64)), np.zeros(0, dtype=np.int64)

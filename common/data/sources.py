@@ -16,10 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig, resolve_path
-from common.data.folder import load_image_folder
+from common.data.checks import check_splittable
+from common.data.folder import DEFAULT_MAX_IMAGE_PIXELS, load_image_folder
 from common.data.imageset import DataError, ImageSet
 from common.data.npz import load_npz, load_pathmnist
-from common.data.partition import holdout_public, holdout_test, partition_sites, split_train_val
+from common.data.partition import (
+    holdout_public,
+    holdout_test,
+    keyed_train_val,
+    partition_sites,
+    simulation_split_key,
+)
 from common.data.stain import apply_stain_shift
 from common.data.synthetic import make_synthetic
 
@@ -36,7 +43,8 @@ class SiteData:
 
 @functools.lru_cache(maxsize=4)
 def load_source(
-    dataset: str, image_size: int, synthetic_images: int, seed: int, groups_csv: str = "", strict: bool = False
+    dataset: str, image_size: int, synthetic_images: int, seed: int, groups_csv: str = "", strict: bool = False,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[ImageSet, ImageSet | None]:
     """(pool, official test set or None) for a `dataset` setting."""
     if dataset == "synthetic":
@@ -45,28 +53,32 @@ def load_source(
         return load_pathmnist(image_size)
     path = resolve_path(dataset)
     if path.suffix == ".npz":
-        return load_npz(path, image_size)
+        return load_npz(path, image_size, max_pixels=max_pixels)
     if not path.exists():
         raise DataError(
             f"dataset {dataset!r} is neither 'synthetic', 'pathmnist', an .npz file nor an existing "
             f"ImageFolder directory (looked for {path})"
         )
     groups = resolve_path(groups_csv) if groups_csv else None
-    return load_image_folder(path, image_size, groups, strict=strict), None
+    return load_image_folder(path, image_size, groups, strict=strict, max_pixels=max_pixels), None
 
 
-def _load(config: RunConfig) -> tuple[ImageSet, ImageSet | None]:
+def load_pool(config: RunConfig) -> tuple[ImageSet, ImageSet | None]:
+    """(pool, official test set or None) exactly as the server and the simulated sites read them."""
     return load_source(
-        config.dataset, config.image_size, config.synthetic_images, config.seed, config.groups_csv, config.strict
+        config.dataset, config.image_size, config.synthetic_images, config.seed, config.groups_csv, config.strict,
+        config.max_image_pixels,
     )
+
 
 
 def _split(config: RunConfig) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray]:
     """(all images, indices the sites share, central test set, indices of the public share)."""
-    pool, official_test = _load(config)
+    pool, official_test = load_pool(config)
     if official_test is not None:
         pool_idx, test = np.arange(len(pool)), official_test
     else:
+        check_splittable(pool.labels, pool.groups, pool.classes, f"dataset {config.dataset}")
         pool_idx, test_idx = holdout_test(pool.groups, pool.labels, len(pool.classes), config.test_fraction,
                                           config.seed)
         test = pool.subset(test_idx)
@@ -93,7 +105,7 @@ def central_test_set(config: RunConfig) -> ImageSet:
 
 
 def dataset_classes(config: RunConfig) -> list[str]:
-    return list(_load(config)[0].classes)
+    return list(load_pool(config)[0].classes)
 
 
 def simulated_site(config: RunConfig, site: int, num_sites: int) -> SiteData:
@@ -105,8 +117,8 @@ def simulated_site(config: RunConfig, site: int, num_sites: int) -> SiteData:
         pool.groups, pool.labels, pool_idx, len(pool.classes), num_sites,
         config.partitioning, config.dirichlet_alpha, config.seed,
     )
-    train_idx, val_idx = split_train_val(
-        pool.groups, pool.labels, shares[site], len(pool.classes), config.val_fraction, config.seed, site
+    train_idx, val_idx = keyed_train_val(
+        pool.groups, shares[site], config.val_fraction, simulation_split_key(config.seed, site)
     )
     return _with_stain(SiteData(pool.subset(train_idx), pool.subset(val_idx)), config, site)
 
@@ -116,29 +128,30 @@ def all_simulated_sites(config: RunConfig, num_sites: int) -> list[SiteData]:
 
 
 def deployed_site(
-    config: RunConfig, data_path: Path, strict: bool = False, classes: list[str] | None = None
+    data_path: Path, image_size: int, val_fraction: float, split_key: bytes, strict: bool = False,
+    classes: list[str] | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> SiteData:
     """A real site's data from its own `data-path` (ImageFolder tree or .npz).
 
-    An `.npz` carries no class names: its labels are checked against the federation's
-    `classes` (label k is classes[k]).
+    Every argument is the site's own (node config / state dir), never the coordinator's: the
+    local validation split is keyed by `split_key` (`keyed_train_val`). An `.npz` carries no
+    class names: its labels are checked against the federation's `classes` (label k is classes[k]).
     """
-    return _deployed(str(data_path), config.image_size, config.val_fraction, config.seed, strict,
-                     tuple(classes) if classes else None)
+    return _deployed(str(data_path), image_size, val_fraction, split_key, strict,
+                     tuple(classes) if classes else None, max_pixels)
 
 
 @functools.lru_cache(maxsize=2)
 def _deployed(
-    data_path: str, image_size: int, val_fraction: float, seed: int, strict: bool, classes: tuple[str, ...] | None
+    data_path: str, image_size: int, val_fraction: float, split_key: bytes, strict: bool,
+    classes: tuple[str, ...] | None, max_pixels: int,
 ) -> SiteData:
     path = Path(data_path)
     if path.suffix == ".npz":
-        pool, _ = load_npz(path, image_size, list(classes) if classes else None)
+        pool, _ = load_npz(path, image_size, list(classes) if classes else None, max_pixels=max_pixels)
     else:
-        pool = load_image_folder(path, image_size, strict=strict)
-    train_idx, val_idx = split_train_val(
-        pool.groups, pool.labels, np.arange(len(pool)), len(pool.classes), val_fraction, seed, 0
-    )
+        pool = load_image_folder(path, image_size, strict=strict, max_pixels=max_pixels, known_classes=classes)
+    train_idx, val_idx = keyed_train_val(pool.groups, np.arange(len(pool)), val_fraction, split_key)
     return SiteData(pool.subset(train_idx), pool.subset(val_idx))
 
 
