@@ -1,6 +1,7 @@
 """Benchmarks that print numbers: `python -m simulations.bench NAME [--quick]`.
 
     throughput     local training images/s per policy, DP vs non-DP, 28 and 64 px, batch 64
+                   (--privacy-unit patch|patient|both, --policy P to measure some policies only)
     communication  bytes per site per round for each policy and architecture
     scale          wall time per round, peak memory and time outside local training vs sites
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
+from common.model import POLICIES
 
 DEFAULT_POLICY = RunConfig().policy
 
@@ -37,9 +39,14 @@ def emit(record: dict[str, Any], out: Path | None) -> None:
 
 # -- throughput ----------------------------------------------------------------------------
 def _throughput_once(
-    policy: str, image_size: int, dp: bool, images: int, batch: int, seed: int, mode: str = "hooks"
+    policy: str, image_size: int, dp: bool, images: int, batch: int, seed: int, mode: str = "hooks",
+    privacy_unit: str = "patch",
 ) -> float:
-    """Images/s of one epoch of the sites' real training function on synthetic patches."""
+    """Images/s of one epoch of the sites' real training function on synthetic patches.
+
+    At the patient unit the synthetic slides (3-8 patches each) are the patients; a step then
+    holds at most `batch` patches in expectation, as at the patch unit (same epoch of images).
+    """
     from common.data.synthetic import make_synthetic
     from common.model import apply_policy, build_resnet
     from common.training import TrainSettings, train_local
@@ -47,7 +54,8 @@ def _throughput_once(
     data = _synthetic(images, image_size, seed)
     model = apply_policy(build_resnet("resnet18", len(data.classes), None, seed), policy)
     settings = TrainSettings(epochs=1, batch_size=batch, lr=0.05, momentum=0.9, seed=seed, dp=dp,
-                             noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode)
+                             noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode,
+                             privacy_unit=privacy_unit)
     warmup = make_synthetic(2 * batch, image_size, seed + 1)
     train_local(model, warmup, settings, desc="warm-up")  # allocator and kernel warm-up
     started = time.perf_counter()
@@ -68,38 +76,52 @@ def _synthetic(images: int, image_size: int, seed: int) -> Any:
     return _SYNTHETIC[key]
 
 
-def bench_throughput(quick: bool, out: Path | None) -> None:
+PRIVACY_UNITS = {"patch": ("patch",), "patient": ("patient",), "both": ("patch", "patient")}
+
+
+def bench_throughput(
+    quick: bool, out: Path | None, privacy_unit: str = "patch", policies: tuple[str, ...] | None = None
+) -> None:
     """Non-DP and DP of each policy, back to back in this process, alternating, median of repeats.
 
     The DP path is the one sites use (`grad-sample-mode=auto`); where that is ghost
-    clipping, Opacus' plain hooks mode is measured too, for comparison.
+    clipping, Opacus' plain hooks mode is measured too, for comparison. `privacy_unit`
+    "patient" measures patient-level DP-SGD, "both" measures patch and patient level
+    alternating with the same non-DP runs (one line per unit, same `nondp_img_s`).
     """
     import torch
 
-    from common.model import POLICIES
-    from common.training import grad_sample_mode_for
+    from common.training import DEFAULT_MAX_PATCHES_PER_PATIENT, grad_sample_mode_for
 
+    units = PRIVACY_UNITS[privacy_unit]
     repeats = 1 if quick else 3
     for image_size in (28, 64):
-        for policy in POLICIES:
+        for policy in policies or POLICIES:
             auto = grad_sample_mode_for(policy)
             for mode in dict.fromkeys([auto, "hooks"]):
                 slow = mode == "hooks" and policy in ("full", "last-block")
                 images = (256 if slow else 1024) if quick else (512 if slow else 3072)
                 if image_size == 64:
                     images //= 2
-                nondp, dp = [], []
+                nondp: list[float] = []
+                dp: dict[str, list[float]] = {unit: [] for unit in units}
                 for r in range(repeats):
                     nondp.append(_throughput_once(policy, image_size, False, images, 64, seed=r))
-                    dp.append(_throughput_once(policy, image_size, True, images, 64, seed=r, mode=mode))
-                a, b = statistics.median(nondp), statistics.median(dp)
-                emit({
-                    "bench": "throughput", "policy": policy, "image_size": image_size, "batch_size": 64,
-                    "arch": "resnet18", "grad_sample_mode": mode, "sites_use": mode == auto,
-                    "nondp_img_s": round(a, 1), "dp_img_s": round(b, 1), "ratio": round(b / a, 3),
-                    "default": policy == DEFAULT_POLICY and mode == auto, "images": images, "repeats": repeats,
-                    "threads": torch.get_num_threads(), "device": str(_device()),
-                }, out)
+                    for unit in units:
+                        dp[unit].append(_throughput_once(policy, image_size, True, images, 64, seed=r, mode=mode,
+                                                         privacy_unit=unit))
+                a = statistics.median(nondp)
+                for unit in units:
+                    b = statistics.median(dp[unit])
+                    emit({
+                        "bench": "throughput", "policy": policy, "image_size": image_size, "batch_size": 64,
+                        "arch": "resnet18", "grad_sample_mode": mode, "sites_use": mode == auto,
+                        "privacy_unit": unit,
+                        **({"max_patches_per_patient": DEFAULT_MAX_PATCHES_PER_PATIENT} if unit == "patient" else {}),
+                        "nondp_img_s": round(a, 1), "dp_img_s": round(b, 1), "ratio": round(b / a, 3),
+                        "default": policy == DEFAULT_POLICY and mode == auto, "images": images, "repeats": repeats,
+                        "threads": torch.get_num_threads(), "device": str(_device()),
+                    }, out)
 
 
 def _device() -> Any:
@@ -195,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", choices=sorted(BENCHES))
     parser.add_argument("--quick", action="store_true", help="smaller sizes (minutes on 2 CPU cores)")
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
+    parser.add_argument("--privacy-unit", choices=sorted(PRIVACY_UNITS), default="patch",
+                        help="throughput: DP at the patch level, the patient level, or both (default: patch)")
+    parser.add_argument("--policy", action="append", choices=POLICIES, dest="policies",
+                        help="throughput: measure only this policy (repeatable; default: all)")
     args = parser.parse_args(argv)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # Only JSON on stdout and little on stderr while benchmarking.
     with log_levels({"fedpath": logging.WARNING, "fedpath.weights": logging.ERROR}):
-        BENCHES[args.name](args.quick, args.out)
+        if args.name == "throughput":
+            bench_throughput(args.quick, args.out, args.privacy_unit, tuple(args.policies or ()) or None)
+        else:
+            BENCHES[args.name](args.quick, args.out)
     return 0
 
 
@@ -215,7 +244,9 @@ def _write_meta(args: argparse.Namespace) -> None:
     from common.versions import machine, versions
 
     meta = {
-        "command": f"python -m simulations.bench {args.name}" + (" --quick" if args.quick else ""),
+        "command": f"python -m simulations.bench {args.name}" + (" --quick" if args.quick else "")
+        + (f" --privacy-unit {args.privacy_unit}" if args.name == "throughput" and args.privacy_unit != "patch" else "")
+        + "".join(f" --policy {p}" for p in (args.policies or []) if args.name == "throughput"),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "versions": versions(),
     }
     args.out.with_name(args.out.name + ".meta.json").write_text(json.dumps(meta, indent=1))
