@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, RunConfig, resolve_path
+from common.config import PRIVACY_UNIT_SETTINGS, ConfigError, RunConfig, resolve_path
 from common.paths import run_dir
 
 DEPLOYMENT_KEYS = ("data-path", "site-id", "epsilon-budget", "delta", "state-dir")
 OPTIONAL_DEPLOYMENT_KEYS = (
     "allow-non-private", "strict", "epsilon-per-job", "accept-budget-change", "val-fraction", "share-diagnostics",
-    "dp-seed", "split-key",
+    "dp-seed", "split-key", "privacy-unit", "groups-csv",
 )
 # A per-job cap of a quarter of the lifetime budget: a trial job can never spend more than a
 # quarter, and a site can take part in at least four jobs (a pilot, a study, two follow-ups).
@@ -55,6 +55,8 @@ class SiteIdentity:
     share_diagnostics: bool = False
     dp_seed: str = field(default="", repr=False)  # secret; "" = fresh OS randomness every round
     split_key: str = field(default="", repr=False)  # secret; "" = generated once into state-dir
+    privacy_unit: str = "auto"  # auto | patient | patch
+    groups_csv: Path | None = None  # deployed: the site's own patient mapping (default data-path/groups.csv)
 
     @property
     def job_cap(self) -> float:
@@ -99,6 +101,9 @@ def check_deployment_node_config(node_config: Mapping[str, Any]) -> tuple[float,
     val = _number(node_config, "val-fraction", DEFAULT_VAL_FRACTION)
     if not 0 <= val < 1:
         raise ConfigError(f"val-fraction in --node-config must be in [0, 1), got {val}")
+    unit = str(node_config.get("privacy-unit", "auto"))
+    if unit not in PRIVACY_UNIT_SETTINGS:
+        raise ConfigError(f"privacy-unit in --node-config must be one of {', '.join(PRIVACY_UNIT_SETTINGS)}, got {unit!r}")
     change = str(node_config.get("accept-budget-change", ""))
     if change and parse_budget_change(change) is None:
         raise ConfigError(f'accept-budget-change must read "OLD->NEW" (e.g. "8->12"), got {change!r}')
@@ -138,6 +143,7 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
             val_fraction=config.val_fraction,
             share_diagnostics=config.site_share_diagnostics,
             dp_seed=config.site_dp_seed,
+            privacy_unit=config.privacy_unit,
         )
     budget, delta = check_deployment_node_config(node_config)
     return SiteIdentity(
@@ -155,4 +161,6 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
         share_diagnostics=truthy(node_config.get("share-diagnostics", False)),
         dp_seed=str(node_config.get("dp-seed", "")),
         split_key=str(node_config.get("split-key", "")),
+        privacy_unit=str(node_config.get("privacy-unit", "auto")),
+        groups_csv=resolve_path(str(node_config["groups-csv"])) if node_config.get("groups-csv") else None,
     )

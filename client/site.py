@@ -33,12 +33,32 @@ from common.ledger import LedgerError, PrivacyLedger, site_lock
 from common.model import frozen_fingerprint, get_trainable_state, set_trainable_state
 from common.privacy import BudgetExhausted, JobGrant, calibrate_noise, check_round, grant_job
 from common.reply import SiteReplyContent
-from common.training import TrainSettings, grad_sample_mode_for, predict, steps_per_epoch, train_local
+from common.patient_dp import PATCH, PATIENT, patient_counts
+from common.training import (
+    TrainSettings,
+    grad_sample_mode_for,
+    patient_steps_per_epoch,
+    predict,
+    steps_per_epoch,
+    train_local,
+)
 
 log = logging.getLogger("fedpath.site")
 
 SITE_LOG = "site-rounds.jsonl"
-PRIVACY_UNIT = "patch"
+
+
+def resolve_privacy_unit(setting: str, data: SiteData) -> str:
+    """The unit of privacy in force: the site's setting, `auto` = patient where the data names patients."""
+    named = data.train.patient_groups
+    if setting == "auto":
+        return PATIENT if named else PATCH
+    if setting == PATIENT and not named:
+        raise ConfigError(
+            "privacy-unit=patient needs the site's patient (or slide) of every patch: a groups.csv "
+            "('path,group') in the data folder or at groups-csv; without one use privacy-unit=patch"
+        )
+    return setting
 
 
 class ModelMismatch(RuntimeError):
@@ -97,7 +117,7 @@ def load_site_data(identity: SiteIdentity, config: RunConfig, classes: list[str]
     if identity.deployed:
         assert identity.data_path is not None
         return deployed_site(identity.data_path, config.image_size, identity.val_fraction, site_split_key(identity),
-                             strict=identity.strict, classes=classes)
+                             strict=identity.strict, classes=classes, groups_csv=identity.groups_csv)
     return simulated_site(config, identity.partition_id, identity.num_partitions)
 
 
@@ -148,6 +168,8 @@ class _Round:
     data: SiteData
     delta: float
     started: float
+    unit: str = PATCH
+    records: int = 0  # records in the unit of privacy: patches, or patients
     randomness: str = "secure"
     epsilon: float = 0.0
     grant: JobGrant | None = None
@@ -165,6 +187,7 @@ class _Round:
             "delta": self.delta if self.config.dp else 0.0,
             "noise-multiplier": sigma,
             "max-grad-norm": self.config.max_grad_norm,
+            "privacy-records": self.records if trained else 0,
             "sample-rate": sample_rate,
             "steps": steps,
             "dp": int(self.config.dp),
@@ -179,7 +202,7 @@ class _Round:
             }
         return SiteReplyContent(
             site_id=self.identity.site_id, status=status, refusal=refusal, randomness=self.randomness,
-            privacy_unit=PRIVACY_UNIT, metrics=metrics, diagnostics=diagnostics, update=update,
+            privacy_unit=self.unit, metrics=metrics, diagnostics=diagnostics, update=update,
         )
 
     def refuse(self, code: str, detail: str) -> RoundResult:
@@ -190,8 +213,11 @@ class _Round:
 def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest, data: SiteData) -> RoundResult:
     check_classes(data.train.classes, request.classes, f"site {identity.site_id}'s data")
     n = len(data.train)
-    delta = identity.delta if identity.delta is not None else auto_delta(n)
-    state = _Round(identity, config, request, data, delta, time.time(),
+    unit = resolve_privacy_unit(identity.privacy_unit, data) if config.dp else PATCH
+    cap = config.max_patches_per_patient
+    records, usable = patient_counts(data.train.groups, cap) if unit == PATIENT else (n, n)
+    delta = identity.delta if identity.delta is not None else auto_delta(records)
+    state = _Round(identity, config, request, data, delta, time.time(), unit=unit, records=records,
                    epsilon=PrivacyLedger.spent_so_far(identity.state_dir))
 
     if n < config.min_site_examples:
@@ -201,12 +227,16 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
         return state.refuse("non-private-not-allowed", "the run asks for non-private training (dp=false) but this "
                             "site only trains under DP (start the SuperNode with allow-non-private=true to permit it)")
     model = _start_model(identity, config, request)
-    steps, sample_rate = steps_per_epoch(n, config.batch_size)
+    if unit == PATIENT:
+        steps, sample_rate = patient_steps_per_epoch(records, usable, config.batch_size)
+    else:
+        steps, sample_rate = steps_per_epoch(n, config.batch_size)
     steps *= config.local_epochs
     settings = TrainSettings(
         epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
         seed=0, dp=config.dp, max_grad_norm=config.max_grad_norm,
         grad_sample_mode=grad_sample_mode_for(config.policy, config.grad_sample_mode),
+        privacy_unit=unit, max_patches_per_patient=cap,
     )
     desc = f"{identity.site_id} round {request.server_round}"
     if not config.dp:
@@ -215,12 +245,13 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
         outcome = train_local(model, data.train, _with_seed(settings, randomness), desc=desc)
         return _trained(state, model, outcome, 0.0)
 
-    problem = check_delta(delta, n)
+    problem = check_delta(delta, records)
     if problem:
-        raise ConfigError(f"site {identity.site_id}: delta={delta:.4g} with n={n} training records: {problem}")
+        raise ConfigError(f"site {identity.site_id}: delta={delta:.4g} with n={records} training records "
+                          f"(unit: {unit}): {problem}")
     with site_lock(identity.state_dir):
         ledger = PrivacyLedger.open(identity.state_dir, identity.site_id, delta, identity.epsilon_budget,
-                                    unit=PRIVACY_UNIT,
+                                    unit=unit,
                                     accept_budget_change=parse_budget_change(identity.accept_budget_change))
         state.epsilon = ledger.epsilon()
         planned = _plan_job(state, ledger, sample_rate, steps)
@@ -246,7 +277,7 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
         ledger.commit_round(outcome.history, {
             "run_id": request.run_id, "round": request.server_round, "steps": outcome.steps,
             "noise_multiplier": sigma, "sample_rate": outcome.sample_rate, "num_examples": n,
-            "randomness": randomness.mode,
+            "privacy_records": records, "unit": unit, "randomness": randomness.mode,
         })
         state.epsilon = ledger.epsilon()
     log.info("site %s round %d: epsilon spent so far %.3f of %.3g (this job may reach %.3f)", identity.site_id,

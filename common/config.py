@@ -20,6 +20,8 @@ PARTITIONINGS = ("iid", "dirichlet")
 NAMED_DATASETS = ("synthetic", "pathmnist")
 NAMED_WEIGHTS = ("auto", "imagenet", "none")
 GRAD_SAMPLE_MODES = ("auto", "hooks", "ghost")
+# auto: patient where the data names patients (groups.csv, synthetic slides), patch otherwise.
+PRIVACY_UNIT_SETTINGS = ("auto", "patient", "patch")
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,8 @@ class RunConfig:
     site_accept_budget_change: str = ""
     site_share_diagnostics: bool = False
     site_dp_seed: str = ""
+    privacy_unit: str = "auto"  # simulation (deployed sites: node config): auto = patient where groups are known
+    max_patches_per_patient: int = 16
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
     grad_sample_mode: str = "auto"
@@ -152,6 +156,10 @@ class RunConfig:
              f"site-epsilon-budget must be finite and > 0, got {self.site_epsilon_budget}")
         need(self.site_epsilon_per_job >= 0,
              f"site-epsilon-per-job must be >= 0 (0 = a quarter of site-epsilon-budget), got {self.site_epsilon_per_job}")
+        need(self.privacy_unit in PRIVACY_UNIT_SETTINGS,
+             f"privacy-unit {self.privacy_unit!r} is unknown; valid values: {', '.join(PRIVACY_UNIT_SETTINGS)}")
+        need(self.max_patches_per_patient >= 1,
+             f"max-patches-per-patient must be >= 1, got {self.max_patches_per_patient}")
         need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
         need(0 <= self.stain_shift <= 1, f"stain-shift must be in [0, 1], got {self.stain_shift}")
         need(0 < self.test_fraction < 1, f"test-fraction must be in (0, 1), got {self.test_fraction}")

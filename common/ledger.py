@@ -70,7 +70,7 @@ class PrivacyLedger:
     # -- persistence ------------------------------------------------------------------
     @classmethod
     def open(
-        cls, state_dir: Path, site_id: str, delta: float, epsilon_budget: float, unit: str = "patch",
+        cls, state_dir: Path, site_id: str, delta: float, epsilon_budget: float, unit: str | None = "patch",
         accept_budget_change: tuple[float, float] | None = None,
     ) -> PrivacyLedger:
         """Load the site's ledger, or start an empty one if the site has never trained.
@@ -81,7 +81,7 @@ class PrivacyLedger:
         """
         path = Path(state_dir) / LEDGER_FILE
         if not path.exists():
-            return cls(path, site_id, delta, epsilon_budget, unit=unit)
+            return cls(path, site_id, delta, epsilon_budget, unit=unit or "patch")
         data = _read(path)
         if data.get("site_id") != site_id:
             raise LedgerError(
@@ -93,7 +93,7 @@ class PrivacyLedger:
                 "changing delta mid-life would misstate the guarantee. Keep delta, or start a new site identity."
             )
         recorded_unit = str(data.get("unit", "patch"))
-        if recorded_unit != unit:
+        if unit is not None and recorded_unit != unit:  # None: only reading what is recorded
             raise LedgerError(
                 f"{path} was accounted with the privacy unit {recorded_unit!r}, but {unit!r} was asked for; "
                 "a site's unit of privacy cannot change once it has spent budget (its epsilon would then mean two "

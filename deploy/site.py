@@ -220,7 +220,6 @@ def check_site_data(node_config: Mapping[str, Any], classes: list[str] | None = 
 def _check_ledger(node_config: Mapping[str, Any], state: Path) -> list[str]:
     """The existing privacy ledger must belong to this site and delta; say what it holds."""
     from client.identity import parse_budget_change
-    from client.site import PRIVACY_UNIT
     from common.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
 
     notes = []
@@ -228,14 +227,14 @@ def _check_ledger(node_config: Mapping[str, Any], state: Path) -> list[str]:
         try:
             ledger = PrivacyLedger.open(
                 state, node_config["site-id"], node_config["delta"], node_config["epsilon-budget"],
-                unit=PRIVACY_UNIT,
+                unit=None,  # the unit in force is resolved with the data at the first round
                 accept_budget_change=parse_budget_change(str(node_config.get("accept-budget-change", ""))),
             )
         except (LedgerError, KeyError, TypeError, ValueError) as err:
             raise SiteConfigError(f"the privacy ledger in state-dir cannot be used: {err}") from None
         notes.append(
             f"privacy ledger {ledger.path}: epsilon {ledger.epsilon():.3f} of {node_config['epsilon-budget']:g} "
-            f"spent in {len(ledger.rounds)} round(s) (delta={ledger.delta:g})"
+            f"spent in {len(ledger.rounds)} round(s) (delta={ledger.delta:g}, unit of privacy: one {ledger.unit})"
         )
         for change in ledger.budget_changes:
             notes.append(f"lifetime budget changed from {change['old']:g} to {change['new']:g} by {change['by']} "

@@ -118,18 +118,30 @@ RANDOMNESS_TEXT = {
 }
 
 
+UNIT_TEXT = {
+    "patient": "unit of privacy: one patient (every patch of a patient together)",
+    "patch": "unit of privacy: one patch — a patient with k patches is protected only at group level",
+}
+
+
+def unit_text(sites: list[dict[str, Any]]) -> str:
+    """What one DP record is at these sites; a mix is named per site."""
+    units = {s.get("privacy_unit") or "patch" for s in sites}
+    if len(units) == 1:
+        return UNIT_TEXT[units.pop()]
+    return "; ".join(f"{s['site_id']}: {UNIT_TEXT[s.get('privacy_unit') or 'patch']}" for s in sites)
+
+
 def privacy_header(sites: list[dict[str, Any]], config: dict[str, Any]) -> str:
     """The header's privacy line: what the sites actually applied, never only what the job asked."""
     dp_sites = [s for s in sites if s.get("dp") and is_number(s.get("epsilon_budget"))]
     asked = short(config.get("epsilon"))
     if not dp_sites:
-        return (f"DP-SGD (Opacus); the job asked each site for ε = {asked}; no site reported its accounting; "
-                f"unit of privacy: one image patch")
+        return (f"DP-SGD (Opacus); the job asked each site for ε = {asked}; no site reported its accounting")
     granted = ", ".join(f"{s['site_id']} {short(s.get('epsilon_granted'))}" for s in dp_sites)
     lifetime = ", ".join(f"{s['site_id']} {short(s['epsilon_budget'])}" for s in dp_sites)
-    return (f"DP-SGD (Opacus), clipping C = {short(config.get('max-grad-norm'))}; the job asked each site for "
-            f"ε = {asked}; the sites granted: {granted}; their lifetime budgets: {lifetime}; "
-            f"unit of privacy: one image patch")
+    return (f"{unit_text(dp_sites)}. DP-SGD (Opacus), clipping C = {short(config.get('max-grad-norm'))}; the job "
+            f"asked each site for ε = {asked}; the sites granted: {granted}; their lifetime budgets: {lifetime}")
 
 
 def privacy_statement(site: dict[str, Any]) -> str:
@@ -158,11 +170,14 @@ def privacy_statement(site: dict[str, Any]) -> str:
     extra = ("it also sent opt-in diagnostics (training loss, local validation accuracy, class counts, timings, "
              "skipped files) that are NOT differentially private" if site.get("shares_diagnostics") else
              "besides it, only the accounting and configured values listed under What each site sent")
+    unit = site.get("privacy_unit") or "patch"
+    protected = ("for each one of its patients, with all of that patient's patches (unit of privacy: one patient)"
+                 if unit == "patient" else "for each one of its image patches (unit of privacy: one patch; a "
+                 "patient with k patches is protected only at group level)")
     sentence = (
         f"Site {name} has spent ε = {eps(epsilon)} of its lifetime budget {short(budget)} (δ = {short(delta)}) in "
         f"total ({this_run}{grant}): each model update it sent is ({eps(epsilon)}, {short(delta)})-differentially "
-        f"private for each one of its image patches (unit of privacy: one patch; a patient with k patches is "
-        f"protected only at group level); noise: {randomness}; {extra}"
+        f"private {protected}; noise: {randomness}; {extra}"
     )
     if float(epsilon) > float(budget) + 1e-9:
         return sentence + f". WARNING: this exceeds its budget ({spent_percent(fraction)} spent)."

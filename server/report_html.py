@@ -18,6 +18,7 @@ from common.reply import PROTECTIONS, wire_table
 from server import report_plots
 from server.report_format import (
     privacy_header,
+    unit_text,
     budget_fraction,
     bytes_text,
     config_value,
@@ -264,6 +265,7 @@ def build_view(report: dict[str, Any]) -> dict[str, Any]:
         "privacy_text": privacy_header(sites, config) if dp else
                         "none: this run trained WITHOUT differential privacy (dp = false)",
         "no_site_trained": bool(run.get("no_site_trained")),
+        "unit_line": unit_text([s for s in sites if s.get("dp")] or sites),
         "wire_rows": [{**row, "protection": PROTECTIONS[row["protection"]]} for row in wire_table()],
         "diagnostics_sites": ", ".join(s["site_id"] for s in sites if s.get("shares_diagnostics")) or "no site",
         "dp": dp,

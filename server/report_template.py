@@ -107,6 +107,7 @@ TEMPLATE = """<!DOCTYPE html>
     <h1>{{ title }}</h1>
     <p class="sub">{{ task }} &middot; {{ sites_count }} site{{ '' if sites_count == 1 else 's' }} &middot;
       rounds {{ rounds_text }} &middot; {{ 'differentially private' if dp else 'NOT differentially private' }}
+      {% if dp %}&middot; <span id="privacy-unit">{{ unit_line }}</span>{% endif %}
       &middot; {{ 'complete' if complete else 'INCOMPLETE' }}</p>
   </div>
 </header>

@@ -29,7 +29,9 @@ class TrainingBound:
     safety: float = 2.0
 
 
-def dp_update_norm_bound(bound: TrainingBound, num_examples: float, noise_multiplier: float, dim: int) -> float:
+def dp_update_norm_bound(
+    bound: TrainingBound, num_examples: float, noise_multiplier: float, dim: int, expected_records: float | None = None
+) -> float:
     """An upper bound on ||w_after - w_before|| for one round of clipped DP-SGD.
 
     Each step moves the weights by lr * v with ||v|| <= max_t ||g_t|| / (1 - momentum),
@@ -37,10 +39,14 @@ def dp_update_norm_bound(bound: TrainingBound, num_examples: float, noise_multip
     With Poisson sampling b <= E[b] + 6 sqrt(E[b]) + 10 except with negligible
     probability, and the Gaussian noise's norm is <= sigma*C*(sqrt(d) + 10) likewise.
     The bound is multiplied by `safety`: legitimate updates are typically far smaller.
+
+    At the patient unit a step clips and averages patients, not patches: `expected_records` (the
+    reply's q x privacy-records, at least 1) replaces n / steps as E[b]. The number of steps never
+    exceeds ceil(n / batch) per epoch in either unit.
     """
     n = max(1.0, float(num_examples))
     steps_per_epoch = math.ceil(n / bound.batch_size)
-    expected_batch = n / steps_per_epoch
+    expected_batch = n / steps_per_epoch if expected_records is None else max(1.0, float(expected_records))
     largest_batch = expected_batch + 6 * math.sqrt(expected_batch) + 10
     sigma = min(max(noise_multiplier, 0.0), MAX_USEFUL_NOISE_MULTIPLIER)
     grad = bound.max_grad_norm * (largest_batch + sigma * (math.sqrt(dim) + 10)) / expected_batch
@@ -69,9 +75,12 @@ class UpdateScreen:
         if self.max_update_norm > 0:
             return self.max_update_norm
         if self.dp_bound is not None:
+            expected = None
+            if metrics.get("privacy-records") and metrics.get("sample-rate"):
+                expected = float(metrics["sample-rate"]) * float(metrics["privacy-records"])
             return dp_update_norm_bound(
                 self.dp_bound, float(metrics.get("num-examples", 1)), float(metrics.get("noise-multiplier", 0.0)),
-                self.dim,
+                self.dim, expected,
             )
         return math.inf
 

@@ -55,6 +55,7 @@ def tiny_run_config(**overrides: object) -> dict[str, object]:
     values: dict[str, object] = {
         "num-server-rounds": 2, "synthetic-images": 240, "image-size": 32, "batch-size": 16,
         "lr": 0.1, "epsilon": 8.0, "delta": 1e-4, "seed": 7, "bootstrap-samples": 50,
+        "privacy-unit": "patch",  # tests that plan patch-level steps; the patient unit has its own tests
     }
     values.update(overrides)
     return values

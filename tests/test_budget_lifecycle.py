@@ -123,3 +123,25 @@ def test_the_launcher_refuses_a_delta_no_simulated_site_could_accept() -> None:
 
 def test_a_small_ask_from_a_large_budget_is_granted() -> None:
     assert grant_job(asked=1.0, cap=250.0, budget=1000.0, spent_before=0.0).granted == 1.0
+
+
+def test_two_consecutive_simulated_jobs_at_default_settings_both_train(tmp_path: Path) -> None:
+    """Simulation takes the same path as deployment: with ledger-dir, budgets persist across jobs."""
+    from client.site import RoundRequest, run_round
+    from common.data.sources import dataset_classes
+    from common.factory import initial_model
+    from common.model import frozen_fingerprint, get_trainable_state
+    from tests.conftest import tiny_run_config
+
+    values = tiny_run_config(**{"num-server-rounds": 1, "ledger-dir": str(tmp_path / "ledgers")})
+    values = {k: v for k, v in values.items() if k not in ("epsilon", "delta")}  # the defaults: ask 8, delta 1e-5
+    config = RunConfig.from_mapping({**values, "delta": 1e-4})
+    model, _ = initial_model(config, len(dataset_classes(config)))
+    for run_id in (1, 2):
+        identity = site_identity({"partition-id": 0, "num-partitions": 2}, config, run_id)
+        request = RoundRequest(run_id, 1, get_trainable_state(model), dataset_classes(config),
+                               frozen_fingerprint(model))
+        assert run_round(identity, config, request).status == "trained"
+    ledger = json.loads((tmp_path / "ledgers" / "site-0" / LEDGER_FILE).read_text())
+    assert [job["granted"] for job in ledger["jobs"].values()] == [8.0, 8.0]  # a quarter of 32, twice
+    assert 8.0 < ledger["epsilon_spent"] <= 16.0 + 1e-9 and ledger["epsilon_budget"] == 32.0

@@ -209,7 +209,10 @@ def _run_config(**extra: object) -> str:
         "min-train-nodes": 2, "min-available-nodes": 2,
     }
     values.update(extra)
-    return " ".join(f"{k}='{v}'" if isinstance(v, str) else f"{k}={v}" for k, v in values.items())
+    def toml(v: object) -> str:
+        return f"'{v}'" if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+
+    return " ".join(f"{k}={toml(v)}" for k, v in values.items())
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ def _site(state_dir: Path, budget: float = 8.0, pid: int = 0, per_job: float | N
     """A simulated site whose per-job cap is its whole budget unless `per_job` says otherwise."""
     return SiteIdentity(site_id=f"site-{pid}", deployed=False, state_dir=state_dir, epsilon_budget=budget,
                         delta=1e-4, partition_id=pid, num_partitions=3,
-                        epsilon_per_job=budget if per_job is None else per_job)
+                        epsilon_per_job=budget if per_job is None else per_job, privacy_unit="patch")
 
 
 def _request(config: RunConfig, server_round: int, run_id: int = 1) -> RoundRequest:

@@ -29,6 +29,7 @@ def test_three_hospitals_two_rounds_learn_within_budget(tiny_simulation_run: Pat
         # the job asked for 8; each simulated site (lifetime 32, default cap a quarter = 8) granted 8
         assert site["epsilon_budget"] == 32.0 and site["epsilon_granted"] == 8.0
         assert 0 < site["epsilon"] <= 8.0 + 1e-9 and site["randomness"] == "secure"
+        assert site["privacy_unit"] == "patient"  # synthetic slides name the patients: patient level by default
         ledger = json.loads((run_dir / "sites" / site["site_id"] / LEDGER_FILE).read_text())
         assert site["epsilon"] == pytest.approx(ledger["epsilon_spent"])  # the report shows what was spent
 

@@ -115,3 +115,9 @@ def test_real_dp_updates_pass_the_automatic_bound(tmp_path) -> None:
                                  sum(v.size for v in start.values()))
     assert 0 < norm < limit / 2
     assert UpdateScreen(start, dp_bound=bound).check(result.update, result.metrics) == ""
+
+
+def test_flower_logs_only_aggregates_that_mean_something(flower_process: None) -> None:
+    strategy = FedPathFedAvg(screen=UpdateScreen(REFERENCE, dp_bound=BOUND), min_train_nodes=1, min_available_nodes=1)
+    _, metrics = strategy.aggregate_train(1, [_reply(1, _small(0.1), examples=10), _reply(2, _small(0.2), examples=30)])
+    assert dict(metrics) == {"sites-aggregated": 2, "examples-aggregated": 40, "largest-site-epsilon": 1.0}

@@ -219,7 +219,7 @@ def load_image_folder(
     declared = check_class_folders(root, tree.classes, image_counts, known_classes, what="readable images")
     if declared:
         log.info("%s declares classes it has no images of (empty folders): %s", root, ", ".join(declared))
-    return ImageSet(images, label_array, _groups_for(paths, rows), tree.classes, report)
+    return ImageSet(images, label_array, _groups_for(paths, rows), tree.classes, report, patient_groups=rows is not None)
 
 
 def _decode_all(

@@ -53,6 +53,9 @@ class ImageSet:
     groups: np.ndarray
     classes: list[str]
     report: LoadReport = field(default_factory=LoadReport)
+    # True when `groups` are patients/slides given by the data (groups.csv, synthetic slides), not
+    # one group per image: then patient-level DP is possible and is the default.
+    patient_groups: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -74,7 +77,8 @@ class ImageSet:
     def subset(self, indices: np.ndarray) -> ImageSet:
         indices = np.asarray(indices, dtype=np.int64)
         return ImageSet(
-            self.images[indices], self.labels[indices], self.groups[indices], list(self.classes), self.report
+            self.images[indices], self.labels[indices], self.groups[indices], list(self.classes), self.report,
+            self.patient_groups,
         )
 
     def class_counts(self) -> list[int]:

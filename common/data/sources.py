@@ -129,7 +129,7 @@ def all_simulated_sites(config: RunConfig, num_sites: int) -> list[SiteData]:
 
 def deployed_site(
     data_path: Path, image_size: int, val_fraction: float, split_key: bytes, strict: bool = False,
-    classes: list[str] | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    classes: list[str] | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, groups_csv: Path | None = None,
 ) -> SiteData:
     """A real site's data from its own `data-path` (ImageFolder tree or .npz).
 
@@ -138,19 +138,20 @@ def deployed_site(
     class names: its labels are checked against the federation's `classes` (label k is classes[k]).
     """
     return _deployed(str(data_path), image_size, val_fraction, split_key, strict,
-                     tuple(classes) if classes else None, max_pixels)
+                     tuple(classes) if classes else None, max_pixels, str(groups_csv) if groups_csv else "")
 
 
 @functools.lru_cache(maxsize=2)
 def _deployed(
     data_path: str, image_size: int, val_fraction: float, split_key: bytes, strict: bool,
-    classes: tuple[str, ...] | None, max_pixels: int,
+    classes: tuple[str, ...] | None, max_pixels: int, groups_csv: str = "",
 ) -> SiteData:
     path = Path(data_path)
     if path.suffix == ".npz":
         pool, _ = load_npz(path, image_size, list(classes) if classes else None, max_pixels=max_pixels)
     else:
-        pool = load_image_folder(path, image_size, strict=strict, max_pixels=max_pixels, known_classes=classes)
+        pool = load_image_folder(path, image_size, Path(groups_csv) if groups_csv else None, strict=strict,
+                                 max_pixels=max_pixels, known_classes=classes)
     train_idx, val_idx = keyed_train_val(pool.groups, np.arange(len(pool)), val_fraction, split_key)
     return SiteData(pool.subset(train_idx), pool.subset(val_idx))
 
@@ -159,7 +160,8 @@ def _with_stain(data: SiteData, config: RunConfig, site: int) -> SiteData:
     if config.stain_shift <= 0:
         return data
     shift = lambda s: ImageSet(  # noqa: E731
-        apply_stain_shift(s.images, config.stain_shift, config.seed, site), s.labels, s.groups, s.classes, s.report
+        apply_stain_shift(s.images, config.stain_shift, config.seed, site), s.labels, s.groups, s.classes, s.report,
+        s.patient_groups,
     )
     return SiteData(shift(data.train), shift(data.val))
 

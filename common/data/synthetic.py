@@ -81,4 +81,4 @@ def make_synthetic(num_images: int, image_size: int, seed: int) -> ImageSet:
             labels[index], groups[index] = label, f"slide-{group:05d}"
             index += 1
         group += 1
-    return ImageSet(images, labels, groups.astype(str), list(CLASSES))
+    return ImageSet(images, labels, groups.astype(str), list(CLASSES), patient_groups=True)

@@ -1,0 +1,70 @@
+"""Patient-level DP at a site: the unit follows the data, is recorded, and cannot be chosen by the coordinator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from client.identity import SiteIdentity, site_identity
+from client.site import RoundRequest, run_round
+from common.config import ConfigError, RunConfig
+from common.data.sources import dataset_classes, simulated_site
+from common.factory import initial_model
+from common.ledger import LEDGER_FILE, epsilon_of
+from common.model import frozen_fingerprint, get_trainable_state
+from common.patient_dp import patient_counts
+from common.training import patient_steps_per_epoch
+from tests.conftest import tiny_run_config
+
+
+def _request(config: RunConfig) -> RoundRequest:
+    model, _ = initial_model(config, len(dataset_classes(config)))
+    return RoundRequest(1, 1, get_trainable_state(model), dataset_classes(config), frozen_fingerprint(model))
+
+
+def test_groups_known_means_patient_level_by_default_and_the_ledger_says_so(tmp_path: Path) -> None:
+    config = RunConfig.from_mapping(tiny_run_config(**{"num-server-rounds": 1, "privacy-unit": "auto"}))
+    identity = SiteIdentity("site-0", False, tmp_path, 32.0, 1e-4, partition_id=0, num_partitions=2)
+    result = run_round(identity, config, _request(config))
+    assert result.status == "trained" and result.reply.privacy_unit == "patient"
+    train = simulated_site(config, 0, 2).train
+    patients, usable = patient_counts(train.groups, config.max_patches_per_patient)
+    steps, rate = patient_steps_per_epoch(patients, usable, config.batch_size)
+    assert result.metrics["privacy-records"] == patients < len(train) == result.metrics["num-examples"]
+    assert (result.metrics["steps"], result.metrics["sample-rate"]) == (steps, rate)  # q over patients
+    ledger = json.loads((tmp_path / LEDGER_FILE).read_text())
+    assert ledger["unit"] == "patient" and ledger["accountant"]["history"] == [[pytest.approx(
+        result.metrics["noise-multiplier"]), rate, steps]]
+    # the per-patient epsilon is recomputable from the ledger's (sigma, q, steps) history
+    assert epsilon_of([tuple(h) for h in ledger["accountant"]["history"]], 1e-4) == pytest.approx(
+        result.metrics["epsilon"])
+    # the same site cannot later be run at another unit
+    patch = RunConfig.from_mapping(tiny_run_config(**{"num-server-rounds": 1, "privacy-unit": "patch"}))
+    identity = site_identity({"partition-id": 0, "num-partitions": 2}, patch, 1)
+    with pytest.raises(Exception, match="privacy unit 'patient'"):
+        run_round(SiteIdentity("site-0", False, tmp_path, 32.0, 1e-4, partition_id=0, num_partitions=2,
+                               privacy_unit=identity.privacy_unit), patch, _request(patch))
+
+
+def test_patient_level_without_patient_ids_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from common.data.synthetic import make_synthetic
+
+    images = make_synthetic(40, 32, seed=3).images
+    for c, name in enumerate(["benign", "tumour"]):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray(images[c * 20 + i]).save(tmp_path / "data" / name / f"{i}.png")
+    node = {"data-path": str(tmp_path / "data"), "site-id": "h", "epsilon-budget": 8.0, "delta": 1e-5,
+            "state-dir": str(tmp_path / "state")}
+    config = RunConfig.from_mapping({"image-size": 32, "batch-size": 16, "num-server-rounds": 1})
+    model, _ = initial_model(config, 2)
+    request = RoundRequest(1, 1, get_trainable_state(model), ["benign", "tumour"], frozen_fingerprint(model))
+    with pytest.raises(ConfigError, match="groups.csv"):
+        run_round(site_identity({**node, "privacy-unit": "patient"}, config, 1), config, request)
+    # auto: no patient ids, so the unit is the patch, and the reply says so
+    result = run_round(site_identity(node, config, 1), config, request)
+    assert result.status == "trained" and result.reply.privacy_unit == "patch"
