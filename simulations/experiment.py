@@ -4,6 +4,8 @@
     privacy-utility  FedAvg DP with per-site epsilon in {1, 2, 4, 8, inf}, 10 sites, Dirichlet 0.5
     transfer         pretrained vs from scratch, for each policy, DP and non-DP
     heterogeneity    IID vs Dirichlet 0.1 / 0.5 / 1.0, with and without stain shift
+    audit            empirical privacy audit of one site: membership inference and a one-run
+                     canary lower bound on epsilon (non-private, DP epsilon 8 and 1)
 
 All accuracy comes from LC25000 lung (`../shared/data/lc25000-lung`, or `--data`), with
 group-aware splits (`groups.csv`): a central test set and a "public share" of groups are
@@ -312,11 +314,65 @@ def exp_heterogeneity(quick: bool, data: Path, out: Path, workdir: Path) -> dict
     return {"rows": rows, "weights": str(weights.name)}
 
 
+def audit_plan(quick: bool) -> Any:
+    """Sizes of the audit experiment (see simulations.audit): small sites, many local epochs."""
+    from simulations.audit import AuditPlan
+
+    if quick:  # sized for a shared, busy 2-core machine: a few minutes per setting
+        return AuditPlan(sites=2, rounds=2, local_epochs=4, per_group=2, canaries=200)
+    return AuditPlan(sites=3, rounds=5, local_epochs=20, per_group=3, canaries=500)
+
+
+AUDIT_IMAGE_SIZE = {True: 16, False: 32}  # quick: 16 px (the 32 px backbone applied to 16 px patches)
+
+
+AUDIT_SEEDS = {True: (42,), False: (42, 43, 44)}
+
+
+def exp_audit(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
+    """Membership inference and a one-run canary audit of one site (in process, fedpath's site
+    training path), for non-private FedAvg and DP at epsilon 8 and 1, on every seed."""
+    from simulations import audit
+
+    base = _base(quick, data)
+    weights = _audit_weights(base, out, epochs=5 if quick else 15)
+    plan = audit_plan(quick)
+    # The splits (test set, public share the backbone saw, sites) stay those of the experiments'
+    # seed; each audit seed redraws the records, canaries and coin flips.
+    size = AUDIT_IMAGE_SIZE[quick]
+    config = audit.audit_config(str(data), size, str(weights), base.seed, delta=plan.delta)
+    rows = []
+    for seed in AUDIT_SEEDS[quick]:
+        rows.extend(audit.settings_rows(config, plan, seed))
+    return {"rows": rows, "plan": audit.plan_dict(plan), "weights": str(weights.name),
+            "weights_description": _provenance(weights), "targets": audit.targets(rows), "policy": "norm-head",
+            "image_size": size}
+
+
+def _provenance(weights: Path) -> str:
+    """The weights file's own description and SHA-256 (the copy used, wherever it lives)."""
+    sidecar = weights.with_name(weights.name + ".json")
+    if not sidecar.exists():
+        return "provenance file not found"
+    data = json.loads(sidecar.read_text())
+    return f"{data['description']} SHA-256 {data.get('sha256', '?')[:16]}…"
+
+
+def _audit_weights(scenario: Scenario, out: Path, epochs: int) -> Path:
+    """The experiments' public-share backbone; made in a git-ignored cache when the published
+    copy is absent, so re-making it never rewrites the published provenance files."""
+    published = out / "weights" / f"resnet18-lc25000-public-{scenario.image_size}px-s{scenario.seed}-e{epochs}.pth"
+    if published.exists():
+        return published
+    return pretrained_weights(scenario, REPO / ".cache" / "experiment", epochs)
+
+
 EXPERIMENTS: dict[str, Callable[[bool, Path, Path, Path], dict[str, Any]]] = {
     "baselines": exp_baselines,
     "privacy-utility": exp_privacy_utility,
     "transfer": exp_transfer,
     "heterogeneity": exp_heterogeneity,
+    "audit": exp_audit,
 }
 
 

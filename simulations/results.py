@@ -46,7 +46,56 @@ HEADER = ["setting", "accuracy % (95% CI)", "balanced acc. %", "macro-F1 %", "ma
           "round-0 acc. %", "site updates not used", "seconds"]
 
 
+AUDIT_HEADER = ["setting", "seed", "claimed ε (site spent)", "canary ε lower bound (v/r correct)", "canary AUC",
+                "MIA AUC, update (95% CI)", "TPR @1% FPR", "TPR @0.1% FPR", "MIA AUC, final global",
+                "MIA AUC, last update", "test acc. %", "audit cost / run"]
+
+
+def _tpr(mia: dict[str, Any], fpr: str) -> str:
+    point = mia["tpr_at_fpr"][fpr]
+    return f"{_pct(point['tpr'])}% ({_pct(point['ci95'][0])}-{_pct(point['ci95'][1])})"
+
+
+def _audit_cells(row: dict[str, Any]) -> list[str]:
+    mia, canary = row["mia"], row["canary"]
+    claimed = "∞ (non-private)" if row["claimed_epsilon"] is None else (
+        f"{row['claimed_epsilon']:g} ({row['site_epsilon_spent']:.2f})")
+    update = mia["update"]
+    return [
+        row["label"], str(row["seed"]), claimed,
+        f"**{canary['epsilon_lower_bound']:.2f}** ({canary['correct']}/{canary['guesses']})",
+        f"{row['canary_auc']:.3f}",
+        f"{update['auc']:.3f} ({update['auc_ci95'][0]:.3f}-{update['auc_ci95'][1]:.3f})",
+        _tpr(update, "0.01"), _tpr(update, "0.001"),
+        f"{mia['final-global']['auc']:.3f}", f"{mia['last-update']['auc']:.3f}",
+        _pct(row["test_accuracy"]), f"{row['audit_cost_ratio']:.2f}x",
+    ]
+
+
+def _met(flag: bool | None) -> str:
+    return "n/a" if flag is None else ("met" if flag else "**NOT met**")
+
+
+def audit_targets_text(t: dict[str, Any]) -> str:
+    def num(v: float | None, fmt: str = ".3f") -> str:
+        return "n/a" if v is None else format(v, fmt)
+
+    return (
+        f"\nTargets: canary lower bound ≤ claimed ε in every DP row: {_met(t['bound_below_claimed_epsilon'])} "
+        f"(largest bound / claimed ε: {num(t['max_bound_over_claimed'], '.2f')}); "
+        f"non-private audit has power (update MIA AUC ≥ 0.6 or canary bound ≥ 1, every seed): "
+        f"{_met(t['nonprivate_has_power'])} (lowest AUC {num(t['nonprivate_min_update_auc'])}, lowest bound "
+        f"{num(t['nonprivate_min_bound'], '.2f')}); DP ε ≤ 8, largest MIA AUC over the three scores ≤ 0.55: "
+        f"{_met(t['dp_auc_at_most_0_55'])} (largest {num(t['dp_max_auc'])}); audit cost ≤ 2x the DP run: "
+        f"{_met(t['audit_cost_at_most_2x'])} (largest {num(t['max_audit_cost_ratio'], '.2f')}x).\n"
+    )
+
+
 def markdown_table(result: dict[str, Any]) -> str:
+    if result.get("experiment") == "audit":
+        lines = ["| " + " | ".join(AUDIT_HEADER) + " |", "|" + "---|" * len(AUDIT_HEADER)]
+        lines += ["| " + " | ".join(_audit_cells(row)) + " |" for row in result["rows"]]
+        return "\n".join(lines) + "\n" + audit_targets_text(result["targets"])
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for row in result["rows"]:
         lines.append("| " + " | ".join(_row_cells(row)) + " |")
@@ -62,7 +111,44 @@ def markdown_table(result: dict[str, Any]) -> str:
     return text
 
 
+def plot_audit(result: dict[str, Any], path: Path) -> None:
+    """Left: canary ε lower bound against the claimed ε. Right: MIA AUC (update score) with its CI."""
+    rows = result["rows"]
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
+    for i, label in enumerate(labels):
+        mine = [r for r in rows if r["label"] == label]
+        claimed = mine[0]["claimed_epsilon"]
+        colour = "#2a7" if claimed is None else "#7b2d8b"
+        xs = [i + 0.08 * (j - (len(mine) - 1) / 2) for j in range(len(mine))]
+        left.scatter(xs, [r["canary"]["epsilon_lower_bound"] for r in mine], color=colour, zorder=3,
+                     label="lower bound (one per seed)" if i == 0 else None)
+        if claimed is not None:
+            left.hlines(claimed, i - 0.3, i + 0.3, color="black", linestyle="--",
+                        label="claimed ε" if claimed == max(r["claimed_epsilon"] or 0 for r in rows) else None)
+        for x, r in zip(xs, mine):
+            mia = r["mia"]["update"]
+            right.errorbar([x], [mia["auc"]], yerr=[[mia["auc"] - mia["auc_ci95"][0]], [mia["auc_ci95"][1] - mia["auc"]]],
+                           marker="o", color=colour, capsize=3)
+    for ax in (left, right):
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.grid(alpha=0.3)
+    left.set_ylabel("ε (one-run canary audit, 95%)")
+    left.set_title("canary lower bound vs claimed ε", fontsize=9)
+    left.legend(fontsize=7, loc="center left")
+    right.axhline(0.5, color="grey", linestyle=":")
+    right.set_ylabel("membership-inference ROC AUC")
+    right.set_title("MIA on real records (coordinator's update score)", fontsize=9)
+    fig.suptitle(f"audit{' (quick)' if result['quick'] else ''}: LC25000 lung, one audited site", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
+    if result["experiment"] == "audit":
+        plot_audit(result, path)
+        return
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
     if result["experiment"] == "privacy-utility":
