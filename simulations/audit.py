@@ -21,8 +21,17 @@ The training is fedpath's own site code path, called in process: `train_local` w
 run's policy and Opacus DP-SGD (`dp=True`), noise from `calibrate_noise` so that all planned
 rounds fit the budget, a fresh secret seed per site and round (`fresh_randomness`), the
 site's accountant history carried across rounds, FedAvg weighted by examples over the
-trainable tensors. Only data selection, canaries and coin flips derive from the experiment
-seed. Deployed sites never hold canaries: this module is for simulations only.
+trainable tensors. DP trains at the unit of privacy a site would use (`privacy-unit`, auto =
+patient where the data names patients: then noise and steps are the patient-level ones, and
+each canary is a made-up patient of its own). Only data selection, canaries and coin flips
+derive from the experiment seed. Deployed sites never hold canaries: this module is for
+simulations only.
+
+For a run's report (`audit-canaries = m`), the pieces are: `make_canaries` and the coin flips
+at the simulated site, `per_example_loss` of the canaries under the global model a site
+received and under the model it sent back (the coordinator holds both), summed over rounds,
+then `common.audit_bound.audit_scores(scores, included, delta)`; and
+`common.mia.mia_metrics(member_scores, nonmember_scores, member_groups, nonmember_groups)`.
 """
 
 from __future__ import annotations
@@ -56,6 +65,7 @@ class AuditPlan:
     site_records: int = 0  # > 0: each site keeps only this many records (whole groups of at most per_group)
     canaries: int = 300
     delta: float = 1e-5  # the sites' δ; must be far below 1/m for the canary bound (its δ term is 2·m·δ)
+    privacy_unit: str = "auto"  # "patch", "patient", or "auto" = the run config's setting, as a site resolves it
     mia_bootstrap: int = 1000
 
 
@@ -107,14 +117,29 @@ def make_canaries(source: Any, m: int, rng: np.random.Generator) -> Any:
     chosen = source.subset(np.asarray(picked, dtype=np.int64))
     classes = len(source.classes)
     wrong = (chosen.labels + rng.integers(1, classes, len(chosen))) % classes
-    return ImageSet(chosen.images, wrong.astype(np.int64), chosen.groups, list(source.classes))
+    # Each canary is its own record at either unit: at the patient unit, its own (made-up) patient.
+    ids = np.array([f"canary-{i:05d}" for i in range(len(chosen))], dtype=object)
+    return ImageSet(chosen.images, wrong.astype(np.int64), ids, list(source.classes),
+                    patient_groups=bool(getattr(source, "patient_groups", False)))
 
 
 def concat(parts: list[Any]) -> Any:
     from common.data.imageset import ImageSet
 
     return ImageSet(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]),
-                    np.concatenate([np.asarray(p.groups, dtype=object) for p in parts]), list(parts[0].classes))
+                    np.concatenate([np.asarray(p.groups, dtype=object) for p in parts]), list(parts[0].classes),
+                    patient_groups=all(getattr(p, "patient_groups", False) for p in parts))
+
+
+def privacy_unit(config: Any, plan: AuditPlan, data: Any) -> str:
+    """The DP unit the audited sites train at: the plan's, or (auto) the run config's as a site
+    resolves it: patient where the data names patients, else patch."""
+    from common.patient_dp import PATCH, PATIENT
+
+    setting = getattr(config, "privacy_unit", PATCH) if plan.privacy_unit == "auto" else plan.privacy_unit
+    if setting == "auto":
+        return PATIENT if getattr(data, "patient_groups", False) else PATCH
+    return setting
 
 
 def prepare(config: Any, plan: AuditPlan, seed: int) -> AuditData:
@@ -152,7 +177,9 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
     from common.metrics import accuracy
     from common.model import get_trainable_state, set_trainable_state
     from common.privacy import calibrate_noise
-    from common.training import TrainSettings, grad_sample_mode_for, predict, steps_per_epoch, train_local
+    from common.patient_dp import PATCH, PATIENT, patient_counts
+    from common.training import (TrainSettings, grad_sample_mode_for, patient_steps_per_epoch, predict,
+                                 steps_per_epoch, train_local)
 
     classes = dataset_classes(config)
     base, _ = initial_model(config, len(classes))
@@ -160,9 +187,14 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
     audited = concat([data.sites[0], data.canaries.subset(np.flatnonzero(data.included))])
     train_sets = [audited, *data.sites[1:]]
     mode = grad_sample_mode_for(config.policy, config.grad_sample_mode)
+    unit = privacy_unit(config, plan, data.sites[0]) if dp else PATCH
+    cap = int(getattr(config, "max_patches_per_patient", 16))
     sigmas, histories = [], [[] for _ in train_sets]
     for site in train_sets:
-        steps, rate = steps_per_epoch(len(site), config.batch_size)
+        if unit == PATIENT:
+            steps, rate = patient_steps_per_epoch(*patient_counts(site.groups, cap), config.batch_size)
+        else:
+            steps, rate = steps_per_epoch(len(site), config.batch_size)
         sigmas.append(calibrate_noise([], rate, steps * plan.local_epochs * plan.rounds, epsilon, plan.delta)
                       if dp else 0.0)
     scored = {"members": data.members, "nonmembers": data.nonmembers, "canaries": data.canaries}
@@ -185,7 +217,8 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
             torch.manual_seed(round_seed)
             settings = TrainSettings(epochs=plan.local_epochs, batch_size=config.batch_size, lr=config.lr,
                                      momentum=config.momentum, seed=round_seed, dp=dp, noise_multiplier=sigmas[k],
-                                     max_grad_norm=config.max_grad_norm, grad_sample_mode=mode)
+                                     max_grad_norm=config.max_grad_norm, grad_sample_mode=mode,
+                                     privacy_unit=unit, max_patches_per_patient=cap)
             outcome = train_local(model, site, settings, history=histories[k], desc=f"audit {label} site-{k} round {rnd}")
             if dp:
                 histories[k] = outcome.history or []
@@ -226,6 +259,7 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
     spent = epsilon_of(histories[0], plan.delta) if dp else None
     return {
         "label": label, "kind": "audit", "dp": dp, "claimed_epsilon": epsilon, "delta": plan.delta,
+        "privacy_unit": unit if dp else None,
         "site_epsilon_spent": spent, "noise_multiplier": sigmas[0] if dp else None,
         "site_records": len(data.sites[0]), "site_train_examples": len(audited),
         "mia": mia, "canary": canary.as_dict(), "canary_auc": canary_auc["auc"], "canary_auc_ci95": canary_auc["auc_ci95"],

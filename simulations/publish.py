@@ -159,7 +159,8 @@ def _audit_setup(result: dict[str, Any]) -> str:
     return (
         f"Setup: {plan['sites']} IID sites (at most {plan['per_group']} patches per group, site 0 audited: "
         f"{first['site_records']} real patches), {plan['rounds']} rounds x {plan['local_epochs']} local epochs, "
-        f"{result['image_size']} px{_audit_size_note(result)}, policy `{result['policy']}`, δ = {plan['delta']:g} per site, audit seeds "
+        f"{result['image_size']} px{_audit_size_note(result)}, policy `{result['policy']}`, δ = {plan['delta']:g} per site, "
+        f"DP unit of privacy: {_audit_units(result)}, audit seeds "
         f"{', '.join(map(str, seeds))}. FedAvg runs in process through the sites' own training function "
         "(`common.training.train_local`, Opacus DP-SGD with noise from `calibrate_noise` for all planned rounds and a "
         f"fresh secret seed per site and round). {plan['canaries']} canaries (patches of groups no site holds, each "
@@ -175,6 +176,14 @@ def _audit_setup(result: dict[str, Any]) -> str:
         "(training + evaluation + audit scoring) / (the same run without canaries, their share of site 0's "
         "training time removed).\n"
     )
+
+
+def _audit_units(result: dict[str, Any]) -> str:
+    units = sorted({r.get("privacy_unit") or "patch" for r in result["rows"] if r["dp"]})
+    text = ", ".join(units) or "n/a"
+    if "patient" in units:
+        text += " (each LC25000 near-duplicate group is a patient; each canary is a patient of its own)"
+    return text
 
 
 def _audit_size_note(result: dict[str, Any]) -> str:
@@ -211,9 +220,12 @@ def _reading_audit(result: dict[str, Any]) -> str:
     if dp and t["dp_max_auc"] is not None:
         text += (f"Under DP (ε ≤ 8) the strongest MIA score reaches AUC {t['dp_max_auc']:.3f}"
                  + (" (≤ 0.55)." if t["dp_auc_at_most_0_55"] else ", above the 0.55 target.")
-                 + " The unit of privacy is one patch, while LC25000 patches come in near-duplicate groups that the "
-                 "MIA splits by: a member's group-mates are members too, so this MIA measures group-level leakage, "
-                 "which patch-level ε bounds only through group privacy.")
+                 + (" DP here protects whole patients (LC25000's near-duplicate groups), the unit the MIA splits "
+                    "members from non-members by, so the MIA is measured at the unit the ε covers."
+                    if "patient" in _audit_units(result) else
+                    " The unit of privacy is one patch, while LC25000 patches come in near-duplicate groups that the "
+                    "MIA splits by: a member's group-mates are members too, so this MIA measures group-level leakage, "
+                    "which patch-level ε bounds only through group privacy."))
     return text
 
 

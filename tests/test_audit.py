@@ -134,6 +134,7 @@ def test_tiny_run_audits_the_site_it_trained(tiny_audit: list[dict]) -> None:
         assert set(row["mia"]) == {"update", "final-global", "last-update"}
         assert all(0 <= m["auc"] <= 1 and m["bootstrap"] == "groups" for m in row["mia"].values())
     assert dp["noise_multiplier"] > 0 and nonprivate["noise_multiplier"] is None
+    assert dp["privacy_unit"] == "patient"  # as a site resolves privacy-unit=auto: the synthetic data names slides
 
 
 def test_tiny_dp_audit_stays_below_the_claimed_epsilon(tiny_audit: list[dict]) -> None:
