@@ -49,6 +49,7 @@ def _train(msg: Message, context: Context) -> Message:
         arrays=from_array_record(msg.content["arrays"]),
         classes=[str(c) for c in round_config["classes"]],
         frozen_fingerprint=str(round_config["frozen-fingerprint"]),
+        job_id=int(round_config["job-id"]) if "job-id" in round_config else None,
     )
     result = run_round(identity, config, request)
     records = wire.encode(result.reply)

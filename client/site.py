@@ -74,6 +74,11 @@ class RoundRequest:
     arrays: Mapping[str, np.ndarray]
     classes: list[str]
     frozen_fingerprint: str
+    job_id: int | None = None  # the job a resumed run continues (its first run's id); None = this run
+
+    @property
+    def job(self) -> str:
+        return str(self.job_id if self.job_id is not None else self.run_id)
 
 
 @dataclass
@@ -253,6 +258,8 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
         ledger = PrivacyLedger.open(identity.state_dir, identity.site_id, delta, identity.epsilon_budget,
                                     unit=unit,
                                     accept_budget_change=parse_budget_change(identity.accept_budget_change))
+        if ledger.budget_changed:
+            ledger.save()
         state.epsilon = ledger.epsilon()
         planned = _plan_job(state, ledger, sample_rate, steps)
         if isinstance(planned, RoundResult):
@@ -305,7 +312,7 @@ def _start_model(identity: SiteIdentity, config: RunConfig, request: RoundReques
 def _plan_job(state: _Round, ledger: PrivacyLedger, sample_rate: float, steps: int) -> float | RoundResult:
     """σ for this round: the job's grant and noise are decided once, on the job's first round here."""
     identity, config, request = state.identity, state.config, state.request
-    key = str(request.run_id)
+    key = request.job
     job = ledger.jobs.get(key)
     if job is not None and "granted" in job:
         state.grant = JobGrant(job["asked"], job["cap"], job["budget"], job["spent_before"], job["granted"])

@@ -55,6 +55,9 @@ class PrivacyLedger:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     budget_changes: list[dict[str, Any]] = field(default_factory=list)
     unit: str = "patch"
+    # True when `open` applied a new lifetime budget: the site (round or launcher) saves it, so the
+    # audit trail holds the change; a mere reader never writes.
+    budget_changed: bool = field(default=False, compare=False)
 
     # -- accounting -------------------------------------------------------------------
     def epsilon(self) -> float:
@@ -70,12 +73,13 @@ class PrivacyLedger:
     # -- persistence ------------------------------------------------------------------
     @classmethod
     def open(
-        cls, state_dir: Path, site_id: str, delta: float, epsilon_budget: float, unit: str | None = "patch",
+        cls, state_dir: Path, site_id: str, delta: float, epsilon_budget: float, unit: str | None = None,
         accept_budget_change: tuple[float, float] | None = None,
     ) -> PrivacyLedger:
         """Load the site's ledger, or start an empty one if the site has never trained.
 
-        A raised lifetime budget is refused unless `accept_budget_change` names exactly the
+        `unit` is the site's unit of privacy (the site always passes it; None only reads the
+        recorded one, "patch" for a new ledger). A raised lifetime budget is refused unless `accept_budget_change` names exactly the
         old and the new value (the operator's acknowledgement); every change, raise or cut,
         is appended to `budget_changes` (saved with the ledger's next write).
         """
@@ -111,8 +115,7 @@ class PrivacyLedger:
             budget_changes=list(data.get("budget_changes", [])),
             unit=recorded_unit,
         )
-        if ledger._change_budget(epsilon_budget, accept_budget_change):
-            ledger.save()  # the audit trail holds the change from the moment the site accepts it
+        ledger.budget_changed = ledger._change_budget(epsilon_budget, accept_budget_change)
         return ledger
 
     def _change_budget(self, new: float, acknowledged: tuple[float, float] | None) -> bool:

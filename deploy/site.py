@@ -232,6 +232,8 @@ def _check_ledger(node_config: Mapping[str, Any], state: Path) -> list[str]:
             )
         except (LedgerError, KeyError, TypeError, ValueError) as err:
             raise SiteConfigError(f"the privacy ledger in state-dir cannot be used: {err}") from None
+        if ledger.budget_changed:  # the operator's (acknowledged) change is on record before the site starts
+            ledger.save()
         notes.append(
             f"privacy ledger {ledger.path}: epsilon {ledger.epsilon():.3f} of {node_config['epsilon-budget']:g} "
             f"spent in {len(ledger.rounds)} round(s) (delta={ledger.delta:g}, unit of privacy: one {ledger.unit})"

@@ -102,7 +102,10 @@ def main(grid: Grid, context: Context) -> None:
         initial_arrays=to_array_record(state),
         num_rounds=remaining,
         timeout=config.round_timeout,
-        train_config=ConfigRecord({"classes": classes, "frozen-fingerprint": fingerprint}),
+        # job-id: the run that started this job, kept when it is resumed, so a site's grant covers the
+        # whole job (a resumed job is not a new one)
+        train_config=ConfigRecord({"classes": classes, "frozen-fingerprint": fingerprint,
+                                   "job-id": int(store.read_json("run.json")["run_id"])}),
         evaluate_fn=evaluate,
     )
 

@@ -171,7 +171,7 @@ def privacy_statement(site: dict[str, Any]) -> str:
              "skipped files) that are NOT differentially private" if site.get("shares_diagnostics") else
              "besides it, only the accounting and configured values listed under What each site sent")
     unit = site.get("privacy_unit") or "patch"
-    protected = ("for each one of its patients, with all of that patient's patches (unit of privacy: one patient)"
+    protected = ("for each one of its patients, with all the patches of that patient (unit of privacy: one patient)"
                  if unit == "patient" else "for each one of its image patches (unit of privacy: one patch; a "
                  "patient with k patches is protected only at group level)")
     sentence = (

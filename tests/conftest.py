@@ -50,6 +50,21 @@ def weights_file(tmp_path: Path) -> Path:
     return path
 
 
+def write_image_tree(root: Path, per_class: int, classes: tuple[str, ...] = ("benign", "tumour"),
+                     size: int = 32, seed: int = 3) -> Path:
+    """A small ImageFolder tree of synthetic H&E-like PNG patches (no groups.csv)."""
+    from PIL import Image
+
+    from common.data.synthetic import make_synthetic
+
+    images = make_synthetic(per_class * len(classes), size, seed=seed).images
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(images[c * per_class + i]).save(root / name / f"{i}.png")
+    return root
+
+
 def tiny_run_config(**overrides: object) -> dict[str, object]:
     """Run-config mapping for fast in-process tests (dash-separated keys, as Flower gives)."""
     values: dict[str, object] = {

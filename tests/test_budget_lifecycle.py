@@ -43,15 +43,19 @@ def test_raising_a_budget_needs_an_acknowledgement_naming_old_and_new(tmp_path: 
     with pytest.raises(LedgerError, match="raised from 8 to 12"):
         PrivacyLedger.open(tmp_path, "site-a", 1e-5, 12.0, accept_budget_change=(8.0, 20.0))  # wrong new value
     raised = PrivacyLedger.open(tmp_path, "site-a", 1e-5, 12.0, accept_budget_change=(8.0, 12.0))
-    assert raised.epsilon_budget == 12.0
-    on_disk = json.loads((tmp_path / LEDGER_FILE).read_text())  # recorded at once, before any round
+    assert raised.epsilon_budget == 12.0 and raised.budget_changed
+    assert json.loads((tmp_path / LEDGER_FILE).read_text())["epsilon_budget"] == 8.0  # a reader never writes
+    raised.save()  # what the site (its round, or `deploy site` at start) does with a change
+    on_disk = json.loads((tmp_path / LEDGER_FILE).read_text())
     assert on_disk["epsilon_budget"] == 12.0
     [change] = on_disk["budget_changes"]
     assert (change["old"], change["new"], change["how"]) == (8.0, 12.0, "accept-budget-change") and "@" in change["by"]
     lowered = PrivacyLedger.open(tmp_path, "site-a", 1e-5, 6.0)  # lowering needs nothing
     assert lowered.epsilon_budget == 6.0 and [c["how"] for c in lowered.budget_changes] == [
         "accept-budget-change", "lowered"]
-    assert PrivacyLedger.open(tmp_path, "site-a", 1e-5, 6.0).budget_changes == lowered.budget_changes  # no-op
+    lowered.save()
+    again = PrivacyLedger.open(tmp_path, "site-a", 1e-5, 6.0)
+    assert again.budget_changes == lowered.budget_changes and not again.budget_changed  # no-op
 
 
 def test_the_unit_of_privacy_cannot_change_once_budget_is_spent(tmp_path: Path) -> None:

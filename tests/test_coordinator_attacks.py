@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
-from PIL import Image
 
 import client.app as client_app
 from client.identity import SiteIdentity, site_identity
@@ -24,11 +23,10 @@ from common import reply as wire
 from common.config import RunConfig
 from common.data.partition import keyed_train_val
 from common.data.sources import dataset_classes
-from common.data.synthetic import make_synthetic
 from common.factory import initial_model
 from common.model import frozen_fingerprint, get_trainable_state
 from common.records import to_array_record
-from tests.conftest import tiny_run_config
+from tests.conftest import tiny_run_config, write_image_tree
 
 # Large noise, tiny clipping: the update is almost all noise, so equal noise shows as equal updates.
 NOISY = {"num-server-rounds": 1, "noise-multiplier": 2.0, "max-grad-norm": 0.01, "momentum": 0.0, "lr": 1.0,
@@ -130,11 +128,7 @@ def test_adding_one_patch_moves_no_other_record_between_train_and_validation(new
 
 
 def test_the_split_depends_on_the_sites_key_not_on_anything_the_coordinator_sets(tmp_path: Path) -> None:
-    images = make_synthetic(60, 32, seed=3).images
-    for c, name in enumerate(["benign", "tumour"]):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(30):
-            Image.fromarray(images[c * 30 + i]).save(tmp_path / "data" / name / f"{i}.png")
+    write_image_tree(tmp_path / "data", per_class=30)
     node = {"data-path": str(tmp_path / "data"), "site-id": "h", "epsilon-budget": 8.0, "delta": 1e-5,
             "state-dir": str(tmp_path / "state"), "val-fraction": 0.3}
     configs = [RunConfig.from_mapping({"image-size": 32, "seed": s, "val-fraction": v}) for s, v in ((1, 0.1), (2, 0.5))]
@@ -175,12 +169,7 @@ def test_diagnostics_travel_only_when_the_site_opts_in(tmp_path: Path) -> None:
 
 def test_a_data_error_crosses_the_wire_as_a_fixed_code_without_the_file_name(tmp_path: Path) -> None:
     """strict=true makes an unreadable file an error; its path must stay at the site."""
-    data = tmp_path / "export-of-patient-ANON-4711"
-    images = make_synthetic(40, 32, seed=3).images
-    for c, name in enumerate(["benign", "tumour"]):
-        (data / name).mkdir(parents=True)
-        for i in range(20):
-            Image.fromarray(images[c * 20 + i]).save(data / name / f"{i}.png")
+    data = write_image_tree(tmp_path / "export-of-patient-ANON-4711", per_class=20)
     (data / "tumour" / "patient-4711-slide-2.png").write_bytes(b"\x89PNG truncated")
     run_config = {"image-size": 32, "batch-size": 16, "num-server-rounds": 1}
     config = RunConfig.from_mapping(run_config)

@@ -16,7 +16,7 @@ from common.ledger import LEDGER_FILE, epsilon_of
 from common.model import frozen_fingerprint, get_trainable_state
 from common.patient_dp import patient_counts
 from common.training import patient_steps_per_epoch
-from tests.conftest import tiny_run_config
+from tests.conftest import tiny_run_config, write_image_tree
 
 
 def _request(config: RunConfig) -> RoundRequest:
@@ -49,15 +49,7 @@ def test_groups_known_means_patient_level_by_default_and_the_ledger_says_so(tmp_
 
 
 def test_patient_level_without_patient_ids_is_refused_with_the_fix(tmp_path: Path) -> None:
-    from PIL import Image
-
-    from common.data.synthetic import make_synthetic
-
-    images = make_synthetic(40, 32, seed=3).images
-    for c, name in enumerate(["benign", "tumour"]):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(20):
-            Image.fromarray(images[c * 20 + i]).save(tmp_path / "data" / name / f"{i}.png")
+    write_image_tree(tmp_path / "data", per_class=20)
     node = {"data-path": str(tmp_path / "data"), "site-id": "h", "epsilon-budget": 8.0, "delta": 1e-5,
             "state-dir": str(tmp_path / "state")}
     config = RunConfig.from_mapping({"image-size": 32, "batch-size": 16, "num-server-rounds": 1})

@@ -144,7 +144,7 @@ def check_schema(report: dict[str, Any]) -> None:
             assert 0.0 < site["delta"] < 1.0 and site["noise_multiplier"] > 0.0
         assert site["privacy_statement"].startswith(f"Site {site['site_id']} ")
         if site["dp"] and site["epsilon"] is not None:  # the statement says what protection was in force
-            assert "unit of privacy: one patch" in site["privacy_statement"]
+            assert f"unit of privacy: one {site['privacy_unit']}" in site["privacy_statement"]
             assert site["randomness"] in ("secure", "site-seed") and "noise:" in site["privacy_statement"]
 
     comm = report["communication"]
