@@ -67,6 +67,7 @@ class Scenario:
     fraction_train: float = 1.0
     seed: int = 42
     public_fraction: float = 0.2
+    privacy_unit: str = "auto"  # auto = patient where the data names patients (LC25000's groups.csv)
 
     def run_config(self) -> str:
         values: dict[str, Any] = {
@@ -76,7 +77,7 @@ class Scenario:
             "stain-shift": self.stain_shift, "batch-size": self.batch_size, "lr": self.lr,
             "local-epochs": self.local_epochs, "fraction-train": self.fraction_train, "seed": self.seed,
             "public-fraction": self.public_fraction, "min-train-nodes": 1, "min-available-nodes": self.sites,
-            "bootstrap-samples": 1000,
+            "bootstrap-samples": 1000, "privacy-unit": self.privacy_unit,
         }
         return " ".join(f"{k}={_toml(v)}" for k, v in values.items())
 
@@ -119,7 +120,21 @@ def federated(scenario: Scenario, workdir: Path) -> dict[str, Any]:
         "rejected_updates": sum(len(s["rejected_rounds"]) for s in sites),
         "failed_replies": sum(len(s.get("failed_rounds", [])) for s in sites),
         "weights": report["run"]["weights_description"], "seconds": round(time.time() - started, 1),
+        "privacy_units": sorted({s["privacy_unit"] for s in sites if s.get("privacy_unit")}),
+        "site_histories": site_histories(report), "site_deltas": {s["site_id"]: s["delta"] for s in sites},
     }
+
+
+def site_histories(report: dict[str, Any]) -> dict[str, list[tuple[float, float, int]]]:
+    """Each site's accountant history (σ, q, steps per trained DP round), from what it sent."""
+    out: dict[str, list[tuple[float, float, int]]] = {}
+    for line in report["rounds"]:
+        for reply in line.get("sites", []):
+            metrics = reply.get("metrics") or {}
+            if reply.get("status") == "trained" and metrics.get("dp") and metrics.get("steps"):
+                entry = (float(metrics["noise-multiplier"]), float(metrics["sample-rate"]), int(metrics["steps"]))
+                out.setdefault(reply["site_id"], []).append(entry)
+    return out
 
 
 def _central_model_and_data(scenario: Scenario) -> tuple[Any, Any, list[Any], Any]:
@@ -373,7 +388,14 @@ EXPERIMENTS: dict[str, Callable[[bool, Path, Path, Path], dict[str, Any]]] = {
     "transfer": exp_transfer,
     "heterogeneity": exp_heterogeneity,
     "audit": exp_audit,
+    "patient-privacy": lambda *args: _patient_privacy(*args),
 }
+
+
+def _patient_privacy(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
+    from simulations.patient_experiment import exp_patient_privacy  # it builds on this module
+
+    return exp_patient_privacy(quick, data, out, workdir)
 
 
 def _slug(text: str) -> str:

@@ -18,7 +18,7 @@ from simulations.results import write_outputs
 
 RESULTS = REPO / "docs" / "results"
 OUT = REPO / "docs" / "BENCHMARKS.md"
-EXPERIMENTS = ("baselines", "privacy-utility", "transfer", "heterogeneity", "audit")
+EXPERIMENTS = ("baselines", "privacy-utility", "patient-privacy", "transfer", "heterogeneity", "audit")
 BENCHES = ("throughput", "communication", "scale", "secure-noise")
 
 INTRO = """# fedpath benchmarks and experiments
@@ -43,8 +43,10 @@ and quoted below. It is never presented as ImageNet. With ImageNet weights in th
 the transfer experiment adds an ImageNet row.
 
 **Privacy.** ε is per site, cumulative over all rounds (Opacus RDP accountant over the site's
-whole ledger); δ = 1/(site's records). FedAvg DP runs calibrate the noise so that every planned
-round fits the budget; "max site ε" is what the ledgers really spent.
+whole ledger); δ = 1/(10 × the site's records in its unit of privacy). FedAvg DP runs calibrate
+the noise so that every planned round fits the budget; "max site ε" is what the ledgers really
+spent. Runs dated before 2026-11-25 17:00 UTC trained with one patch as the unit of privacy and
+δ = 1/(site's records); since then the default on LC25000 is one patient (`privacy-unit = auto`).
 
 **Sizes.** `--quick` (under 15 minutes each on 2 CPU cores): 32 px, 10 sites, 4 rounds (transfer:
 5 IID sites, 3 rounds, 2 sites per round; heterogeneity: 5 sites, 3 rounds), backbone pretrained
@@ -145,6 +147,27 @@ def _reading_transfer(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _reading_patient_privacy(result: dict[str, Any]) -> str:
+    rows = [r for r in result["rows"] if r.get("epsilon")]
+    cost = result["targets"]["patient_minus_patch_points"]
+    patch8 = next((r for r in rows if r["privacy_unit_asked"] == "patch" and r["epsilon"] == 8.0), None)
+    patient8 = next((r for r in rows if r["privacy_unit_asked"] == "patient" and r["epsilon"] == 8.0), None)
+    text = ("Reading: protecting the patient instead of the patch changes accuracy by "
+            + ", ".join(f"{v:+.1f} points at ε = {k}" for k, v in cost.items())
+            + " (patient-level minus patch-level, same ε per site).")
+    if patch8 and patient8:
+        text += (f" What the guarantee means differs far more: at ε = 8 a patch-level run protects a patient of up "
+                 f"to {result['largest_patient_patches']} patches only at ε ≤ {patch8['epsilon_per_patient']:.3g} "
+                 f"(an upper bound by group conversion, `common.unit_conversion`; in practice no protection), while "
+                 f"the patient-level run guarantees ε = {patient8['epsilon_per_patient']:.3g} per patient and "
+                 f"ε ≤ {patient8['epsilon_per_patch']:.3g} per patch (a patch removed from a patient is two "
+                 f"patient-level steps). Each step samples whole patients (q = 1/min(patients, "
+                 f"patches/batch)) and at most {result['max_patches_per_patient']} patches of each "
+                 "(`max-patches-per-patient`), so a patient-level step sees fewer patients' worth of signal; "
+                 "that is what patient privacy costs.")
+    return text
+
+
 READINGS = {
     "privacy-utility": _reading_privacy_utility,
     "heterogeneity": _reading_heterogeneity,
@@ -233,6 +256,8 @@ def _reading(result: dict[str, Any]) -> str:
     """What the table says, computed from it (so it stays true when the numbers are re-run)."""
     if result["experiment"] == "audit":
         return f"\n{_reading_audit(result)}\n"
+    if result["experiment"] == "patient-privacy":
+        return f"\n{_reading_patient_privacy(result)}\n"
     rows = [r for r in result["rows"] if r.get("kind") == "federated" and r.get("accuracy") is not None]
     reading = READINGS.get(result["experiment"])
     text = reading(rows) if reading and rows else ""

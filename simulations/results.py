@@ -91,7 +91,31 @@ def audit_targets_text(t: dict[str, Any]) -> str:
     )
 
 
+UNITS_HEADER = ["setting", "accuracy % (95% CI)", "balanced acc. %", "macro AUC %", "ε per patient (max site)",
+                "ε per patch (max site)", "site updates not used", "seconds"]
+
+
+def _unit_eps(row: dict[str, Any], key: str, exact_for: str) -> str:
+    """ε in one unit; '(bound)' where it is converted from the other unit, not the accountant's own."""
+    if row.get("kind") != "federated":
+        return "-"
+    if "epsilon_per_patch" not in row:
+        return "∞ (non-private)"
+    value = row[key]
+    text = f"{value:.3g}" if value < 1e4 else f"{value:.1e}"
+    return text if row.get("privacy_unit_asked") == exact_for else f"≤ {text} (bound)"
+
+
+def _unit_cells(row: dict[str, Any]) -> list[str]:
+    cells = _row_cells(row)
+    return [cells[0], cells[1], cells[2], cells[4], _unit_eps(row, "epsilon_per_patient", "patient"),
+            _unit_eps(row, "epsilon_per_patch", "patch"), cells[7], cells[8]]
+
+
 def markdown_table(result: dict[str, Any]) -> str:
+    if result.get("experiment") == "patient-privacy":
+        lines = ["| " + " | ".join(UNITS_HEADER) + " |", "|" + "---|" * len(UNITS_HEADER)]
+        return "\n".join(lines + ["| " + " | ".join(_unit_cells(row)) + " |" for row in result["rows"]]) + "\n"
     if result.get("experiment") == "audit":
         lines = ["| " + " | ".join(AUDIT_HEADER) + " |", "|" + "---|" * len(AUDIT_HEADER)]
         lines += ["| " + " | ".join(_audit_cells(row)) + " |" for row in result["rows"]]
@@ -100,7 +124,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     for row in result["rows"]:
         lines.append("| " + " | ".join(_row_cells(row)) + " |")
     text = "\n".join(lines) + "\n"
-    if "targets" in result:
+    if "dp_minus_pooled_points" in result.get("targets", {}):
         t = result["targets"]
         text += (
             f"\nTargets: federated DP (ε=8) minus pooled non-private = **{t['dp_minus_pooled_points']:+.2f} points** "
@@ -151,16 +175,22 @@ def plot(result: dict[str, Any], path: Path) -> None:
         return
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
-    if result["experiment"] == "privacy-utility":
-        finite = [r for r in rows if r.get("epsilon")]
-        xs = [r["epsilon"] for r in finite]
-        ax.errorbar(xs, [100 * r["accuracy"] for r in finite],
-                    yerr=[[100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in finite],
-                          [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in finite]],
-                    marker="o", capsize=4, color="#7b2d8b", label="FedAvg DP (per-site ε)")
+    curves = result["experiment"] in ("privacy-utility", "patient-privacy")
+    if curves:
+        series = {unit: [r for r in rows if r.get("epsilon") and r.get("privacy_unit_asked") == unit]
+                  for unit in {r.get("privacy_unit_asked") for r in rows if r.get("epsilon")}}
+        for (unit, finite), colour in zip(sorted(series.items(), key=lambda kv: str(kv[0])), ("#7b2d8b", "#d95f02")):
+            xs = [r["epsilon"] for r in finite]
+            ax.errorbar(xs, [100 * r["accuracy"] for r in finite],
+                        yerr=[[100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in finite],
+                              [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in finite]],
+                        marker="o", capsize=4, color=colour,
+                        label=f"FedAvg DP, {unit}-level (per-site ε)" if unit else "FedAvg DP (per-site ε)")
         for r in rows:
-            if not r.get("epsilon"):
+            if r.get("kind") == "federated" and not r.get("epsilon"):
                 ax.axhline(100 * r["accuracy"], color="#2a7", linestyle="--", label="FedAvg non-private (ε=∞)")
+            elif r.get("kind") == "centralised":
+                ax.axhline(100 * r["accuracy"], color="#888", linestyle=":", label=r["label"])
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.set_xlabel("per-site privacy budget ε (cumulative over all rounds)")
@@ -173,11 +203,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.invert_yaxis()
         ax.set_xlabel("central test accuracy (%)")
         ax.set_xlim(max(0, min(values) - 10), 100)
-    ax.set_ylabel("central test accuracy (%)" if result["experiment"] == "privacy-utility" else "")
+    ax.set_ylabel("central test accuracy (%)" if curves else "")
     ax.set_title(f"{result['experiment']}{' (quick)' if result['quick'] else ''}: LC25000 lung, group-aware split")
     ax.grid(alpha=0.3)
-    if result["experiment"] == "privacy-utility":
-        ax.legend(loc="lower right")
+    if curves:
+        ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
