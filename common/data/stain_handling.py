@@ -1,0 +1,245 @@
+"""Stain handling at a site: Macenko normalisation to a shared reference, and stain augmentation.
+
+Both use torchstain's Macenko implementation (torch backend); nothing here estimates stain
+vectors itself.
+
+* **Normalisation** (`normalise_images`): torchstain's `TorchMacenkoNormalizer`, its target
+  set to the reference the server distributes in the run config (`stain-reference`: the H&E
+  matrix and the 99th-percentile concentrations, 8 numbers; never any site's image). It is
+  deterministic per image, so it runs once per image set and is cached by content.
+* **Augmentation** (`StainAugmenter`): torchstain's `TorchMacenkoAugmentor` perturbs an image's
+  stain concentrations, C' = C * U(1 - s1, 1 + s1) + U(-s2, s2), and recomposes the image with
+  its own stain matrix. The library does this one image at a time and re-estimates the stain
+  matrix (an eigen-decomposition and percentiles) on every call, which under DP would cost
+  several times a training step. So the library's `fit` runs once per image (cached like
+  the normalisation), and each step recomposes a whole batch with the fitted matrices in the
+  library's own formula (tests check it against `TorchMacenkoAugmentor.augment`).
+
+Everything is per image: an image's output depends on that image (and public constants) only,
+so under DP it is a per-record transform and the guarantee is unchanged (docs/PRIVACY.md).
+Images Macenko cannot handle (background, almost no stained pixels, eigen failures) keep their
+original pixels; the counts stay at the site.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchstain.torch.augmentors import TorchMacenkoAugmentor
+from torchstain.torch.normalizers import TorchMacenkoNormalizer
+
+log = logging.getLogger("fedpath.stain")
+
+STAIN_SETTINGS = ("none", "normalize", "augment", "normalize+augment")
+# torchstain's defaults: transmitted light, transparency (optical density) threshold.
+IO, BETA = 240, 0.15
+# Fewer stained pixels (optical density >= BETA in every channel: the pixels torchstain estimates the
+# stain matrix from) and an image counts as background: Macenko's eigen-decomposition and percentiles
+# are meaningless on a handful of pixels (torchstain raises on none, and often on a few).
+MIN_STAINED_PIXELS = 16
+# torchstain's augmentation strengths (TorchMacenkoAugmentor defaults).
+SIGMA_SCALE, SIGMA_SHIFT = 0.2, 0.2
+
+
+def normalises(setting: str) -> bool:
+    return setting in ("normalize", "normalize+augment")
+
+
+def augments(setting: str) -> bool:
+    return setting in ("augment", "normalize+augment")
+
+
+@dataclass(frozen=True)
+class StainReference:
+    """Macenko target: H&E optical-density matrix (3 x 2, row-major) and max concentrations (2)."""
+
+    he: tuple[float, ...]
+    max_c: tuple[float, ...]
+
+    def as_text(self) -> str:
+        return ",".join(f"{v:.6g}" for v in (*self.he, *self.max_c))
+
+
+def default_reference() -> StainReference:
+    """torchstain's own reference (read from the library, not copied)."""
+    lib = TorchMacenkoNormalizer()
+    return StainReference(tuple(lib.HERef.reshape(-1).tolist()), tuple(lib.maxCRef.reshape(-1).tolist()))
+
+
+def parse_reference(text: str) -> StainReference:
+    """`stain-reference` as 8 comma-separated numbers; '' = torchstain's reference. ValueError says why."""
+    if not text.strip():
+        return default_reference()
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",")]
+    except ValueError:
+        raise ValueError(f"stain-reference must be 8 comma-separated numbers, got {text!r}") from None
+    if len(values) != 8:
+        raise ValueError(f"stain-reference needs 8 numbers (H&E matrix 3x2 row-major, then 2 max "
+                         f"concentrations), got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("stain-reference values must be finite")
+    he, max_c = values[:6], values[6:]
+    if min(he) < 0 or any(math.hypot(*he[c::2]) < 1e-3 for c in (0, 1)):
+        raise ValueError("stain-reference H&E matrix entries must be >= 0 (optical densities) and each column "
+                         "non-zero")
+    if min(max_c) <= 0:
+        raise ValueError("stain-reference max concentrations must be > 0")
+    return StainReference(tuple(he), tuple(max_c))
+
+
+# -- per-image work, cached by content -------------------------------------------------------------
+class _ContentCache:
+    """Small LRU of per-image-set results keyed by the images' bytes (and the reference)."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size, self.entries, self.lock = size, OrderedDict(), threading.Lock()
+        self.computed_images = 0  # images actually processed (tests check cache hits by it)
+
+    def get(self, key: tuple, compute: Callable[[], tuple]) -> tuple:
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                return self.entries[key]
+        value = compute()
+        with self.lock:
+            self.entries[key] = value
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        return value
+
+
+NORMALISED = _ContentCache()
+BASES = _ContentCache()
+
+
+def content_key(images: np.ndarray) -> tuple:
+    digest = hashlib.blake2b(np.ascontiguousarray(images).data, digest_size=20).hexdigest()
+    return (images.shape, digest)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Per-image Macenko is dozens of tiny ops: extra threads only contend (50x slower on 2 busy cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _has_tissue(image: torch.Tensor) -> bool:
+    od = -torch.log((image.reshape(3, -1).float() + 1) / IO)
+    return int((od >= BETA).all(dim=0).sum()) >= MIN_STAINED_PIXELS
+
+
+def normalise_images(images: np.ndarray, reference: StainReference) -> tuple[np.ndarray, int]:
+    """(normalised copy of uint8 (N, H, W, 3) `images`, images left as they were); cached by content."""
+    key = (content_key(images), reference)
+    return NORMALISED.get(key, lambda: _normalise(images, reference))
+
+
+def _normalise(images: np.ndarray, reference: StainReference) -> tuple[np.ndarray, int]:
+    normaliser = TorchMacenkoNormalizer()
+    normaliser.HERef = torch.tensor(reference.he, dtype=torch.float32).view(3, 2)
+    normaliser.maxCRef = torch.tensor(reference.max_c, dtype=torch.float32)
+    out, fallbacks = images.copy(), 0
+    with _one_thread():
+        for i, image in enumerate(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)):
+            try:
+                if not _has_tissue(image):
+                    raise ValueError("background")
+                normed, _, _ = normaliser.normalize(image, Io=IO, beta=BETA, stains=False)
+                if int(normed.min()) < 0:  # NaN concentrations become INT_MIN in the library's .int()
+                    raise ValueError("not finite")
+                out[i] = normed.clamp(0, 255).to(torch.uint8).numpy()
+            except (RuntimeError, ValueError, IndexError):
+                fallbacks += 1
+    NORMALISED.computed_images += len(images)
+    return out, fallbacks
+
+
+def stain_bases(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per-image H&E matrices (N, 3, 2) float32, usable mask (N,)) from torchstain's augmentor `fit`."""
+    return BASES.get((content_key(images),), lambda: _fit_bases(images))
+
+
+def _fit_bases(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    augmentor = TorchMacenkoAugmentor(sigma1=SIGMA_SCALE, sigma2=SIGMA_SHIFT)
+    bases = np.zeros((len(images), 3, 2), dtype=np.float32)
+    usable = np.zeros(len(images), dtype=bool)
+    with _one_thread():
+        for i, image in enumerate(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)):
+            try:
+                if not _has_tissue(image):
+                    continue
+                augmentor.fit(image, Io=IO, beta=BETA)
+                he = augmentor.HERef.detach().float()
+                if torch.isfinite(he).all() and torch.linalg.matrix_rank(he) == 2:
+                    bases[i], usable[i] = he.numpy(), True
+            except (RuntimeError, ValueError, IndexError):
+                continue
+    BASES.computed_images += len(images)
+    return bases, usable
+
+
+# -- augmentation during training ----------------------------------------------------------------------
+def recompose(images: torch.Tensor, he: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """TorchMacenkoAugmentor.augment's formula for a batch: uint8 (B, 3, H, W) -> uint8, stain matrices
+    `he` (B, 3, 2), concentration factors `scale` and offsets `shift` (B, 2)."""
+    b, c, h, w = images.shape
+    od = -torch.log((images.reshape(b, c, h * w).float() + 1) / IO)
+    # The library's least squares lstsq(HE, OD^T); with HE of rank 2 (checked at fit) that is the
+    # pseudo-inverse, which is batched cheaply (torch's batched lstsq is 10x slower on CPU).
+    conc = torch.bmm(torch.linalg.pinv(he), od)  # (B, 2, HW)
+    conc = conc * scale.unsqueeze(-1) + shift.unsqueeze(-1)
+    out = (IO * torch.exp(-torch.bmm(he, conc))).clamp(max=255).int()
+    return out.clamp(min=0).to(torch.uint8).reshape(b, c, h, w)
+
+
+class StainAugmenter:
+    """Random stain-concentration perturbation per sample and step, over one training set.
+
+    `generator` must be the site's own (derived from its secret round seed): the draws need no
+    secrecy for DP, but must not be predictable from anything the coordinator knows either.
+    """
+
+    def __init__(self, images: np.ndarray, generator: torch.Generator) -> None:
+        bases, usable = stain_bases(images)
+        self.bases, self.usable = torch.from_numpy(bases), torch.from_numpy(usable)
+        self.generator = generator
+        self.unusable = int((~usable).sum())
+
+    def __call__(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) images of dataset rows `rows`, perturbed (unusable ones unchanged)."""
+        if len(rows) == 0:
+            return images
+        u = torch.rand(len(rows), 2, 2, generator=self.generator)  # per image: (scale, shift) x (H, E)
+        scale, shift = 1 + SIGMA_SCALE * (2 * u[:, 0] - 1), SIGMA_SHIFT * (2 * u[:, 1] - 1)
+        ok = self.usable[rows]
+        if not bool(ok.any()):
+            return images
+        out = images.clone()
+        out[ok] = recompose(images[ok], self.bases[rows][ok], scale[ok], shift[ok])
+        return out
+
+
+def stain_problems(setting: str, reference: str) -> list[str]:
+    """Run-config problems of `stain` / `stain-reference` (common.config validates with this)."""
+    if setting not in STAIN_SETTINGS:
+        return [f"stain {setting!r} is unknown; valid values: {', '.join(STAIN_SETTINGS)}"]
+    try:
+        parse_reference(reference)
+    except ValueError as err:
+        return [str(err)]
+    return []
