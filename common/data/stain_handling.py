@@ -243,3 +243,21 @@ def stain_problems(setting: str, reference: str) -> list[str]:
     except ValueError as err:
         return [str(err)]
     return []
+
+
+def describe_stain(config: dict, test_fallbacks: int | None = None) -> str:
+    """The report's line on stain handling, from a run's config (runs before the key: none)."""
+    setting = str(config.get("stain", "none"))
+    if setting == "none":
+        return "none (images as the sites and the test set hold them)"
+    parts = []
+    if normalises(setting):
+        reference = str(config.get("stain-reference", "")) or "torchstain's default"
+        parts.append(f"Macenko normalisation (torchstain) to reference {reference}, at every site and on the "
+                     "central test set")
+        if test_fallbacks:
+            parts[-1] += f" ({test_fallbacks} test images without a stain estimate kept as they were)"
+    if augments(setting):
+        parts.append(f"random stain-concentration augmentation per sample and step at the sites (scale ±"
+                     f"{SIGMA_SCALE:g}, shift ±{SIGMA_SHIFT:g}; no privacy cost)")
+    return f"{setting}: " + "; ".join(parts)
