@@ -195,6 +195,7 @@ def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None)
             "classes": run.get("classes", []),
             "test_examples": run.get("test_examples"),
             "test_class_counts": run.get("test_class_counts"),
+            "test_stain_fallbacks": run.get("test_stain_fallbacks"),  # stain normalisation kept these as they were
             "trainable_parameters": run.get("trainable_parameters"),
             "rounds_planned": config.get("num-server-rounds"),
             "rounds_completed": max((line["round"] for line in rounds), default=None),

@@ -31,6 +31,7 @@ class LoadReport:
     skipped_files: list[str] = field(default_factory=list)
     hidden: int = 0
     hidden_examples: list[str] = field(default_factory=list)
+    stain_fallbacks: int = 0  # images stain normalisation could not handle (kept as they were)
 
     def skip(self, path: str, reason: str, keep: int = 5) -> None:
         self.skipped += 1
