@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.booleans import parse_bool
 from common.config import PRIVACY_UNIT_SETTINGS, ConfigError, RunConfig, resolve_path
 from common.paths import run_dir
 
@@ -64,8 +65,12 @@ class SiteIdentity:
         return self.epsilon_per_job if self.epsilon_per_job > 0 else DEFAULT_JOB_SHARE * self.epsilon_budget
 
 
-def truthy(value: Any) -> bool:
-    return value is True or str(value).lower() in ("1", "true", "yes")
+def truthy(node_config: Mapping[str, Any], key: str) -> bool:
+    """A yes/no node-config key (absent = no), read by the one shared parser."""
+    try:
+        return parse_bool(node_config.get(key, False), key)
+    except ValueError as err:
+        raise ConfigError(f"{err} in --node-config") from None
 
 
 def _number(node_config: Mapping[str, Any], key: str, default: float) -> float:
@@ -153,12 +158,12 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
         epsilon_budget=budget,
         delta=delta,
         data_path=resolve_path(str(node_config["data-path"])),
-        allow_non_private=truthy(node_config.get("allow-non-private", False)),
-        strict=truthy(node_config.get("strict", False)),
+        allow_non_private=truthy(node_config, "allow-non-private"),
+        strict=truthy(node_config, "strict"),
         epsilon_per_job=_number(node_config, "epsilon-per-job", 0.0),
         accept_budget_change=str(node_config.get("accept-budget-change", "")),
         val_fraction=_number(node_config, "val-fraction", DEFAULT_VAL_FRACTION),
-        share_diagnostics=truthy(node_config.get("share-diagnostics", False)),
+        share_diagnostics=truthy(node_config, "share-diagnostics"),
         dp_seed=str(node_config.get("dp-seed", "")),
         split_key=str(node_config.get("split-key", "")),
         privacy_unit=str(node_config.get("privacy-unit", "auto")),

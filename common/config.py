@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.booleans import parse_bool
 from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS
-from common.model import ARCHITECTURES, POLICIES
+from common.choices import ARCHITECTURE_NAMES, POLICIES
 
 PARTITIONINGS = ("iid", "dirichlet")
 NAMED_DATASETS = ("synthetic", "pathmnist")
@@ -116,7 +117,8 @@ class RunConfig:
                 problems.append(message)
 
         need(self.num_server_rounds >= 0, f"num-server-rounds must be >= 0, got {self.num_server_rounds}")
-        need(self.arch in ARCHITECTURES, f"arch {self.arch!r} is unknown; valid values: {', '.join(ARCHITECTURES)}")
+        need(self.arch in ARCHITECTURE_NAMES,
+             f"arch {self.arch!r} is unknown; valid values: {', '.join(ARCHITECTURE_NAMES)}")
         need(self.policy in POLICIES, f"policy {self.policy!r} is unknown; valid values: {', '.join(POLICIES)}")
         need(
             self.partitioning in PARTITIONINGS,
@@ -212,11 +214,7 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     )
     try:
         if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise ValueError
+            return parse_bool(value, key)
         if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError

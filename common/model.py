@@ -21,6 +21,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from common.choices import ARCHITECTURE_NAMES, POLICIES
 from common.dp_layers import ChannelAffine, FrozenStatsBatchNorm
 
 ARCHITECTURES: Final[dict[str, Callable[..., models.ResNet]]] = {
@@ -28,8 +29,7 @@ ARCHITECTURES: Final[dict[str, Callable[..., models.ResNet]]] = {
     "resnet34": models.resnet34,
     "resnet50": models.resnet50,
 }
-
-POLICIES: Final[tuple[str, ...]] = ("full", "last-block", "norm-head", "head")
+assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "common.choices names what common.model builds"
 
 
 class OutOfPlaceBasicBlock(BasicBlock):

@@ -52,6 +52,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from client.identity import DEPLOYMENT_KEYS, OPTIONAL_DEPLOYMENT_KEYS, check_deployment_node_config
+from common.booleans import parse_bool
 from common.config import ConfigError
 from deploy import link_check
 from deploy.flower import flower_bin, flower_env, is_loopback, split_address
@@ -143,13 +144,10 @@ def check_node_config(node_config: Mapping[str, Any]) -> dict[str, Any]:
         checked[key] = str(Path(value).expanduser().resolve())
     for key in BOOL_KEYS:
         if key in node_config:
-            value = node_config[key]
-            if isinstance(value, bool):
-                checked[key] = value
-            elif isinstance(value, str) and value.lower() in ("true", "false"):
-                checked[key] = value.lower() == "true"
-            else:
-                raise SiteConfigError(f"{key} must be true or false, got {value!r}")
+            try:
+                checked[key] = parse_bool(node_config[key], key)
+            except ValueError as err:
+                raise SiteConfigError(str(err)) from None
     for key in OPTIONAL_DEPLOYMENT_KEYS:  # the rest, as given (check_deployment_node_config checked them)
         if key in node_config and key not in checked:
             checked[key] = node_config[key]
