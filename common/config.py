@@ -16,6 +16,8 @@ from typing import Any
 from common.booleans import parse_bool
 from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from common.choices import ARCHITECTURE_NAMES, POLICIES
+from common.stain_settings import stain_problems
+from common.strategies import strategy_problems
 
 PARTITIONINGS = ("iid", "dirichlet")
 NAMED_DATASETS = ("synthetic", "pathmnist")
@@ -60,9 +62,15 @@ class RunConfig:
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
     grad_sample_mode: str = "auto"
+    # Simulation only: simulated site 0 trains with this many audit canaries, each with probability ½,
+    # and the report gets a "Privacy audit" (server.privacy_audit); deployed sites refuse any > 0.
+    audit_canaries: int = 0
     partitioning: str = "iid"
     dirichlet_alpha: float = 0.5
     stain_shift: float = 0.0
+    # stain handling at the sites (common.data.stain_handling): none | normalize | augment | normalize+augment
+    stain: str = "none"
+    stain_reference: str = ""  # Macenko target, 8 numbers; "" = torchstain's reference
     test_fraction: float = 0.2
     public_fraction: float = 0.0
     val_fraction: float = 0.15
@@ -78,6 +86,13 @@ class RunConfig:
     min_site_examples: int = 10
     min_accepted_updates: int = 1
     max_update_norm: float = 0.0
+    # server strategy (common.strategies): Flower's FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    server_lr: float = 0.0  # 0 = Flower's default eta
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-3
     strict: bool = False
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     resume_from: str = ""
@@ -162,8 +177,11 @@ class RunConfig:
              f"privacy-unit {self.privacy_unit!r} is unknown; valid values: {', '.join(PRIVACY_UNIT_SETTINGS)}")
         need(self.max_patches_per_patient >= 1,
              f"max-patches-per-patient must be >= 1, got {self.max_patches_per_patient}")
+        need(0 <= self.audit_canaries <= MAX_AUDIT_CANARIES,
+             f"audit-canaries must be in [0, {MAX_AUDIT_CANARIES}] (0 = no privacy audit), got {self.audit_canaries}")
         need(self.dirichlet_alpha > 0, f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
         need(0 <= self.stain_shift <= 1, f"stain-shift must be in [0, 1], got {self.stain_shift}")
+        problems.extend(stain_problems(self.stain, self.stain_reference))
         need(0 < self.test_fraction < 1, f"test-fraction must be in (0, 1), got {self.test_fraction}")
         need(0 <= self.public_fraction < 1, f"public-fraction must be in [0, 1), got {self.public_fraction}")
         need(0 <= self.val_fraction < 1, f"val-fraction must be in [0, 1), got {self.val_fraction}")
@@ -173,6 +191,8 @@ class RunConfig:
         need(self.round_timeout > 0, f"round-timeout must be > 0, got {self.round_timeout}")
         need(self.min_accepted_updates >= 1, f"min-accepted-updates must be >= 1, got {self.min_accepted_updates}")
         need(self.max_update_norm >= 0, f"max-update-norm must be >= 0 (0 = automatic DP bound), got {self.max_update_norm}")
+        problems.extend(strategy_problems(self.strategy, self.proximal_mu, self.server_lr, self.beta_1, self.beta_2,
+                                          self.tau, self.lr))
         need(self.min_site_examples >= 1, f"min-site-examples must be >= 1, got {self.min_site_examples}")
         need(self.max_image_pixels >= 1, f"max-image-pixels must be >= 1, got {self.max_image_pixels}")
         need(self.bootstrap_samples >= 0, f"bootstrap-samples must be >= 0, got {self.bootstrap_samples}")
@@ -188,6 +208,11 @@ class RunConfig:
     def site_delta(self, num_training_records: int) -> float:
         """The delta of a simulated site with n training records (delta = 0 means 1/(10·n))."""
         return self.delta if self.delta > 0 else auto_delta(num_training_records)
+
+
+# The one-run bound's δ term is 2·m·δ: far more canaries than 1/(2δ) would drown it, and each
+# canary is an image the audited site trains on.
+MAX_AUDIT_CANARIES = 10_000
 
 
 # δ must be well below 1/n: a mechanism that publishes one random record in the clear has

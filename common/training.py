@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import common.dp_layers  # noqa: F401 - registers the Opacus grad/norm samplers used below
 from common.data.imageset import ImageSet
+from common.data.stain_handling import StainAugmenter
 from common.patient_dp import (
     DEFAULT_MAX_PATCHES_PER_PATIENT,
     PATCH,
@@ -34,6 +35,7 @@ from common.patient_dp import (
     patient_sample_rate,
 )
 from common.progress import progress
+from common.proximal import attach_proximal_term
 
 log = logging.getLogger("fedpath.training")
 
@@ -73,10 +75,11 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def as_tensor_dataset(data: ImageSet) -> TensorDataset:
-    """uint8 NCHW images + labels; conversion to float happens per batch to save memory."""
+def as_tensor_dataset(data: ImageSet, rows: bool = False) -> TensorDataset:
+    """uint8 NCHW images + labels (+ row numbers with `rows`); conversion to float happens per batch to save memory."""
     images = torch.from_numpy(np.ascontiguousarray(data.images)).permute(0, 3, 1, 2).contiguous()
-    return TensorDataset(images, torch.from_numpy(data.labels))
+    extra = (torch.arange(len(data)),) if rows else ()
+    return TensorDataset(images, torch.from_numpy(data.labels), *extra)
 
 
 def normalise(batch: torch.Tensor) -> torch.Tensor:
@@ -112,6 +115,10 @@ class TrainSettings:
     # record: Poisson sampling over patients, per-patient clipping; see common.patient_dp).
     privacy_unit: str = PATCH
     max_patches_per_patient: int = DEFAULT_MAX_PATCHES_PER_PATIENT  # patient unit: patches per patient per step
+    # Random stain-concentration perturbation per sample and step (common.data.stain_handling): a per-sample
+    # transform, so under DP it costs no budget.
+    stain_augment: bool = False
+    proximal_mu: float = 0.0  # FedProx: mu of mu/2·||w - w_global||², added after clipping and noise (common.proximal)
 
     def __post_init__(self) -> None:
         if self.privacy_unit not in PRIVACY_UNITS:
@@ -186,11 +193,14 @@ def train_local(
     dev = device()
     model.to(dev).train()
     generator = torch.Generator().manual_seed(settings.seed)  # shuffling and augmentation
+    stain = _stain_augmenter(data, settings)
     loader = DataLoader(
-        as_tensor_dataset(data), batch_size=min(settings.batch_size, len(data)), shuffle=True, generator=generator
+        as_tensor_dataset(data, rows=stain is not None), batch_size=min(settings.batch_size, len(data)), shuffle=True,
+        generator=generator,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
+    proximal = attach_proximal_term(optimizer, settings.proximal_mu)  # before Opacus wraps the optimizer
     engine: PrivacyEngine | None = None
     train_model: nn.Module = model
     criterion: Any = nn.CrossEntropyLoss()
@@ -214,9 +224,11 @@ def train_local(
     try:
         steps, mean_loss = _run_epochs(
             train_model, optimizer, criterion, settings, generator, desc,
-            lambda: _PatchBatches(loader),
+            lambda: _PatchBatches(loader, stain),
         )
     finally:
+        if proximal is not None:
+            proximal.remove()
         if engine is not None:
             _detach_dp(model, train_model)
     model.eval()
@@ -285,32 +297,48 @@ def _detach_dp(model: nn.Module, train_model: nn.Module) -> None:
                 delattr(p, attr)
 
 
-class _PatchBatches:
-    """One epoch of a (DP or plain) DataLoader as (uint8 images, labels, None)."""
+def _stain_augmenter(data: ImageSet, settings: TrainSettings) -> StainAugmenter | None:
+    """Stain augmentation over `data` (stain matrices fitted once per image set, cached), or None.
 
-    def __init__(self, loader: Iterable[Any]) -> None:
-        self.loader = loader
+    Its draws come from the round's secret seed (a generator of their own), never from the run config.
+    """
+    if not settings.stain_augment:
+        return None
+    augmenter = StainAugmenter(data.images, _derived_generator(settings.seed, "stain-augmentation"))
+    if augmenter.unusable:
+        log.info("stain augmentation leaves %d of %d images as they are (no stain estimate)", augmenter.unusable,
+                 len(data))
+    return augmenter
+
+
+class _PatchBatches:
+    """One epoch of a (DP or plain) DataLoader as (uint8 images, labels, None), stain-augmented if asked."""
+
+    def __init__(self, loader: Iterable[Any], stain: StainAugmenter | None = None) -> None:
+        self.loader, self.stain = loader, stain
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
-        for images, labels in self.loader:
-            yield images, labels, None
+        for images, labels, *rows in self.loader:
+            yield (self.stain(images, rows[0]) if self.stain else images), labels, None
 
 
 class _PatientBatches:
     """One epoch of patient-level steps: (uint8 images, labels, step) per Poisson step over patients."""
 
-    def __init__(self, sampler: PatientPoissonSampler, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.sampler, self.images, self.labels = sampler, images, labels
+    def __init__(self, sampler: PatientPoissonSampler, images: torch.Tensor, labels: torch.Tensor,
+                 stain: StainAugmenter | None = None) -> None:
+        self.sampler, self.images, self.labels, self.stain = sampler, images, labels, stain
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
         for step in self.sampler:
-            yield self.images[step.indices], self.labels[step.indices], step
+            images = self.images[step.indices]
+            yield (self.stain(images, step.indices) if self.stain else images), self.labels[step.indices], step
 
 
 def _train_patient_level(
@@ -326,6 +354,7 @@ def _train_patient_level(
     generator = torch.Generator().manual_seed(settings.seed)  # augmentation
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
+    proximal = attach_proximal_term(optimizer, settings.proximal_mu)  # before Opacus wraps the optimizer
     engine = SiteSecretPrivacyEngine(_derived_generator(settings.seed, "dp-noise-and-sampling"))
     engine.accountant.load_state_dict({"history": list(history or []), "mechanism": "rdp"})
     sampler = PatientPoissonSampler(
@@ -337,13 +366,15 @@ def _train_patient_level(
         grad_sample_mode=settings.grad_sample_mode,
     )
     tensors = as_tensor_dataset(data).tensors
-    batches = _PatientBatches(sampler, tensors[0], tensors[1])
+    batches = _PatientBatches(sampler, tensors[0], tensors[1], _stain_augmenter(data, settings))
     try:
         steps, mean_loss = _run_epochs(
             private.module, private.optimizer, private.criterion, settings, generator, desc,
             lambda: batches, private.begin_step,
         )
     finally:
+        if proximal is not None:
+            proximal.remove()
         _detach_dp(model, private.module)
     model.eval()
     new_history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.state_dict()["history"]]

@@ -8,6 +8,7 @@ simulation actor that plays several hospitals decodes the data once.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from common.data.partition import (
     simulation_split_key,
 )
 from common.data.stain import apply_stain_shift
+from common.data.stain_handling import normalise_images
 from common.data.synthetic import make_synthetic
+from common.stain_settings import normalises, parse_reference
 
 log = logging.getLogger("fedpath.data")
 
@@ -100,8 +103,8 @@ def public_share(config: RunConfig) -> ImageSet:
 
 
 def central_test_set(config: RunConfig) -> ImageSet:
-    """The held-out test set every round's global model is evaluated on."""
-    return _split(config)[2]
+    """The held-out test set every round's global model is evaluated on (stain-normalised as the sites' data)."""
+    return _normalised(_split(config)[2], config)
 
 
 def dataset_classes(config: RunConfig) -> list[str]:
@@ -120,7 +123,7 @@ def simulated_site(config: RunConfig, site: int, num_sites: int) -> SiteData:
     train_idx, val_idx = keyed_train_val(
         pool.groups, shares[site], config.val_fraction, simulation_split_key(config.seed, site)
     )
-    return _with_stain(SiteData(pool.subset(train_idx), pool.subset(val_idx)), config, site)
+    return stain_handled(_with_stain(SiteData(pool.subset(train_idx), pool.subset(val_idx)), config, site), config)
 
 
 def all_simulated_sites(config: RunConfig, num_sites: int) -> list[SiteData]:
@@ -164,6 +167,24 @@ def _with_stain(data: SiteData, config: RunConfig, site: int) -> SiteData:
         s.patient_groups,
     )
     return SiteData(shift(data.train), shift(data.val))
+
+
+def stain_handled(data: SiteData, config: RunConfig) -> SiteData:
+    """A site's data as it trains under `stain`: normalised to the run's reference where asked (cached)."""
+    if not normalises(config.stain):
+        return data
+    return SiteData(_normalised(data.train, config), _normalised(data.val, config))
+
+
+def _normalised(images: ImageSet, config: RunConfig) -> ImageSet:
+    if not normalises(config.stain):
+        return images
+    out, fallbacks = normalise_images(images.images, parse_reference(config.stain_reference))
+    if fallbacks:
+        log.info("stain normalisation kept %d of %d images as they were (background or no stain estimate)",
+                 fallbacks, len(images))
+    report = dataclasses.replace(images.report, stain_fallbacks=fallbacks)
+    return ImageSet(out, images.labels, images.groups, images.classes, report, images.patient_groups)
 
 
 def check_classes(site_classes: list[str], federation_classes: list[str], where: str) -> None:

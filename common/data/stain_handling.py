@@ -26,75 +26,35 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torchstain.torch.augmentors import TorchMacenkoAugmentor
 from torchstain.torch.normalizers import TorchMacenkoNormalizer
 
+from common.stain_settings import (  # noqa: F401 - the settings' names, re-exported beside the work
+    SIGMA_SCALE,
+    SIGMA_SHIFT,
+    STAIN_SETTINGS,
+    StainReference,
+    augments,
+    default_reference,
+    describe_stain,
+    normalises,
+    parse_reference,
+)
+
 log = logging.getLogger("fedpath.stain")
 
-STAIN_SETTINGS = ("none", "normalize", "augment", "normalize+augment")
 # torchstain's defaults: transmitted light, transparency (optical density) threshold.
 IO, BETA = 240, 0.15
 # Fewer stained pixels (optical density >= BETA in every channel: the pixels torchstain estimates the
 # stain matrix from) and an image counts as background: Macenko's eigen-decomposition and percentiles
 # are meaningless on a handful of pixels (torchstain raises on none, and often on a few).
 MIN_STAINED_PIXELS = 16
-# torchstain's augmentation strengths (TorchMacenkoAugmentor defaults).
-SIGMA_SCALE, SIGMA_SHIFT = 0.2, 0.2
-
-
-def normalises(setting: str) -> bool:
-    return setting in ("normalize", "normalize+augment")
-
-
-def augments(setting: str) -> bool:
-    return setting in ("augment", "normalize+augment")
-
-
-@dataclass(frozen=True)
-class StainReference:
-    """Macenko target: H&E optical-density matrix (3 x 2, row-major) and max concentrations (2)."""
-
-    he: tuple[float, ...]
-    max_c: tuple[float, ...]
-
-    def as_text(self) -> str:
-        return ",".join(f"{v:.6g}" for v in (*self.he, *self.max_c))
-
-
-def default_reference() -> StainReference:
-    """torchstain's own reference (read from the library, not copied)."""
-    lib = TorchMacenkoNormalizer()
-    return StainReference(tuple(lib.HERef.reshape(-1).tolist()), tuple(lib.maxCRef.reshape(-1).tolist()))
-
-
-def parse_reference(text: str) -> StainReference:
-    """`stain-reference` as 8 comma-separated numbers; '' = torchstain's reference. ValueError says why."""
-    if not text.strip():
-        return default_reference()
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",")]
-    except ValueError:
-        raise ValueError(f"stain-reference must be 8 comma-separated numbers, got {text!r}") from None
-    if len(values) != 8:
-        raise ValueError(f"stain-reference needs 8 numbers (H&E matrix 3x2 row-major, then 2 max "
-                         f"concentrations), got {len(values)}")
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError("stain-reference values must be finite")
-    he, max_c = values[:6], values[6:]
-    if min(he) < 0 or any(math.hypot(*he[c::2]) < 1e-3 for c in (0, 1)):
-        raise ValueError("stain-reference H&E matrix entries must be >= 0 (optical densities) and each column "
-                         "non-zero")
-    if min(max_c) <= 0:
-        raise ValueError("stain-reference max concentrations must be > 0")
-    return StainReference(tuple(he), tuple(max_c))
 
 
 # -- per-image work, cached by content -------------------------------------------------------------
@@ -234,30 +194,17 @@ class StainAugmenter:
         return out
 
 
-def stain_problems(setting: str, reference: str) -> list[str]:
-    """Run-config problems of `stain` / `stain-reference` (common.config validates with this)."""
-    if setting not in STAIN_SETTINGS:
-        return [f"stain {setting!r} is unknown; valid values: {', '.join(STAIN_SETTINGS)}"]
-    try:
-        parse_reference(reference)
-    except ValueError as err:
-        return [str(err)]
-    return []
 
+def fit_reference(images: np.ndarray, max_images: int = 500) -> StainReference:
+    """A reference fitted with torchstain on public images (the centre's, never a site's).
 
-def describe_stain(config: dict, test_fallbacks: int | None = None) -> str:
-    """The report's line on stain handling, from a run's config (runs before the key: none)."""
-    setting = str(config.get("stain", "none"))
-    if setting == "none":
-        return "none (images as the sites and the test set hold them)"
-    parts = []
-    if normalises(setting):
-        reference = str(config.get("stain-reference", "")) or "torchstain's default"
-        parts.append(f"Macenko normalisation (torchstain) to reference {reference}, at every site and on the "
-                     "central test set")
-        if test_fallbacks:
-            parts[-1] += f" ({test_fallbacks} test images without a stain estimate kept as they were)"
-    if augments(setting):
-        parts.append(f"random stain-concentration augmentation per sample and step at the sites (scale ±"
-                     f"{SIGMA_SCALE:g}, shift ±{SIGMA_SHIFT:g}; no privacy cost)")
-    return f"{setting}: " + "; ".join(parts)
+    torchstain fits a reference on one target image; here that image is a mosaic of up to
+    `max_images` evenly spaced patches side by side, so the reference is the stain of the set.
+    """
+    chosen = images[np.linspace(0, len(images) - 1, min(len(images), max_images)).astype(int)]
+    mosaic = torch.from_numpy(np.ascontiguousarray(np.concatenate(list(chosen), axis=1))).permute(2, 0, 1)
+    fitted = TorchMacenkoNormalizer()
+    with _one_thread():
+        fitted.fit(mosaic.contiguous(), Io=IO, beta=BETA)
+    he, max_c = fitted.HERef.reshape(-1).tolist(), fitted.maxCRef.reshape(-1).tolist()
+    return parse_reference(StainReference(tuple(he), tuple(max_c)).as_text())  # the run config's checks apply
