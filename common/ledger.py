@@ -28,6 +28,8 @@ from typing import Any
 
 from opacus.accountants import RDPAccountant
 
+from common.atomic import atomic_write_json
+
 FORMAT = "fedpath-privacy-ledger/1"
 LEDGER_FILE = "privacy-ledger.json"
 
@@ -232,22 +234,6 @@ def _read(path: Path) -> dict[str, Any]:
             "backup, or, if the site's spend is known, have the data protection officer rebuild it."
         ) from err
     return data
-
-
-def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON so that readers see the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,6 @@ described as ImageNet: its provenance is what the JSON says.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.atomic import atomic_file, atomic_write_json, atomic_write_text
 from common.config import ConfigError, RunConfig, load_app_config
 from common.data.folder import load_image_folder
 from common.data.imageset import DataError, ImageSet
@@ -95,13 +95,11 @@ def _accuracy(net: nn.Module, data: ImageSet) -> float:
 
 def write_weights(net: nn.Module, out: Path, provenance: dict[str, Any]) -> str:
     """The state dict, its SHA-256 sidecar and a provenance JSON; returns the SHA-256."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-    tmp.replace(out)
+    with atomic_file(out, "wb") as handle:
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, handle)
     digest = sha256_of(out)
-    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
-    out.with_name(out.name + ".json").write_text(json.dumps({**provenance, "sha256": digest}, indent=1))
+    atomic_write_text(out.with_name(out.name + ".sha256"), f"{digest}  {out.name}\n")
+    atomic_write_json(out.with_name(out.name + ".json"), {**provenance, "sha256": digest})
     return digest
 
 

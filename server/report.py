@@ -13,26 +13,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write_text
 from server import report_baselines
 from server.report_data import compose_report
 from server.run_store import RunStore
 
 log = logging.getLogger("fedpath.report")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Readers (a browser, a CI check) see the old page or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def write_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None, strict: bool = False) -> list[Path]:
@@ -52,7 +42,7 @@ def write_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None, s
         from server.report_html import render_html  # matplotlib and Jinja2 load only when needed
 
         html_path = run_dir / "report.html"
-        _atomic_write_text(html_path, render_html(report))
+        atomic_write_text(html_path, render_html(report))  # a browser never sees half a page
         written.append(html_path)
     except Exception:
         if strict:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.ledger import atomic_write_json
+from common.atomic import atomic_file, atomic_write_json, atomic_write_text
 from common.weights import FEDPATH_CHECKPOINT_FORMAT, sha256_of
 
 CHECKPOINT_FORMAT = FEDPATH_CHECKPOINT_FORMAT
@@ -114,7 +114,7 @@ class RunStore:
         }
         sidecar.unlink(missing_ok=True)
         _atomic_torch_save(payload, path)
-        _atomic_write_text(sidecar, f"{sha256_of(path)}  {path.name}\n")
+        atomic_write_text(sidecar, f"{sha256_of(path)}  {path.name}\n")
         return path
 
     def latest_round_checkpoint(self) -> Path | None:
@@ -123,21 +123,8 @@ class RunStore:
 
 
 def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_file(path, "wb") as handle:
         torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

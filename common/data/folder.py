@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common.atomic import atomic_file
 from common.data.checks import (
     DEFAULT_MAX_IMAGE_PIXELS,
     MAX_PIXELS_KEY,
@@ -284,18 +285,16 @@ def _load_cache(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], LoadRepo
 
 def _save_cache(path: Path, images: np.ndarray, labels: np.ndarray, paths: list[str], report: LoadReport) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-        np.savez(
-            tmp,
-            images=images,
-            labels=labels,
-            paths=np.asarray(paths, dtype=str),
-            skipped=report.skipped,
-            skipped_examples=np.asarray(report.skipped_examples, dtype=str),
-            skipped_files=np.asarray(report.skipped_files, dtype=str),
-            converted=report.converted,
-        )
-        os.replace(tmp, path)
+        with atomic_file(path, "wb") as handle:
+            np.savez(
+                handle,
+                images=images,
+                labels=labels,
+                paths=np.asarray(paths, dtype=str),
+                skipped=report.skipped,
+                skipped_examples=np.asarray(report.skipped_examples, dtype=str),
+                skipped_files=np.asarray(report.skipped_files, dtype=str),
+                converted=report.converted,
+            )
     except OSError as err:  # a read-only home must not stop training
         log.warning("could not write cache %s: %s", path, err)
