@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -366,12 +366,6 @@ def _write_meta(args: argparse.Namespace) -> None:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "versions": versions(),
     }
     args.out.with_name(args.out.name + ".meta.json").write_text(json.dumps(meta, indent=1))
-
-
-def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    for text in path.read_text().splitlines():
-        if text.strip():
-            yield json.loads(text)
 
 
 if __name__ == "__main__":
