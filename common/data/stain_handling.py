@@ -158,13 +158,13 @@ def recompose(images: torch.Tensor, he: torch.Tensor, scale: torch.Tensor, shift
     """TorchMacenkoAugmentor.augment's formula for a batch: uint8 (B, 3, H, W) -> uint8, stain matrices
     `he` (B, 3, 2), concentration factors `scale` and offsets `shift` (B, 2)."""
     b, c, h, w = images.shape
-    od = -torch.log((images.reshape(b, c, h * w).float() + 1) / IO)
+    od = images.reshape(b, c, h * w).float().add_(1).div_(IO).log_().neg_()
     # The library's least squares lstsq(HE, OD^T); with HE of rank 2 (checked at fit) that is the
     # pseudo-inverse, which is batched cheaply (torch's batched lstsq is 10x slower on CPU).
     conc = torch.bmm(torch.linalg.pinv(he), od)  # (B, 2, HW)
-    conc = conc * scale.unsqueeze(-1) + shift.unsqueeze(-1)
-    out = (IO * torch.exp(-torch.bmm(he, conc))).clamp(max=255).int()
-    return out.clamp(min=0).to(torch.uint8).reshape(b, c, h, w)
+    conc.mul_(scale.unsqueeze(-1)).add_(shift.unsqueeze(-1))
+    out = torch.bmm(he, conc).neg_().exp_().mul_(IO).clamp_(0, 255)  # the library's .int() truncates: so does uint8
+    return out.to(torch.uint8).reshape(b, c, h, w)
 
 
 class StainAugmenter:
@@ -189,6 +189,8 @@ class StainAugmenter:
         ok = self.usable[rows]
         if not bool(ok.any()):
             return images
+        if bool(ok.all()):
+            return recompose(images, self.bases[rows], scale, shift)
         out = images.clone()
         out[ok] = recompose(images[ok], self.bases[rows][ok], scale[ok], shift[ok])
         return out
