@@ -1,0 +1,19 @@
+"""Validating a config must not load torch: launchers and a site's pre-flight check read
+configs before anything trains, and importing torch, torchvision, Opacus or Flower costs seconds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("torch", "torchvision", "opacus", "flwr", "torchstain")
+
+
+def test_config_validation_imports_nothing_heavy() -> None:
+    probe = ("import sys; from common.config import RunConfig; RunConfig.from_mapping({}); "
+             f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=True)
+    assert done.stdout.strip() == "", f"common.config pulled in {done.stdout.strip()}"
