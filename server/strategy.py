@@ -1,6 +1,7 @@
-"""FedAvg that knows about sites: it records each site's reply and screens updates.
+"""Flower's strategies, made to know about sites: each site's reply is recorded and screened.
 
-Flower's FedAvg does the weighted averaging. Around it this subclass:
+Flower's FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad (run-config `strategy`,
+`make_strategy`) does the aggregation. Around it the `FedPathStrategy` mixin:
 
 * keeps every site's per-round metrics (epsilon, loss, refusals) for metrics.jsonl and
   the report: FedAvg itself only keeps the weighted average;
@@ -8,22 +9,29 @@ Flower's FedAvg does the weighted averaging. Around it this subclass:
 * screens updates before they are averaged (`server.screening`), so one broken or
   hostile site cannot poison the global model;
 * counts bytes sent to and received from each site.
+
+The mixin sits before the Flower class in the MRO, so screening happens before any Flower
+aggregation and a round with too few usable updates never reaches it: FedOpt's server state
+(`current_arrays`, set in its configure_train; moments `m_t`, `v_t`) is then left as it was.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
 
 from common import reply as wire
-from common.records import from_array_record, record_bytes
+from common.config import RunConfig
+from common.records import from_array_record, record_bytes, to_array_record
+from common.strategies import FEDOPT, strategy_settings
 from server.screening import UpdateScreen
 
 log = logging.getLogger("fedpath.server")
@@ -108,18 +116,25 @@ def registered_node_names(grid: Grid) -> dict[int, str]:
         return {}
 
 
-class FedPathFedAvg(FedAvg):
-    """Flower FedAvg (weighted by `num-examples`) with per-site bookkeeping and screening."""
+class FedPathStrategy:
+    """Mixin for a Flower FedAvg-family strategy: per-site bookkeeping and screening (`make_strategy`).
+
+    `round_offset` is the rounds a resumed job had completed: sites and the run's records see the
+    job's round numbers, while the Flower strategy sees its own (1, 2, ...), which is what FedAdam's
+    bias correction needs, since its moments start from zero in every ServerApp process.
+    """
 
     def __init__(
         self, screen: UpdateScreen, round_offset: int = 0, min_accepted_updates: int = 1, **kwargs: Any
     ) -> None:
         kwargs.setdefault("train_metrics_aggr_fn", aggregate_round_metrics)
-        super().__init__(fraction_evaluate=0.0, **kwargs)  # evaluation is central, on the server
+        super().__init__(fraction_evaluate=0.0, **kwargs)  # type: ignore[call-arg]  # evaluation is central
         self.screen = screen
         self.round_offset = round_offset
         self.min_accepted_updates = min_accepted_updates
         self.replies: dict[int, list[SiteReply]] = {}
+        # Called with (round, site id, model sent, model returned) for every accepted update.
+        self.on_update: Callable[[int, str, dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None
         self._bytes_down: dict[int, int] = {}
         self._instructions: list[Message] = []
         self._node_names: dict[int, str] = {}
@@ -128,7 +143,8 @@ class FedPathFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.screen.set_reference(from_array_record(arrays))
-        messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
+        messages = list(super().configure_train(  # type: ignore[misc]
+            server_round + self.round_offset, arrays, config, grid))
         self._bytes_down[server_round + self.round_offset] = record_bytes(arrays)
         self._instructions = messages  # Flower sets their message ids when it pushes them
         self._node_names = registered_node_names(grid)
@@ -155,7 +171,8 @@ class FedPathFedAvg(FedAvg):
                 server_round, len(accepted), self.min_accepted_updates,
             )
             return None, None
-        return super().aggregate_train(server_round, accepted)
+        arrays, metrics = super().aggregate_train(server_round - self.round_offset, accepted)  # type: ignore[misc]
+        return _same_dtype(arrays, self.screen.reference), metrics
 
     def _addressee(self, reply: Message) -> int:
         """The node an (error) reply is about.
@@ -191,8 +208,70 @@ class FedPathFedAvg(FedAvg):
             reply.status = "refused"
             reply.reason = reply.reason or "no update sent"
             return reply, False
-        problem = self.screen.check(from_array_record(arrays), decoded.metrics)
+        update = from_array_record(arrays)
+        problem = self.screen.check(update, decoded.metrics)
         if problem:
             reply.status, reply.reason = "rejected", problem
             return reply, False
+        if self.on_update is not None:  # e.g. the privacy audit (server.privacy_audit): model sent vs returned
+            self.on_update(server_round, reply.site_id, self.screen.reference, update)
         return reply, True
+
+
+def _same_dtype(arrays: ArrayRecord | None, reference: dict[str, np.ndarray]) -> ArrayRecord | None:
+    """The new global model in the dtype that was sent (float32).
+
+    FedAdam's step multiplies by a float64 numpy scalar, which NumPy 2 promotes to float64
+    arrays: twice the bytes on the wire, and updates the screen would reject as the wrong dtype.
+    """
+    if arrays is None:
+        return None
+    state = from_array_record(arrays)
+    if all(state[k].dtype == reference[k].dtype for k in state if k in reference):
+        return arrays
+    return to_array_record({k: v.astype(reference[k].dtype if k in reference else v.dtype) for k, v in state.items()})
+
+
+class FedPathFedAvg(FedPathStrategy, FedAvg):
+    """Flower FedAvg: the average of the screened updates, weighted by `num-examples`."""
+
+
+class FedPathFedProx(FedPathStrategy, FedProx):
+    """Flower FedProx: FedAvg that sends `proximal-mu`; each site adds the proximal term (common.proximal)."""
+
+
+class FedPathFedAdam(FedPathStrategy, FedAdam):
+    """Flower FedAdam: the averaged update is a pseudo-gradient for Adam on the server."""
+
+
+class FedPathFedYogi(FedPathStrategy, FedYogi):
+    """Flower FedYogi: like FedAdam with Yogi's additive second-moment update."""
+
+
+class FedPathFedAdagrad(FedPathStrategy, FedAdagrad):
+    """Flower FedAdagrad: Adagrad on the averaged update (no momentum)."""
+
+
+STRATEGY_CLASSES: dict[str, type[FedPathStrategy]] = {
+    "fedavg": FedPathFedAvg, "fedprox": FedPathFedProx, "fedadam": FedPathFedAdam,
+    "fedyogi": FedPathFedYogi, "fedadagrad": FedPathFedAdagrad,
+}
+
+
+def make_strategy(config: RunConfig, screen: UpdateScreen, round_offset: int = 0) -> FedPathStrategy:
+    """The run's strategy (`config.strategy`) with its hyper-parameters, screening and bookkeeping."""
+    kwargs: dict[str, Any] = {
+        "fraction_train": config.fraction_train, "min_train_nodes": config.min_train_nodes,
+        "min_available_nodes": config.min_available_nodes,
+    }
+    if config.strategy == "fedprox":
+        kwargs["proximal_mu"] = config.proximal_mu
+    if config.strategy in FEDOPT:
+        settings = strategy_settings(config.to_mapping())
+        # eta_l is not used by Flower's server code (only logged); the sites' rate is `lr`.
+        kwargs.update(eta=settings["server-lr"], eta_l=config.lr, tau=config.tau)
+        if "beta-1" in settings:
+            kwargs.update(beta_1=config.beta_1, beta_2=config.beta_2)
+    return STRATEGY_CLASSES[config.strategy](
+        screen=screen, round_offset=round_offset, min_accepted_updates=config.min_accepted_updates, **kwargs
+    )
