@@ -361,7 +361,7 @@ def exp_audit(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, An
         rows.extend(audit.settings_rows(config, plan, seed))
     return {"rows": rows, "plan": audit.plan_dict(plan), "weights": str(weights.name),
             "weights_description": _provenance(weights), "targets": audit.targets(rows), "policy": "norm-head",
-            "image_size": size}
+            "image_size": size, "canary_score": audit.CANARY_SCORE}
 
 
 def _provenance(weights: Path) -> str:
