@@ -24,15 +24,18 @@ import torch
 
 from client.identity import SiteIdentity, parse_budget_change
 from client.site_keys import site_split_key
+from common.canaries import AUDITED_PARTITION, with_run_canaries
 from common.config import ConfigError, RunConfig, auto_delta, check_delta
 from common.data.imageset import DataError
-from common.data.sources import SiteData, check_classes, deployed_site, simulated_site
+from common.data.sources import SiteData, check_classes, deployed_site, simulated_site, stain_handled
 from common.dp_randomness import RoundRandomness, round_randomness
 from common.factory import initial_model
 from common.ledger import LedgerError, PrivacyLedger, site_lock
 from common.model import frozen_fingerprint, get_trainable_state, set_trainable_state
 from common.privacy import BudgetExhausted, JobGrant, calibrate_noise, check_round, grant_job
 from common.reply import SiteReplyContent
+from common.stain_settings import augments
+from common.strategies import proximal_mu_ok
 from common.patient_dp import PATCH, PATIENT, patient_counts
 from common.training import (
     TrainSettings,
@@ -75,6 +78,8 @@ class RoundRequest:
     classes: list[str]
     frozen_fingerprint: str
     job_id: int | None = None  # the job a resumed run continues (its first run's id); None = this run
+    # FedProx's mu, as the server's train config sent it (checked before use: common.strategies.proximal_mu_ok)
+    proximal_mu: Any = 0.0
 
     @property
     def job(self) -> str:
@@ -121,9 +126,11 @@ def failure_code(err: BaseException) -> str:
 def load_site_data(identity: SiteIdentity, config: RunConfig, classes: list[str] | None = None) -> SiteData:
     if identity.deployed:
         assert identity.data_path is not None
-        return deployed_site(identity.data_path, config.image_size, identity.val_fraction, site_split_key(identity),
-                             strict=identity.strict, classes=classes, groups_csv=identity.groups_csv)
-    return simulated_site(config, identity.partition_id, identity.num_partitions)
+        return stain_handled(deployed_site(identity.data_path, config.image_size, identity.val_fraction,
+                                           site_split_key(identity), strict=identity.strict, classes=classes,
+                                           groups_csv=identity.groups_csv), config)
+    data = simulated_site(config, identity.partition_id, identity.num_partitions)
+    return with_run_canaries(data, config) if identity.partition_id == AUDITED_PARTITION else data
 
 
 def run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest) -> RoundResult:
@@ -146,8 +153,10 @@ def run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest) 
         raise
     _append_site_log(identity, request, {
         "status": result.status, "reason": result.local_reason, "metrics": result.metrics,
+        "proximal_mu": request.proximal_mu,  # what the server's train config asked (FedProx), as received
         "diagnostics": _local_diagnostics(data, result),
         "skipped_files": data.train.report.skipped, "skipped_examples": data.train.report.skipped_examples,
+        "stain_fallbacks": data.train.report.stain_fallbacks,  # stays here: counts of images, never names
     })
     return result
 
@@ -225,6 +234,12 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
     state = _Round(identity, config, request, data, delta, time.time(), unit=unit, records=records,
                    epsilon=PrivacyLedger.spent_so_far(identity.state_dir))
 
+    if identity.deployed and config.audit_canaries > 0:
+        return state.refuse("audit-canaries-not-allowed", "the run asks for audit canaries (audit-canaries="
+                            f"{config.audit_canaries}); only simulated sites train with canaries")
+    if not proximal_mu_ok(request.proximal_mu):
+        return state.refuse("invalid-proximal-mu", f"the server sent proximal-mu={request.proximal_mu!r}; "
+                            "FedProx needs a finite number >= 0")
     if n < config.min_site_examples:
         return state.refuse("too-few-examples", f"only {n} training examples, fewer than min-site-examples="
                             f"{config.min_site_examples} needed for a meaningful DP step")
@@ -241,7 +256,8 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
         epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
         seed=0, dp=config.dp, max_grad_norm=config.max_grad_norm,
         grad_sample_mode=grad_sample_mode_for(config.policy, config.grad_sample_mode),
-        privacy_unit=unit, max_patches_per_patient=cap,
+        privacy_unit=unit, max_patches_per_patient=cap, proximal_mu=float(request.proximal_mu),
+        stain_augment=augments(config.stain),
     )
     desc = f"{identity.site_id} round {request.server_round}"
     if not config.dp:

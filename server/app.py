@@ -16,13 +16,15 @@ from common.logging_setup import setup_logging
 from common.model import frozen_fingerprint, get_trainable_state, trainable_names
 from common.paths import run_dir
 from common.records import from_array_record, to_array_record
+from common.strategies import describe_strategy
 from common.versions import versions
 from server.evaluation import CentralEvaluator
+from server.privacy_audit import AUDIT_FILE, RunAudit
 from server.report import write_report
 from server.resume import find_resume_point
 from server.run_store import RunStore
 from server.screening import TrainingBound, UpdateScreen
-from server.strategy import FedPathFedAvg
+from server.strategy import make_strategy
 
 app = ServerApp()
 log = logging.getLogger("fedpath.server")
@@ -57,6 +59,7 @@ def main(grid: Grid, context: Context) -> None:
             "run_id": context.run_id, "config": config.to_mapping(), "start": time.time(), "end": None,
             "versions": versions(), "weights": source.as_dict(), "classes": classes,
             "test_examples": len(test), "test_class_counts": test.class_counts(),
+            "test_stain_fallbacks": test.report.stain_fallbacks,
             "trainable_tensors": len(state), "trainable_parameters": int(sum(v.size for v in state.values())),
             "trainable_names": trainable_names(model), "frozen_fingerprint": fingerprint,
         })
@@ -68,14 +71,14 @@ def main(grid: Grid, context: Context) -> None:
 
     evaluator = CentralEvaluator(copy.deepcopy(model), test, config.eval_batch_size)
     bound = TrainingBound(config.lr, config.momentum, config.max_grad_norm, config.local_epochs, config.batch_size)
-    strategy = FedPathFedAvg(
-        screen=UpdateScreen(state, config.max_update_norm, bound if config.dp else None),
-        round_offset=completed,
-        min_accepted_updates=config.min_accepted_updates,
-        fraction_train=config.fraction_train,
-        min_train_nodes=config.min_train_nodes,
-        min_available_nodes=config.min_available_nodes,
-    )
+    strategy = make_strategy(config, UpdateScreen(state, config.max_update_norm, bound if config.dp else None),
+                             round_offset=completed)
+    log.info("strategy: %s", describe_strategy(config.to_mapping()))
+    previous = store.read_json(AUDIT_FILE) if completed and (root / AUDIT_FILE).exists() else None
+    audit = RunAudit(model, config.seed, config.audit_canaries, config.image_size, classes,
+                     previous) if config.audit_canaries else None
+    if audit is not None:
+        strategy.on_update = audit.observe
     latest = {"round": completed, "state": state}
 
     def evaluate(flower_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -86,6 +89,8 @@ def main(grid: Grid, context: Context) -> None:
             sites = [reply.as_dict() for reply in strategy.replies.get(server_round, [])]
             store.append_round({"round": server_round, **metrics, "sites": sites, "time": time.time()})
             store.save_round_checkpoint(server_round, round_state, meta)
+            if audit is not None:
+                store.write_json(AUDIT_FILE, audit.as_dict())
             log.info(
                 "round %d/%d: central accuracy %.3f, balanced %.3f, macro-F1 %.3f, AUC %.3f%s",
                 server_round, config.num_server_rounds, metrics["accuracy"], metrics["balanced_accuracy"],

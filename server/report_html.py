@@ -15,7 +15,9 @@ import jinja2
 import markupsafe
 
 from common.reply import PROTECTIONS, wire_table
-from server import report_plots
+from common.stain_settings import describe_stain
+from common.strategies import describe_strategy
+from server import privacy_audit, report_plots
 from server.report_format import (
     privacy_header,
     unit_text,
@@ -235,6 +237,14 @@ def _communication_rows(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _sections(report: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The table of contents; "Privacy audit" follows "Sites and privacy" in runs with canaries."""
+    if not report.get("privacy_audit"):
+        return SECTIONS
+    at = [k for k, _ in SECTIONS].index("sites") + 1
+    return (*SECTIONS[:at], ("privacy-audit", "Privacy audit"), *SECTIONS[at:])
+
+
 def build_view(report: dict[str, Any]) -> dict[str, Any]:
     """Everything the template prints, decided and formatted here."""
     run = report["run"]
@@ -262,6 +272,8 @@ def build_view(report: dict[str, Any]) -> dict[str, Any]:
                        f"{run.get('rounds_planned', '?')} planned",
         "model_text": f"{config.get('arch', '?')}, policy '{config.get('policy', '?')}' "
                       f"({run.get('trainable_parameters', '?')} trainable values travel each round)",
+        "strategy_text": describe_strategy(config),
+        "stain_text": describe_stain(config, run.get("test_stain_fallbacks")),
         "privacy_text": privacy_header(sites, config) if dp else
                         "none: this run trained WITHOUT differential privacy (dp = false)",
         "no_site_trained": bool(run.get("no_site_trained")),
@@ -290,7 +302,8 @@ def build_view(report: dict[str, Any]) -> dict[str, Any]:
         "resumed": [{"after_round": r.get("after_round"), "time": timestamp(r.get("time")), "run_id": r.get("run_id")}
                     for r in run.get("resumed") or []],
         "generated": timestamp(report.get("generated")),
-        "sections": SECTIONS,
+        "sections": _sections(report),
+        "audit": privacy_audit.view(report.get("privacy_audit")),
         "plots": {
             "learning_curves": report_plots.learning_curves(report.get("rounds", []), chance),
             "confusion_matrix": report_plots.confusion_matrix(final["confusion_matrix"], classes)

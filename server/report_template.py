@@ -155,6 +155,8 @@ TEMPLATE = """<!DOCTYPE html>
     <dt>Sites</dt><dd>{{ sites_count }} ({{ site_names }})</dd>
     <dt>Rounds</dt><dd>{{ rounds_text }}{% if resumed %}; resumed {{ resumed | length }} time(s){% endif %}</dd>
     <dt>Model</dt><dd>{{ model_text }}</dd>
+    <dt>Strategy</dt><dd>{{ strategy_text }} (Flower's), over the updates that pass screening</dd>
+    <dt>Stain handling</dt><dd>{{ stain_text }}</dd>
     <dt>Starting weights</dt><dd>{% if weights.pretrained %}<span class="pill ok">pretrained</span>{% else %}<span
       class="pill warn">not pretrained</span>{% endif %} {{ weights.description or weights.source }}</dd>
     <dt>Privacy</dt><dd>{{ privacy_text }}</dd>
@@ -253,6 +255,30 @@ TEMPLATE = """<!DOCTYPE html>
   {% else %}<p class="empty">No site replied in this run.</p>{% endif %}
 </section>
 
+{% if audit %}
+<section id="privacy-audit">
+  <h2>Privacy audit</h2>
+  <p class="lead">Simulation only: site-0 trained with {{ audit.canaries }} made-up canary images, each included
+    with probability &frac12;. From the models it sent and got back, the server guessed which canaries were
+    included; the number of right guesses gives an empirical <em>lower</em> bound on ε (95% confidence; Steinke,
+    Nasr &amp; Jagielski 2023), shown next to the ε the site claims.</p>
+  {% if audit.broken %}<div class="alert alert-danger" id="audit-warning" role="alert"><div class="icon">!</div>
+    <div><strong>The empirical lower bound exceeds the claimed ε at {{ audit.broken | join(', ') }}:</strong> the
+    privacy implementation is broken; do not rely on this run's privacy claim.</div></div>{% endif %}
+  <div class="scroll"><table>
+    <thead><tr><th>Site</th><th class="num">Claimed ε</th><th class="num">Empirical lower bound on ε</th>
+      <th>Guesses</th><th class="num">Membership AUC on canaries (95% CI)</th><th>Canaries</th><th class="num">δ</th>
+      <th>Rounds scored</th></tr></thead>
+    <tbody>{% for r in audit.rows %}<tr><td class="nowrap"><strong>{{ r.site_id }}</strong></td>
+      <td class="num">{{ r.claimed }}</td>
+      <td class="num">{% if r.consistent %}{{ r.bound }}{% else %}<span class="pill bad">{{ r.bound }}</span>{% endif %}</td>
+      <td>{{ r.guesses }}</td><td class="num">{{ r.auc }}</td><td>{{ r.canaries }}</td><td class="num">{{ r.delta }}</td>
+      <td>{{ r.rounds }}</td></tr>{% endfor %}</tbody>
+  </table></div>
+  <p id="audit-reading">{{ audit.reading }}</p>
+</section>
+{% endif %}
+
 <section id="rounds-without-update">
   <h2>Rounds without update</h2>
   <p class="lead"><strong>Refused</strong>: the site declined (for instance, the round would have exceeded its
@@ -347,7 +373,8 @@ TEMPLATE = """<!DOCTYPE html>
       budget and refuses any round that would exceed it. The guarantee protects single patches; a patient with many
       patches is protected less per patient.</dd>
     <dt>For the ML engineer</dt>
-    <dd>FedAvg (weighted by examples) over the trainable tensors of the chosen policy; Opacus RDP accounting per site,
+    <dd>Flower's {{ strategy_text }} over the screened updates of the trainable tensors of the chosen policy
+      (updates weighted by examples); Opacus RDP accounting per site,
       cumulative in a ledger on the site's disk. The curves are central test-set metrics per round; CIs are a
       percentile bootstrap over test examples (not over patients). ECE uses 15 equal-width confidence bins. The full
       configuration, package versions and weight checksum are above; report.json holds the same facts.</dd>

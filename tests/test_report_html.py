@@ -34,6 +34,7 @@ def test_every_section_of_a_finished_run(finished_run: Path) -> None:
         assert page.ids.count(section) == 1, section
     assert [s for s, _ in SECTIONS] == list(SECTION_IDS)  # the table of contents links to every section
     assert "incomplete-warning" not in page.ids
+    assert "<dt>Stain handling</dt><dd>none (images as" in text  # the run's stain setting, stated
 
     sizes = png_sizes(text)
     assert len(sizes) == 4  # learning curves, confusion matrix, reliability, privacy (no baselines given)
