@@ -269,6 +269,24 @@ def _stain_throughput(data: Any, unit: str, stain: bool, seed: int) -> float:
     return outcome.num_examples / (time.perf_counter() - started)
 
 
+def _augment_ms_per_image(images: Any, repeats: int) -> float:
+    """The augmenter's own cost per image and step: batches of 64, median of passes over the set."""
+    import torch
+
+    from common.data.stain_handling import StainAugmenter
+
+    augment = StainAugmenter(images, torch.Generator().manual_seed(0))
+    tensors = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    passes = []
+    for _ in range(2 * repeats + 1):
+        started = time.perf_counter()
+        for first in range(0, len(images), 64):
+            rows = torch.arange(first, min(first + 64, len(images)))
+            augment(tensors[rows], rows)
+        passes.append(time.perf_counter() - started)
+    return 1000 * statistics.median(passes) / len(images)
+
+
 def bench_stain(quick: bool, out: Path | None) -> None:
     """Stain handling's cost: per-image normalisation and fit (once per site), DP img/s with augmentation on/off.
 
@@ -297,6 +315,7 @@ def bench_stain(quick: bool, out: Path | None) -> None:
         started = time.perf_counter()
         _, usable = stain.stain_bases(data.images)
         fit_s = time.perf_counter() - started
+        augment_ms = _augment_ms_per_image(data.images, repeats)
         warmup = _synthetic(128, image_size, 1)
         _stain_throughput(warmup, "patch", True, 0)  # allocator, kernels, and the synthetic set's fit
         for unit in ("patch", "patient"):
@@ -313,6 +332,7 @@ def bench_stain(quick: bool, out: Path | None) -> None:
                 "cached_lookup_ms_per_set": round(1000 * cached_s, 1),
                 "normalise_fallback_share": round(fallbacks / len(data), 4),
                 "augment_unusable_share": round(float(1 - usable.mean()), 4),
+                "augment_ms_per_image": round(augment_ms, 3), "dp_ms_per_image": round(1000 / a, 3),
                 "dp_img_s_stain_off": round(a, 1), "dp_img_s_augment_on": round(b, 1), "ratio": round(b / a, 3),
                 "repeats": repeats, "threads": torch.get_num_threads(), "device": str(_device()),
             }, out)
