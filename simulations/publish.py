@@ -81,6 +81,8 @@ def _experiment_section(name: str) -> str:
             parts.append(f"Backbone: `{result['weights']}` ({described}).\n")
         parts.append((folder / "table.md").read_text())
         parts.append(_reading(result))
+        if (folder / "pilots.md").exists():  # hand-made exploration notes kept beside the results
+            parts.append("\n" + (folder / "pilots.md").read_text())
         parts.append(f"\n![{name}](results/{folder.name}/plot.png)\n")
     if not parts:
         return f"### {name}\n\nNot run yet: `python -m simulations.experiment {name} --quick`.\n"
@@ -179,6 +181,11 @@ def _audit_setup(result: dict[str, Any]) -> str:
     plan = result["plan"]
     seeds = sorted({r["seed"] for r in result["rows"]})
     first = result["rows"][0]
+    score = result.get("canary_score", "update")
+    kind = plan.get("canary_kind", "mislabelled")
+    canaries = {"noise": "images of uniform noise, each with a random label",
+                "blocks": "images of coarse random colour blocks, each with a random label"}.get(
+        kind, "patches of groups no site holds, each with a random wrong label")
     return (
         f"Setup: {plan['sites']} IID sites (at most {plan['per_group']} patches per group, site 0 audited: "
         f"{first['site_records']} real patches), {plan['rounds']} rounds x {plan['local_epochs']} local epochs, "
@@ -186,14 +193,18 @@ def _audit_setup(result: dict[str, Any]) -> str:
         f"DP unit of privacy: {_audit_units(result)}, audit seeds "
         f"{', '.join(map(str, seeds))}. FedAvg runs in process through the sites' own training function "
         "(`common.training.train_local`, Opacus DP-SGD with noise from `calibrate_noise` for all planned rounds and a "
-        f"fresh secret seed per site and round). {plan['canaries']} canaries (patches of groups no site holds, each "
-        "with a random wrong label) each join site 0's training data with probability ½. MIA: site 0's real "
+        f"fresh secret seed per site and round). {plan['canaries']} canaries ({canaries}; `common.canaries`) each "
+        "join site 0's training data with probability ½. MIA: site 0's real "
         "training patches vs class-matched patches of held-out groups (the central test set); 95% CIs resample "
-        "whole groups. Scores (higher = member): *update* = the loss drop each round between the global model "
-        "the site received and the model it sent back, summed over rounds (what the coordinator sees); "
+        "whole groups. Scores (higher = member): *gradient* = how far each round's update moved the model along the "
+        "record's own descent direction at the model the site was sent, ⟨θ_returned − θ_sent, −∇ℓ⟩ / ‖∇ℓ‖ over the "
+        "non-convolution trainable tensors, summed over rounds (the coordinator's white-box view; "
+        "`common.canaries.update_alignment`); *update* = the loss drop each round between the global model "
+        "the site received and the model it sent back, summed over rounds; "
         "*final global* = minus the loss under the final global model (what anyone with the model sees); "
         "*last update* = minus the loss under the site's last returned model. The canary bound (Steinke, Nasr & "
-        "Jagielski, NeurIPS 2023; `common.audit_bound`) uses the *update* score, guesses the top/bottom k canaries "
+        f"Jagielski, NeurIPS 2023; `common.audit_bound`) uses the *{score}* score (chosen from pilot runs on another "
+        "seed), guesses the top/bottom k canaries "
         "for k in 5/10/20/40/100% of m with a Bonferroni correction, 95% confidence, at the run's δ. TPR at 0.1% "
         "FPR rests on fewer than 1,000 non-members, i.e. it is the TPR at zero false positives. Audit cost / run = "
         "(training + evaluation + audit scoring) / (the same run without canaries, their share of site 0's "
@@ -237,8 +248,12 @@ def _reading_audit(result: dict[str, Any]) -> str:
                  + ("has the power to notice leakage." if t["nonprivate_has_power"] else
                     "**has no power at this size**: the non-private model does not memorise its canaries or "
                     "overfit its records within this training budget, so the DP rows' zero bounds and chance AUCs "
-                    "prove little beyond the absence of gross leaks. Power needs many more local steps on small "
-                    "sites (memorisation), or white-box gradient canaries; both cost more than this machine allowed.")
+                    "prove little beyond the absence of gross leaks. The pilots below (another seed) looked for power "
+                    "within this machine's budget and found none: input-space canaries (noise, colour blocks, "
+                    "mislabelled patches) are not memorised individually by a `norm-head` model, and full fine-tuning "
+                    "of ResNet-18 at 16 px neither (canary AUC ≤ 0.67) while costing 2-3x more under DP. Power needs "
+                    "much longer training of a model that can memorise (a GPU), or gradient-space canaries "
+                    "inserted into DP-SGD itself.")
                  + " ")
     if dp and t["dp_max_auc"] is not None:
         text += (f"Under DP (ε ≤ 8) the strongest MIA score reaches AUC {t['dp_max_auc']:.3f}"
@@ -331,12 +346,45 @@ BENCH_TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     ]),
 }
 
+BENCH_TABLES["throughput-units"] = ("throughput by unit of privacy: the default policy, DP at patch vs patient level", [
+    ("policy", "policy"), ("px", "image_size"), ("unit of privacy", "privacy_unit"),
+    ("patches/patient cap", "max_patches_per_patient"), ("non-DP img/s", "nondp_img_s"), ("DP img/s", "dp_img_s"),
+    ("DP/non-DP", "ratio"),
+])
+
 BENCH_TABLES["secure-noise"] = ("secure noise: what Opacus' secure-mode noise (the sites' default) costs per DP step", [
     ("policy", "policy"), ("trainable values", "trainable_values"), ("plain noise ms/step", "plain_noise_ms_per_step"),
     ("secure noise ms/step", "secure_noise_ms_per_step"), ("extra ms/step", "extra_ms_per_step"),
 ])
 
+BENCH_TABLES["stain"] = ("stain handling: one-off cost per image, and DP throughput with stain augmentation", [
+    ("policy", "policy"), ("px", "image_size"), ("data", "data"), ("images", "images"), ("unit", "privacy_unit"),
+    ("normalise ms/img (once)", "normalise_ms_per_image"), ("fit ms/img (once)", "fit_ms_per_image"),
+    ("cached lookup ms/set", "cached_lookup_ms_per_set"), ("kept as is (no stain estimate)", "normalise_fallback_share"),
+    ("augment ms/img (per step)", "augment_ms_per_image"), ("DP ms/img", "dp_ms_per_image"),
+    ("DP img/s, stain off", "dp_img_s_stain_off"), ("DP img/s, augment on", "dp_img_s_augment_on"),
+    ("on/off", "ratio"), ("threads", "threads"),
+])
+
 BENCH_NOTES = {
+    "stain": (
+        "\n`stain = normalize` costs each site one torchstain Macenko normalisation per image when it first loads "
+        "its data (and the server one per test image); later rounds find the result in the content-keyed cache "
+        "(the lookup hashes the set). `augment` costs each site one torchstain fit per image once, then a batched "
+        "recomposition per step, timed alone in \"augment ms/img\" (batches of 64) beside the DP step's time per image "
+        "without it (\"DP ms/img\"); the on/off column is the DP throughput ratio of the default policy with it on "
+        "(patients: blocks of 4 patches), measured end to end, alternating, median of 3: on this shared machine "
+        "it scatters by about ±0.15 between runs (above 1 is noise), so the two ms columns are the cost to read. \"Kept as is\" is the share of patches with fewer than 16 stained "
+        "pixels or a failed eigen-decomposition (pale LC25000 patches at low resolution, most of them `lung_scc`), "
+        "which train and are evaluated un-normalised. Measured with `OMP_NUM_THREADS=1` on a shared, busy 2-core "
+        "machine (one torch thread is also what per-image Macenko runs with), so absolute img/s are below the "
+        "throughput table's.\n"
+    ),
+    "throughput-units": (
+        "\nMeasured as `throughput` above (synthetic patches; at patient level the synthetic slides of 3-8 patches "
+        "are the patients), written to `docs/results/bench/throughput-units.jsonl`. Target for the default policy at "
+        "either unit: DP/non-DP ≥ 0.7.\n"
+    ),
     "secure-noise": (
         "\nSites draw their DP noise in Opacus' secure mode (four Gaussian draws per value, robust to "
         "floating-point attacks) from a generator seeded with 64 fresh bits of the OS CSPRNG each round "
