@@ -18,6 +18,10 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    # Opacus calls logging.basicConfig() when imported, which gives the root logger a handler;
+    # Flower's logger has its own console handler and also propagates, so every Flower line
+    # was printed twice (once in Flower's format, once in Opacus'). One line per event:
+    logging.getLogger("flwr").propagate = False
 
 
 @contextlib.contextmanager
