@@ -88,6 +88,9 @@ REFUSALS: dict[str, str] = {
     "budget-exhausted": "the site's privacy budget leaves no room for this job (lifetime budget or per-job grant used up)",
     "round-exceeds-budget": "this round would take the site beyond the site's budget (its grant for this job "
                             "or its lifetime budget)",
+    "audit-canaries-not-allowed": "the run asks for audit canaries (audit-canaries > 0), which only simulated "
+                                  "sites train with",
+    "invalid-proximal-mu": "the server's proximal-mu (FedProx) is not a finite number >= 0",
 }
 # Fixed failure codes: an exception at a site crosses the wire only as one of these.
 FAILURES: dict[str, str] = {

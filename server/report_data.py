@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from server.privacy_audit import AUDIT_FILE, summarise
 from server.report_format import privacy_statement
 from server.run_store import RunStore
 
@@ -175,6 +176,8 @@ def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None)
         final = {**final, "ci95_method": (
             f"percentile bootstrap over test examples, {config.get('bootstrap-samples', 'n/a')} resamples")}
     start, end = _finite(run.get("start")), _finite(run.get("end"))
+    sites = site_summaries(rounds, config)
+    audit = store.read_json(AUDIT_FILE) if (Path(run_dir) / AUDIT_FILE).exists() else None
     return {
         "schema": REPORT_SCHEMA,
         "generated": time.time(),
@@ -208,7 +211,8 @@ def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None)
             for line in rounds
         ],
         "final": final,
-        "sites": site_summaries(rounds, config),
+        "sites": sites,
+        "privacy_audit": summarise(audit, sites, config) if audit else None,
         "communication": communication(rounds),
         "baselines": list(baselines or []),
     }

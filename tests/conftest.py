@@ -78,13 +78,15 @@ def tiny_run_config(**overrides: object) -> dict[str, object]:
 
 TINY_SIMULATION = (
     "num-server-rounds=2 synthetic-images=600 image-size=32 batch-size=32 lr=0.1 "
-    "epsilon=8.0 delta=1e-4 seed=1 bootstrap-samples=100"
+    "epsilon=8.0 delta=1e-4 seed=1 bootstrap-samples=100 "
+    "audit-canaries=40 "  # site-0 trains with canaries: the report's privacy audit, from a real run
+    "strategy='fedadam'"  # the real-run coverage of Flower's FedOpt family (tests/test_strategies.py has the rest)
 )
 
 
 @pytest.fixture(scope="session")
 def tiny_simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real `flwr run` simulation (3 sites x 2 rounds), shared by the tests that read its outputs."""
+    """One real `flwr run` simulation (3 sites x 2 rounds, FedAdam), shared by the tests that read its outputs."""
     from simulations.run import run_simulation
 
     base = tmp_path_factory.mktemp("tiny-simulation")

@@ -34,6 +34,16 @@ def test_the_server_writes_both_reports_at_the_end_of_a_run(tiny_simulation_run:
     assert len(png_sizes(text)) == 4
     for site in report["sites"]:
         assert site["privacy_statement"] in text
+    # The strategy and its hyper-parameters (Flower's FedAdam defaults) are stated, with the full config.
+    assert report["run"]["config"]["strategy"] == "fedadam"
+    assert "<dt>Strategy</dt><dd>fedadam (server-lr 0.1, beta-1 0.9, beta-2 0.99, tau 0.001)" in text
+    # audit-canaries=40: site-0 trained with canaries; the server scored them from the models sent and returned
+    [audited] = report["privacy_audit"]["sites"]
+    site0 = next(s for s in report["sites"] if s["site_id"] == "site-0")
+    assert audited["site_id"] == "site-0" and audited["rounds"] == [1, 2] and audited["canaries"] == 40
+    assert audited["claimed_epsilon"] == site0["epsilon"] and audited["consistent"]
+    assert 0 <= audited["epsilon_lower_bound"] <= site0["epsilon"] and 0 <= audited["canary_auc"] <= 1
+    assert "privacy-audit" in page.ids and report["privacy_audit"]["reading"] in text
 
 
 def test_the_command_remakes_the_report_without_retraining(tiny_simulation_run: Path, tmp_path: Path) -> None:
