@@ -13,6 +13,7 @@ from common import reply as wire
 from common.config import RunConfig
 from common.logging_setup import setup_logging
 from common.records import from_array_record, to_array_record
+from common.strategies import PROXIMAL_MU_KEY
 
 app = ClientApp()
 log = logging.getLogger("fedpath.client")
@@ -50,6 +51,7 @@ def _train(msg: Message, context: Context) -> Message:
         classes=[str(c) for c in round_config["classes"]],
         frozen_fingerprint=str(round_config["frozen-fingerprint"]),
         job_id=int(round_config["job-id"]) if "job-id" in round_config else None,
+        proximal_mu=round_config.get(PROXIMAL_MU_KEY, 0.0),  # sent by Flower's FedProx only; the site checks it
     )
     result = run_round(identity, config, request)
     records = wire.encode(result.reply)

@@ -123,8 +123,9 @@ def test_a_round_is_on_the_ledger_before_its_update_can_leave(tmp_path: Path) ->
 
 @pytest.mark.integration
 def test_server_killed_mid_run_resumes_from_its_last_round(tmp_path: Path) -> None:
+    """Also the real-run coverage of FedProx: sites receive Flower's proximal-mu before and after the resume."""
     overrides = ("num-server-rounds=3 synthetic-images=600 image-size=32 batch-size=32 epsilon=8.0 "
-                 "delta=1e-4 seed=2 bootstrap-samples=50")
+                 "delta=1e-4 seed=2 bootstrap-samples=50 strategy='fedprox' proximal-mu=0.5")
     runs, home = tmp_path / "runs", tmp_path / "flwr-home"
     launcher = subprocess.Popen(
         [PYTHON, "-m", "simulations.run", "--sites", "3", "--run-config", overrides,
@@ -166,3 +167,6 @@ def test_server_killed_mid_run_resumes_from_its_last_round(tmp_path: Path) -> No
     for site in report["sites"]:
         assert spent.get(site["site_id"], 0.0) < site["epsilon"] <= 8.0  # the ledger continued, never reset
     assert processes_with_env("FLWR_HOME", str(home.resolve())) == []  # nothing left running
+    assert report["run"]["config"]["strategy"] == "fedprox"
+    for log in run_dir.glob("sites/*/site-rounds.jsonl"):  # every round, before and after the resume, got mu
+        assert {json.loads(line)["proximal_mu"] for line in log.read_text().splitlines()} == {0.5}
