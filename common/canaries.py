@@ -48,9 +48,10 @@ def noise_canaries(m: int, image_size: int, classes: list[str], rng: np.random.G
                    patient_groups: bool = True, block: int = 1) -> ImageSet:
     """m images of uniform noise, each with a random label.
 
-    Out-of-distribution canaries: nothing in real data pushes a model towards or away from
-    their labels, so a model that can memorise does (stronger than mislabelled patches,
-    whose real-tissue content argues against their label), and they hold no patient's data.
+    Out-of-distribution canaries: they hold no patient's data and need no data source (the
+    server and the simulated site make the same ones from the run seed). How well a model
+    memorises them, against mislabelled patches, is measured, not assumed: see the pilots in
+    docs/results/audit-quick/pilots.md (neither is memorised by a `norm-head` model at 16 px).
     """
     if block > 1:  # coarse random colour blocks: each canary looks different to a CNN, unlike fine noise
         cells = -(-image_size // block)
@@ -126,8 +127,8 @@ def update_alignment(model: Any, data: ImageSet, sent: Mapping[str, np.ndarray],
         ⟨θ_returned − θ_sent, −∇ℓ(θ_sent)⟩ / ‖∇ℓ(θ_sent)‖   (over the trainable tensors but convolutions),
 
     i.e. the white-box view of a coordinator that holds both models. A record the site trained
-    on pushed the update along its (clipped) gradient; one it did not, only by chance. Stronger
-    than the loss drop when one step of one record barely moves its loss. `budget` caps the
+    on pushed the update along its (clipped) gradient; one it did not, only by chance. It sees
+    a record's push even when the push barely moves the record's loss. `budget` caps the
     per-sample gradient values held at once (memory), so a full ResNet-18 takes small chunks.
     """
     import torch
