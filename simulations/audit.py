@@ -67,7 +67,7 @@ class AuditPlan:
     per_group: int = 3
     site_records: int = 0  # > 0: each site keeps only this many records (whole groups of at most per_group)
     canaries: int = 300
-    canary_kind: str = "noise"  # "noise" (common.canaries.noise_canaries) or "mislabelled" (real patches)
+    canary_kind: str = "noise"  # "noise", "blocks" (common.canaries.noise_canaries) or "mislabelled" (real patches)
     delta: float = 1e-5  # the sites' δ; must be far below 1/m for the canary bound (its δ term is 2·m·δ)
     privacy_unit: str = "auto"  # "patch", "patient", or "auto" = the run config's setting, as a site resolves it
     mia_bootstrap: int = 1000
