@@ -11,7 +11,7 @@ from client.identity import DEFAULT_JOB_SHARE, SiteIdentity, parse_budget_change
 from common.config import RunConfig
 from common.ledger import LEDGER_FILE, LedgerError, PrivacyLedger, epsilon_of
 from common.privacy import BudgetExhausted, calibrate_noise, grant_job
-from server.report_data import NO_SITE_TRAINED, _status, any_site_trained
+from server.report.compose import NO_SITE_TRAINED, _status, any_site_trained
 
 
 def test_a_job_is_granted_the_smallest_of_ask_cap_and_remainder() -> None:

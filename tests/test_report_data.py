@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from server import report_baselines
+from server.report import baselines as report_baselines
 from server.report import main, write_report
-from server.report_data import communication, compose_report, site_summaries
+from server.report.compose import communication, compose_report, site_summaries
 from tests.test_report_support import BUDGET, DELTA, build_run_dir, check_schema, site_reply
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from server.report_format import (
+from server.report.format import (
     budget_fraction,
     bytes_text,
     config_value,

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from markupsafe import escape
 
-from server import report_plots
+from server.report import plots as report_plots
 from server.report import write_report
-from server.report_data import compose_report
-from server.report_format import config_value
-from server.report_html import SECTIONS, build_view, render_html
+from server.report.compose import compose_report
+from server.report.format import config_value
+from server.report.html import SECTIONS, build_view, render_html
 from tests.test_report_support import SECTION_IDS, Page, assert_self_contained, build_run_dir, png_sizes
 
 

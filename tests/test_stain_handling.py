@@ -177,7 +177,7 @@ def test_the_default_reference_is_torchstains() -> None:
 
 def test_the_report_states_the_stain_setting(tmp_path: Path) -> None:
     """run.json -> report.json -> the summary's line (the page itself: tests/test_report_html.py)."""
-    from server.report_data import compose_report
+    from server.report.compose import compose_report
     from tests.test_report_support import build_run_dir
 
     run_dir = build_run_dir(tmp_path, rounds=1, sites=1)

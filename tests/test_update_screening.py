@@ -17,7 +17,7 @@ from common.data.sources import dataset_classes
 from common.factory import initial_model
 from common.model import frozen_fingerprint, get_trainable_state
 from common.records import from_array_record, to_array_record
-from server.report_data import site_summaries
+from server.report.compose import site_summaries
 from server.screening import TrainingBound, UpdateScreen, dp_update_norm_bound
 from server.strategy import FedPathFedAvg
 from tests.conftest import tiny_run_config
