@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from server.report_data import compose_report
+from server.report.compose import compose_report
 from server.run_store import RunStore
 
 BASELINES_FILE = "baselines.json"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from server.privacy_audit import AUDIT_FILE, summarise
-from server.report_format import privacy_statement
+from server.report.format import privacy_statement
 from server.run_store import RunStore
 
 REPORT_SCHEMA = "fedpath-report/1"

@@ -2,7 +2,7 @@
 
 `build_view` turns report data into exactly what the page prints (formatted strings, figures
 as data URIs, warnings); `render_html` fills the Jinja2 template with it. Keeping the
-decisions here and the markup in server/report_template.py means the template has no logic
+decisions here and the markup in server/report/template.py means the template has no logic
 worth testing, and this module can be tested without parsing HTML.
 """
 
@@ -17,8 +17,9 @@ import markupsafe
 from common.reply import PROTECTIONS, wire_table
 from common.stain_settings import describe_stain
 from common.strategies import describe_strategy
-from server import privacy_audit, report_plots
-from server.report_format import (
+from server import privacy_audit
+from server.report import plots as report_plots
+from server.report.format import (
     privacy_header,
     unit_text,
     budget_fraction,
@@ -34,7 +35,7 @@ from server.report_format import (
     spent_percent,
     timestamp,
 )
-from server.report_template import CSS, TEMPLATE
+from server.report.template import CSS, TEMPLATE
 
 METRICS = (("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"), ("macro_f1", "Macro-F1"),
            ("macro_auc", "Macro AUC"))

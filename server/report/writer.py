@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import atomic_write_text
-from server import report_baselines
-from server.report_data import compose_report
+from server.report import baselines as report_baselines
+from server.report.compose import compose_report
 from server.run_store import RunStore
 
 log = logging.getLogger("fedpath.report")
@@ -28,7 +28,7 @@ log = logging.getLogger("fedpath.report")
 def write_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None, strict: bool = False) -> list[Path]:
     """Compose report.json and render report.html from the run's records; returns the files written.
 
-    `baselines`: records from `server.report_baselines` (default: those saved with the run).
+    `baselines`: records from `server.report.baselines` (default: those saved with the run).
     report.json is written first, so the facts survive even if drawing the page fails; the
     server (strict=False) then logs the failure instead of failing a finished training run,
     while the command (strict=True) reports it as an error.
@@ -39,7 +39,7 @@ def write_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None, s
     report = compose_report(run_dir, baselines)
     written = [RunStore(run_dir).write_json("report.json", report)]
     try:
-        from server.report_html import render_html  # matplotlib and Jinja2 load only when needed
+        from server.report.html import render_html  # matplotlib and Jinja2 load only when needed
 
         html_path = run_dir / "report.html"
         atomic_write_text(html_path, render_html(report))  # a browser never sees half a page
