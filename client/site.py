@@ -30,9 +30,9 @@ from common.data.imageset import DataError
 from common.data.sources import SiteData, check_classes, deployed_site, simulated_site, stain_handled
 from common.dp_randomness import RoundRandomness, round_randomness
 from common.factory import initial_model
-from common.ledger import LedgerError, PrivacyLedger, site_lock
+from common.privacy.ledger import LedgerError, PrivacyLedger, site_lock
 from common.model import frozen_fingerprint, get_trainable_state, set_trainable_state
-from common.privacy import BudgetExhausted, JobGrant, calibrate_noise, check_round, grant_job
+from common.privacy.accounting import BudgetExhausted, JobGrant, calibrate_noise, check_round, grant_job
 from common.reply import SiteReplyContent
 from common.stain_settings import augments
 from common.strategies import proximal_mu_ok

@@ -218,7 +218,7 @@ def check_site_data(node_config: Mapping[str, Any], classes: list[str] | None = 
 def _check_ledger(node_config: Mapping[str, Any], state: Path) -> list[str]:
     """The existing privacy ledger must belong to this site and delta; say what it holds."""
     from client.identity import parse_budget_change
-    from common.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
+    from common.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
 
     notes = []
     if (state / LEDGER_FILE).exists():

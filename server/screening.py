@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.privacy import MAX_USEFUL_NOISE_MULTIPLIER
+from common.privacy.accounting import MAX_USEFUL_NOISE_MULTIPLIER
 
 
 @dataclass(frozen=True)

@@ -145,10 +145,10 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
     from common.data.sources import dataset_classes
     from common.dp_randomness import fresh_randomness
     from common.factory import initial_model
-    from common.ledger import epsilon_of
+    from common.privacy.accounting import epsilon_of
     from common.metrics import accuracy
     from common.model import get_trainable_state, set_trainable_state
-    from common.privacy import calibrate_noise
+    from common.privacy.accounting import calibrate_noise
     from common.patient_dp import PATCH, PATIENT, patient_counts
     from common.training import (TrainSettings, grad_sample_mode_for, patient_steps_per_epoch, predict,
                                  steps_per_epoch, train_local)

@@ -4,7 +4,7 @@ Issue 11's evidence on LC25000 (`groups.csv` groups standing in for patients, gr
 splits), with the settings of the `baselines` experiment: pooled non-private, FedAvg
 non-private, and FedAvg under DP at ε ∈ {1, 2, 4, 8} per site, once with one patch as the unit
 of privacy and once with one patient. Every DP row carries both guarantees, computed from the
-(σ, q, steps) history each site reported (`common.unit_conversion`):
+(σ, q, steps) history each site reported (`common.privacy.units`):
 
 * a patch-level run's ε per patch is the accountant's; its ε per patient is an upper bound for
   patients of up to k patches (k = the largest patient at any site, measured on the sites'
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from common.data.sources import all_simulated_sites
-from common.ledger import epsilon_of
-from common.unit_conversion import patch_epsilon_of_patient_run, patient_epsilon_of_patch_run
+from common.privacy.accounting import epsilon_of
+from common.privacy.units import patch_epsilon_of_patient_run, patient_epsilon_of_patch_run
 from simulations.experiment import Scenario, _base, federated, pooled, pretrained_weights
 
 EPSILONS = (1.0, 2.0, 4.0, 8.0)

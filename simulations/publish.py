@@ -160,7 +160,7 @@ def _reading_patient_privacy(result: dict[str, Any]) -> str:
     if patch8 and patient8:
         text += (f" What the guarantee means differs far more: at ε = 8 a patch-level run protects a patient of up "
                  f"to {result['largest_patient_patches']} patches only at ε ≤ {patch8['epsilon_per_patient']:.3g} "
-                 f"(an upper bound by group conversion, `common.unit_conversion`; in practice no protection), while "
+                 f"(an upper bound by group conversion, `common.privacy.units`; in practice no protection), while "
                  f"the patient-level run guarantees ε = {patient8['epsilon_per_patient']:.3g} per patient and "
                  f"ε ≤ {patient8['epsilon_per_patch']:.3g} per patch (a patch removed from a patient is two "
                  f"patient-level steps). Each step samples whole patients (q = 1/min(patients, "

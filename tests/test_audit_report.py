@@ -13,7 +13,7 @@ from client.site import load_site_data, run_round
 from common import reply as wire
 from common.canaries import run_canaries, run_coin_flips
 from common.config import ConfigError, RunConfig
-from common.ledger import LEDGER_FILE
+from common.privacy.ledger import LEDGER_FILE
 from server.privacy_audit import AUDITED_SITE, summarise, view
 from tests.conftest import tiny_run_config
 from tests.test_bad_site_input import _config, _deployed, _request, _site_tree

@@ -16,7 +16,7 @@ from common.config import ConfigError, RunConfig
 from common.data.imageset import DataError
 from common.data.synthetic import make_synthetic
 from common.factory import initial_model
-from common.ledger import LEDGER_FILE
+from common.privacy.ledger import LEDGER_FILE
 from common.model import frozen_fingerprint, get_trainable_state
 
 CLASSES = ["benign", "tumour"]

@@ -9,8 +9,9 @@ import pytest
 
 from client.identity import DEFAULT_JOB_SHARE, SiteIdentity, parse_budget_change, site_identity
 from common.config import RunConfig
-from common.ledger import LEDGER_FILE, LedgerError, PrivacyLedger, epsilon_of
-from common.privacy import BudgetExhausted, calibrate_noise, grant_job
+from common.privacy.accounting import epsilon_of
+from common.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
+from common.privacy.accounting import BudgetExhausted, calibrate_noise, grant_job
 from server.report.compose import NO_SITE_TRAINED, _status, any_site_trained
 
 

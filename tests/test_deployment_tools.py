@@ -23,7 +23,7 @@ from flwr.common.config import parse_config_args
 from PIL import Image
 
 from client.identity import DEPLOYMENT_KEYS
-from common.ledger import PrivacyLedger
+from common.privacy.ledger import PrivacyLedger
 from deploy import link_check, pki
 from deploy.flower import is_loopback, split_address, write_connection
 from deploy.site import SiteConfigError, build_parser, format_node_config, plan_site

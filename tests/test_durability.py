@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from common.ledger import LEDGER_FILE, PrivacyLedger
+from common.privacy.ledger import LEDGER_FILE, PrivacyLedger
 from simulations.processes import kill_processes_with_env, processes_with_env
 from simulations.run import run_simulation
 from tests.conftest import REPO
@@ -52,7 +52,7 @@ def test_ledger_file_is_never_torn_by_sigkill(tmp_path: Path) -> None:
     """A process committing as fast as it can is killed 5 times; the ledger always parses
     and holds at least every commit the process had acknowledged."""
     writer = (
-        "from common.ledger import PrivacyLedger; from pathlib import Path\n"
+        "from common.privacy.ledger import PrivacyLedger; from pathlib import Path\n"
         f"state = Path({str(tmp_path)!r})\n"
         "while True:\n"
         "    ledger = PrivacyLedger.open(state, 'site-x', 1e-5, 1e9)\n"

@@ -13,7 +13,8 @@ from client.site import RoundRequest, run_round
 from common.config import ConfigError, RunConfig
 from common.data.sources import dataset_classes, simulated_site
 from common.factory import initial_model
-from common.ledger import LEDGER_FILE, epsilon_of
+from common.privacy.accounting import epsilon_of
+from common.privacy.ledger import LEDGER_FILE
 from common.model import frozen_fingerprint, get_trainable_state
 from common.patient_dp import patient_counts
 from common.training import patient_steps_per_epoch

@@ -17,9 +17,10 @@ from client.site import RoundRequest, run_round
 from common.config import RunConfig
 from common.data.sources import dataset_classes, simulated_site
 from common.factory import initial_model
-from common.ledger import LEDGER_FILE, LedgerError, PrivacyLedger, epsilon_of
+from common.privacy.accounting import epsilon_of
+from common.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
 from common.model import frozen_fingerprint, get_trainable_state
-from common.privacy import calibrate_noise
+from common.privacy.accounting import calibrate_noise
 from common.training import steps_per_epoch
 from tests.conftest import tiny_run_config
 
@@ -66,7 +67,7 @@ def test_a_restart_does_not_reset_the_spend(tmp_path: Path) -> None:
     first = run_round(_site(state, pid=1), config, _request(config, 1, run_id=10))
     # A fresh interpreter (a restarted site) reads the ledger from disk.
     code = (
-        "from common.ledger import PrivacyLedger; from pathlib import Path;"
+        "from common.privacy.ledger import PrivacyLedger; from pathlib import Path;"
         f"print(PrivacyLedger.open(Path({str(state)!r}), 'site-1', 1e-4, 8.0).epsilon())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common import reply as wire
-from common.ledger import LEDGER_FILE
+from common.privacy.ledger import LEDGER_FILE
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Converting a run's ε to the other unit of privacy (common.unit_conversion).
+"""Converting a run's ε to the other unit of privacy (common.privacy.units).
 
 The patient bound of a patch-level run rests on a convexity argument; the test checks it
 against the exact Rényi divergence of the real mixture (a patient's k patches, each sampled
@@ -14,8 +14,8 @@ import pytest
 from opacus.accountants.analysis.rdp import compute_rdp
 from scipy import integrate, stats
 
-from common.ledger import epsilon_of
-from common.unit_conversion import patch_epsilon_of_patient_run, patient_epsilon_of_patch_run
+from common.privacy.accounting import epsilon_of
+from common.privacy.units import patch_epsilon_of_patient_run, patient_epsilon_of_patch_run
 
 HISTORY = [(1.1, 0.02, 300), (1.5, 0.05, 40)]
 DELTA = 1e-5

@@ -20,7 +20,6 @@ import json
 import os
 import socket
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from opacus.accountants import RDPAccountant
 
 from common.atomic import atomic_write_json
+from common.privacy.accounting import epsilon_of
 
 FORMAT = "fedpath-privacy-ledger/1"
 LEDGER_FILE = "privacy-ledger.json"
@@ -197,19 +197,6 @@ def _who() -> str:
     except (KeyError, OSError):
         user = f"uid-{os.getuid()}"
     return f"{user}@{socket.gethostname()}"
-
-
-def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
-    """Epsilon of an accountant history at `delta` (0 for an empty history)."""
-    if not history:
-        return 0.0
-    acc = RDPAccountant()
-    acc.history = [tuple(h) for h in history]
-    with warnings.catch_warnings():
-        # Opacus warns when the best RDP order is the largest it tries (small spends); the epsilon
-        # it returns is then a valid but looser upper bound, which is the safe side for a budget.
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha", category=UserWarning)
-        return float(acc.get_epsilon(delta=delta))
 
 
 def _read(path: Path) -> dict[str, Any]:

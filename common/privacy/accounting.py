@@ -1,17 +1,32 @@
-"""Choosing the noise multiplier and deciding whether a round fits the budget.
+"""Privacy accounting: the ε of a history, the noise multiplier for a job, whether a round fits.
 
-Both questions are asked of the same Opacus RDP accountant that records the spend, fed
+Pure functions of (σ, q, steps) histories; storing a site's history is `common.privacy.ledger`'s
+job. The budget questions are asked of the same Opacus RDP accountant that records the spend, fed
 with the site's whole history, so a site that already spent part of its budget in an
 earlier run gets more noise now rather than overspending.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
-from common.ledger import epsilon_of
+from opacus.accountants import RDPAccountant
 
 History = list[tuple[float, float, int]]
+
+
+def epsilon_of(history: History, delta: float) -> float:
+    """Epsilon of an accountant history at `delta` (0 for an empty history)."""
+    if not history:
+        return 0.0
+    acc = RDPAccountant()
+    acc.history = [tuple(h) for h in history]
+    with warnings.catch_warnings():
+        # Opacus warns when the best RDP order is the largest it tries (small spends); the epsilon
+        # it returns is then a valid but looser upper bound, which is the safe side for a budget.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha", category=UserWarning)
+        return float(acc.get_epsilon(delta=delta))
 
 
 # A round whose noise would need to exceed this is pure noise: refuse it instead.
