@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -99,6 +99,10 @@ def random_dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Te
     return batch
 
 
+# (trainable parameters, Poisson rate of the step) -> summed canary gradients per parameter, or None
+GradientCanaries = Callable[[list[torch.Tensor], float], "list[torch.Tensor] | None"]
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     epochs: int
@@ -119,6 +123,10 @@ class TrainSettings:
     # transform, so under DP it costs no budget.
     stain_augment: bool = False
     proximal_mu: float = 0.0  # FedProx: mu of mu/2·||w - w_global||², added after clipping and noise (common.proximal)
+    # Simulation audit only (simulations.gradient_canaries): deployed sites never hold canaries and never set
+    # this. Called once per step with the trainable parameters and the step's Poisson rate; returns the summed
+    # gradients of the canary records that take part in the step (one tensor per parameter), or None.
+    audit_gradient_canaries: GradientCanaries | None = None
 
     def __post_init__(self) -> None:
         if self.privacy_unit not in PRIVACY_UNITS:
@@ -221,6 +229,8 @@ def train_local(
             train_model, optimizer, criterion, loader = private
         else:
             train_model, optimizer, loader = private
+    rate = float(loader.sample_rate) if engine is not None else 1.0 / len(loader)  # type: ignore[attr-defined]
+    canaries = _attach_gradient_canaries(optimizer, settings, rate, loader.batch_size or settings.batch_size)
     try:
         steps, mean_loss = _run_epochs(
             train_model, optimizer, criterion, settings, generator, desc,
@@ -229,6 +239,8 @@ def train_local(
     finally:
         if proximal is not None:
             proximal.remove()
+        if canaries is not None:
+            canaries()
         if engine is not None:
             _detach_dp(model, train_model)
     model.eval()
@@ -285,6 +297,41 @@ def _run_epochs(
                 optimizer.step()
                 steps += 1
     return steps, total_loss / max(loss_batches, 1)
+
+
+def _attach_gradient_canaries(optimizer: torch.optim.Optimizer, settings: TrainSettings, sample_rate: float,
+                              batch_size: int) -> Callable[[], None] | None:
+    """Simulation audit only: add the canaries' gradients of each step; returns the detacher, or None.
+
+    Under DP they join the clipped per-record gradients *before* the noise (Opacus' `add_noise`, on
+    this optimizer instance only), exactly as records of their own: each canary gradient has norm
+    at most C, so clipping would leave it as it is, and the accountant's rate is the one they are
+    sampled with. Without DP they join the batch's mean gradient as one more record of a batch
+    of `batch_size`. Nothing is attached when the settings hold no canaries (every deployed site).
+    """
+    canaries = settings.audit_gradient_canaries
+    if canaries is None:
+        return None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if hasattr(optimizer, "add_noise"):  # an Opacus DPOptimizer: params are the same tensors
+        add_noise = optimizer.add_noise
+
+        @torch.no_grad()
+        def add_noise_with_canaries() -> None:
+            extra = canaries(params, sample_rate)
+            for p, g in zip(params, extra or []):
+                p.summed_grad.add_(g.to(p.summed_grad.device).view_as(p.summed_grad))  # type: ignore[attr-defined]
+            add_noise()
+
+        optimizer.add_noise = add_noise_with_canaries  # type: ignore[method-assign]
+        return lambda: delattr(optimizer, "add_noise")
+
+    @torch.no_grad()
+    def add_to_mean(_optimizer: torch.optim.Optimizer, _args: object, _kwargs: object) -> None:
+        for p, g in zip(params, canaries(params, sample_rate) or []):
+            p.grad = g.to(p.device) / batch_size if p.grad is None else p.grad.add_(g.to(p.device), alpha=1 / batch_size)
+
+    return optimizer.register_step_pre_hook(add_to_mean).remove
 
 
 def _detach_dp(model: nn.Module, train_model: nn.Module) -> None:
@@ -367,6 +414,7 @@ def _train_patient_level(
     )
     tensors = as_tensor_dataset(data).tensors
     batches = _PatientBatches(sampler, tensors[0], tensors[1], _stain_augmenter(data, settings))
+    canaries = _attach_gradient_canaries(private.optimizer, settings, float(sampler.sample_rate), 0)
     try:
         steps, mean_loss = _run_epochs(
             private.module, private.optimizer, private.criterion, settings, generator, desc,
@@ -375,6 +423,8 @@ def _train_patient_level(
     finally:
         if proximal is not None:
             proximal.remove()
+        if canaries is not None:
+            canaries()
         _detach_dp(model, private.module)
     model.eval()
     new_history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.state_dict()["history"]]

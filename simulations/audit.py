@@ -12,13 +12,17 @@ audited site (site 0) of a small FedAvg federation:
   round, the record's loss under the global model the site started from minus its loss under
   the model the site sent back, summed over rounds; `final-global` (anyone holding the final global model): minus the loss;
   `last-update`: minus the loss under the site's last returned model.
-* **One-run canary audit** (Steinke, Nasr & Jagielski 2023): m canaries (`noise`: images of
-  uniform noise with random labels; or `mislabelled`: patches of groups no participating site
-  holds, with wrong labels), each put into the audited site's training data with probability ½
-  (coin flips from the experiment seed); after training, the `CANARY_SCORE` score (fixed from
-  pilot runs on another seed) ranks them, the top/bottom k are guessed in/out for a fixed grid of
-  k with a Bonferroni correction, and `common.audit_bound` turns the correct guesses into a
-  lower bound on ε at the run's δ.
+* **One-run canary audit** (Steinke, Nasr & Jagielski 2023): m canaries, each made a record of
+  the audited site with probability ½ (coin flips from the experiment seed). `gradient` (the
+  default, `simulations.gradient_canaries`): Dirac canaries in gradient space, C·e_j added to the
+  site's clipped gradient sum before the noise whenever Poisson sampling takes them, scored by
+  how far the site's updates moved their coordinate: the worst case DP-SGD must cover, and the
+  only kind that gave the audit power here. Image canaries (`noise`: uniform noise with random
+  labels; `blocks`; `mislabelled`: patches of groups no participating site holds, with wrong
+  labels) join the site's training data and are scored by `CANARY_SCORE` (fixed from pilot runs
+  on another seed). The top/bottom k are guessed in/out for a fixed grid of k with a Bonferroni
+  correction, and `common.audit_bound` turns the correct guesses into a lower bound on ε at the
+  run's δ.
 
 The training is fedpath's own site code path, called in process: `train_local` with the
 run's policy and Opacus DP-SGD (`dp=True`), noise from `calibrate_noise` so that all planned
@@ -48,6 +52,7 @@ import numpy as np
 from common.audit_bound import audit_scores
 from common.canaries import coin_flips, concat, make_canaries, noise_canaries, per_example_loss, update_alignment
 from common.mia import mia_metrics
+from simulations import gradient_canaries
 
 log = logging.getLogger("fedpath.audit")
 
@@ -67,7 +72,9 @@ class AuditPlan:
     per_group: int = 3
     site_records: int = 0  # > 0: each site keeps only this many records (whole groups of at most per_group)
     canaries: int = 300
-    canary_kind: str = "noise"  # "noise", "blocks" (common.canaries.noise_canaries) or "mislabelled" (real patches)
+    # "gradient" (simulations.gradient_canaries: Dirac canaries in gradient space), "noise", "blocks"
+    # (common.canaries.noise_canaries) or "mislabelled" (real patches)
+    canary_kind: str = "gradient"
     delta: float = 1e-5  # the sites' δ; must be far below 1/m for the canary bound (its δ term is 2·m·δ)
     privacy_unit: str = "auto"  # "patch", "patient", or "auto" = the run config's setting, as a site resolves it
     mia_bootstrap: int = 1000
@@ -78,9 +85,10 @@ class AuditData:
     sites: list[Any]  # ImageSet per participating site, site 0 without canaries
     members: Any  # ImageSet: site 0's real training records that the MIA scores (class-matched)
     nonmembers: Any  # ImageSet: held-out records of other groups, class-matched to `members`
-    canaries: Any  # ImageSet of all m canaries, with their (wrong) training labels
+    canaries: Any  # ImageSet of all m canaries, with their (wrong) training labels; None for gradient canaries
     included: np.ndarray  # bool per canary
     test: Any  # central test set
+    public: Any = None  # gradient canaries: records no site holds, to rank the coordinates they own
 
 
 def _cap_per_group(data: Any, per_group: int, rng: np.random.Generator, records: int = 0) -> Any:
@@ -128,13 +136,16 @@ def prepare(config: Any, plan: AuditPlan, seed: int) -> AuditData:
     test = central_test_set(config)
     members, nonmembers = _class_matched(sites[0], _cap_per_group(test, plan.per_group, rng), rng)
     source = concat([shares[plan.sites].train, shares[plan.sites].val])
-    if plan.canary_kind in ("noise", "blocks"):
+    public = None
+    if plan.canary_kind == "gradient":
+        canaries, public = None, source.subset(np.sort(rng.permutation(len(source))[:256]))
+    elif plan.canary_kind in ("noise", "blocks"):
         canaries = noise_canaries(plan.canaries, config.image_size, list(source.classes), rng, source.patient_groups,
                                   block=4 if plan.canary_kind == "blocks" else 1)
     else:
         canaries = make_canaries(source, plan.canaries, rng)
     included = coin_flips(plan.canaries, rng)
-    return AuditData(sites, members, nonmembers, canaries, included, test)
+    return AuditData(sites, members, nonmembers, canaries, included, test, public)
 
 
 def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: bool, epsilon: float | None,
@@ -156,7 +167,15 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
     classes = dataset_classes(config)
     base, _ = initial_model(config, len(classes))
     global_state = get_trainable_state(base)
-    audited = concat([data.sites[0], data.canaries.subset(np.flatnonzero(data.included))])
+    dirac = data.canaries is None  # gradient canaries: records of site 0 that live in its training step
+    if dirac:
+        coordinates = gradient_canaries.choose_coordinates(base, data.public, len(data.included),
+                                                           np.random.default_rng([seed, 13]))
+        planted = gradient_canaries.DiracCanaries(coordinates, data.included, config.max_grad_norm,
+                                                  np.random.default_rng([seed, 14, int(dp), int(epsilon or 0)]))
+        dirac_scores = np.zeros(len(data.included))
+    audited = data.sites[0] if dirac else concat([data.sites[0], data.canaries.subset(np.flatnonzero(data.included))])
+    site0_records = len(audited) + (int(data.included.sum()) if dirac else 0)  # the canaries are records too
     train_sets = [audited, *data.sites[1:]]
     mode = grad_sample_mode_for(config.policy, config.grad_sample_mode)
     unit = privacy_unit(config, plan, data.sites[0]) if dp else PATCH
@@ -169,7 +188,7 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
             steps, rate = steps_per_epoch(len(site), config.batch_size)
         sigmas.append(calibrate_noise([], rate, steps * plan.local_epochs * plan.rounds, epsilon, plan.delta)
                       if dp else 0.0)
-    scored = {"members": data.members, "nonmembers": data.nonmembers, "canaries": data.canaries}
+    scored = {"members": data.members, "nonmembers": data.nonmembers, **({} if dirac else {"canaries": data.canaries})}
     drops = {k: np.zeros(len(v)) for k, v in scored.items()}
     aligned = {k: np.zeros(len(v)) for k, v in scored.items()}
     last_update: dict[str, np.ndarray] = {}
@@ -191,12 +210,13 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
             settings = TrainSettings(epochs=plan.local_epochs, batch_size=config.batch_size, lr=config.lr,
                                      momentum=config.momentum, seed=round_seed, dp=dp, noise_multiplier=sigmas[k],
                                      max_grad_norm=config.max_grad_norm, grad_sample_mode=mode,
-                                     privacy_unit=unit, max_patches_per_patient=cap)
+                                     privacy_unit=unit, max_patches_per_patient=cap,
+                                     audit_gradient_canaries=planted if dirac and k == 0 else None)
             outcome = train_local(model, site, settings, history=histories[k], desc=f"audit {label} site-{k} round {rnd}")
             if dp:
                 histories[k] = outcome.history or []
             states.append(get_trainable_state(model))
-            weights.append(outcome.num_examples)
+            weights.append(site0_records if k == 0 else outcome.num_examples)
             site_seconds[k] += time.time() - started
             if k == 0:  # what the coordinator receives from the audited site
                 started = time.time()
@@ -206,6 +226,8 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
                 last_update = after
                 for name, v in scored.items():
                     aligned[name] += update_alignment(model, v, global_state, states[0])
+                if dirac:
+                    dirac_scores += gradient_canaries.score(global_state, states[0], coordinates)
                 audit_seconds += time.time() - started
         total = float(sum(weights))
         global_state = {name: sum(w / total * s[name] for w, s in zip(weights, states)) for name in states[0]}
@@ -224,6 +246,8 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
     }
     mia = {name: mia_metrics(s["members"], s["nonmembers"], data.members.groups, data.nonmembers.groups,
                              samples=plan.mia_bootstrap, seed=seed) for name, s in scores.items()}
+    if dirac:  # one score: the canary's own coordinate (the image scores have no canary images to score)
+        scores = {CANARY_SCORE: {"canaries": dirac_scores}}
     canary = audit_scores(scores[CANARY_SCORE]["canaries"], data.included, plan.delta)
     canary_auc = mia_metrics(scores[CANARY_SCORE]["canaries"][data.included],
                              scores[CANARY_SCORE]["canaries"][~data.included], samples=plan.mia_bootstrap, seed=seed)
@@ -234,14 +258,14 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
     audit_seconds += time.time() - started
     train_seconds = float(site_seconds.sum()) + eval_seconds
     # Canaries also lengthen the audited site's training: charged to the audit, pro rata.
-    canary_share = float(data.included.sum()) / len(audited)
+    canary_share = 0.0 if dirac else float(data.included.sum()) / len(audited)
     audit_cost = audit_seconds + site_seconds[0] * canary_share
     spent = epsilon_of(histories[0], plan.delta) if dp else None
     return {
         "label": label, "kind": "audit", "dp": dp, "claimed_epsilon": epsilon, "delta": plan.delta,
         "privacy_unit": unit if dp else None,
         "site_epsilon_spent": spent, "noise_multiplier": sigmas[0] if dp else None,
-        "site_records": len(data.sites[0]), "site_train_examples": len(audited),
+        "site_records": len(data.sites[0]), "site_train_examples": site0_records, "canary_kind": plan.canary_kind,
         "mia": mia, "canary": canary.as_dict(), "canary_auc": canary_auc["auc"], "canary_auc_ci95": canary_auc["auc_ci95"],
         "canary_auc_by_score": canary_aucs, "canary_bound_by_score": canary_bounds,
         "test_accuracy": test_accuracy,
@@ -268,7 +292,7 @@ def audit_config(dataset: str, image_size: int, weights: str, seed: int, policy:
 def settings_rows(config: Any, plan: AuditPlan, seed: int, epsilons: tuple[float, ...] = (8.0, 1.0)) -> list[dict[str, Any]]:
     data = prepare(config, plan, seed)
     log.info("audit data: site-0 %d records (%d scored), %d non-members, %d canaries (%d included)",
-             len(data.sites[0]), len(data.members), len(data.nonmembers), len(data.canaries), int(data.included.sum()))
+             len(data.sites[0]), len(data.members), len(data.nonmembers), len(data.included), int(data.included.sum()))
     rows = [run_setting(config, plan, data, "non-private", False, None, seed)]
     for eps in epsilons:
         rows.append(run_setting(config, plan, data, f"DP epsilon={eps:g}", True, eps, seed))

@@ -333,9 +333,10 @@ def audit_plan(quick: bool) -> Any:
     """Sizes of the audit experiment (see simulations.audit): small sites, many local epochs."""
     from simulations.audit import AuditPlan
 
+    # Gradient canaries (the default kind) cost almost nothing, so m = 1000 (the bound grows with m).
     if quick:  # sized for a shared, busy 2-core machine: a few minutes per setting
-        return AuditPlan(sites=2, rounds=2, local_epochs=4, per_group=2, canaries=200)
-    return AuditPlan(sites=3, rounds=5, local_epochs=20, per_group=3, canaries=500)
+        return AuditPlan(sites=2, rounds=2, local_epochs=4, per_group=2, canaries=1000)
+    return AuditPlan(sites=3, rounds=5, local_epochs=20, per_group=3, canaries=1000)
 
 
 AUDIT_IMAGE_SIZE = {True: 16, False: 32}  # quick: 16 px (the 32 px backbone applied to 16 px patches)

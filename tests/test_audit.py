@@ -155,6 +155,71 @@ def test_tiny_dp_audit_stays_below_the_claimed_epsilon(tiny_audit: list[dict]) -
     assert targets(tiny_audit)["bound_below_claimed_epsilon"] is True
 
 
+# -- gradient-space (Dirac) canaries ------------------------------------------------------------
+@pytest.mark.parametrize("dp,unit", [(False, "patch"), (True, "patch"), (True, "patient")])
+def test_gradient_canary_joins_one_step_as_a_record_of_its_own(dp: bool, unit: str) -> None:
+    """One step over all records (q = 1), no noise, no momentum: a canary C·e_j moves coordinate j by
+    exactly −lr·C / (records per step) more than the same seeded step without it, under DP after
+    clipping (Opacus' scaling by the expected batch), without DP as one more record of the batch."""
+    import torch
+    from torch import nn
+
+    from common.data.imageset import ImageSet
+    from common.training import TrainSettings, train_local
+
+    rng = np.random.default_rng(0)
+    data = ImageSet(rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8), rng.integers(0, 3, 6),
+                    np.array(["a", "a", "b", "b", "c", "c"], dtype=object), ["x", "y", "z"], patient_groups=True)
+    j, lr, clip, rates = 7, 0.5, 1.0, []
+
+    def one_canary(params: list, rate: float) -> list:
+        rates.append(rate)
+        flat = torch.zeros(sum(p.numel() for p in params))
+        flat[j] = clip
+        return [c.view_as(p) for c, p in zip(torch.split(flat, [p.numel() for p in params]), params)]
+
+    def step(canaries: object) -> tuple[np.ndarray, object]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+        settings = TrainSettings(epochs=1, batch_size=6, lr=lr, momentum=0.0, seed=5, dp=dp, noise_multiplier=0.0,
+                                 max_grad_norm=clip, privacy_unit=unit, audit_gradient_canaries=canaries)
+        outcome = train_local(model, data, settings)
+        return torch.cat([p.detach().flatten() for p in model.parameters()]).numpy(), outcome
+
+    without, outcome = step(None)
+    with_canary, _ = step(one_canary)
+    per_step = 3 if unit == "patient" else 6
+    assert outcome.steps == 1 and rates == [outcome.sample_rate] == [1.0]
+    diff = with_canary - without
+    assert diff[j] == pytest.approx(-lr * clip / per_step, rel=1e-5)
+    assert np.abs(np.delete(diff, j)).max() < 1e-7
+
+
+@pytest.fixture(scope="module")
+def tiny_gradient_audit() -> list[dict]:
+    """The tiny federation of `tiny_audit` with 200 gradient canaries and a few local epochs."""
+    from simulations import audit
+
+    plan = audit.AuditPlan(sites=2, rounds=1, local_epochs=8, per_group=1, site_records=12, canaries=200,
+                           canary_kind="gradient", mia_bootstrap=20)
+    config = audit.audit_config("synthetic", 16, "none", 42, policy="head", lr=0.5, batch_size=8,
+                                public_fraction=0.0, run_config="synthetic-images=240")
+    return audit.settings_rows(config, plan, seed=7, epsilons=(2.0,))
+
+
+def test_gradient_canaries_give_power_and_stay_below_the_claim(tiny_gradient_audit: list[dict],
+                                                              tiny_audit: list[dict]) -> None:
+    """Without DP the Dirac canaries are found (bound ≥ 1, above the mislabelled canaries' bound);
+    with DP at ε = 2 the bound from the same attack stays at or below 2."""
+    nonprivate, dp = tiny_gradient_audit
+    assert nonprivate["canary_kind"] == "gradient" and nonprivate["canary"]["canaries"] == 200
+    assert nonprivate["site_train_examples"] == nonprivate["site_records"] + nonprivate["canary"]["included"]
+    assert nonprivate["canary"]["epsilon_lower_bound"] >= 1.0
+    assert nonprivate["canary"]["epsilon_lower_bound"] > tiny_audit[0]["canary"]["epsilon_lower_bound"]
+    assert dp["privacy_unit"] == "patient" and dp["site_epsilon_spent"] <= 2.0 * (1 + 1e-6)
+    assert dp["canary"]["epsilon_lower_bound"] <= dp["claimed_epsilon"]
+
+
 # -- how the audit is published ---------------------------------------------------------------
 def _row(label: str, dp: bool, eps: float | None, bound: float, auc_update: float, seed: int = 42) -> dict:
     mia = {name: {"auc": auc_update if name == "update" else 0.5, "auc_ci95": [auc_update - 0.05, auc_update + 0.05],
