@@ -225,87 +225,133 @@ class _Round:
 
 
 def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest, data: SiteData) -> RoundResult:
+    """One round at the site, privacy first: refuse early, plan, then train under the ledger's lock."""
     check_classes(data.train.classes, request.classes, f"site {identity.site_id}'s data")
+    state, usable = _open_round(identity, config, request, data)
+    refusal = _refusal_before_training(state)
+    if refusal is not None:
+        return refusal
+    model = _start_model(identity, config, request)
+    settings = _train_settings(config, state.unit, request)
+    if not config.dp:
+        return _train_non_private(state, model, settings)
+    problem = check_delta(state.delta, state.records)
+    if problem:
+        raise ConfigError(f"site {identity.site_id}: delta={state.delta:.4g} with n={state.records} training "
+                          f"records (unit: {state.unit}): {problem}")
+    steps, sample_rate = _planned_steps(state, usable)
+    with site_lock(identity.state_dir):
+        return _train_private(state, model, settings, steps, sample_rate)
+
+
+def _open_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
+                data: SiteData) -> tuple[_Round, int]:
+    """The round's unit of privacy, its record count and δ, all decided by the site's own data and config."""
     n = len(data.train)
     unit = resolve_privacy_unit(identity.privacy_unit, data) if config.dp else PATCH
-    cap = config.max_patches_per_patient
-    records, usable = patient_counts(data.train.groups, cap) if unit == PATIENT else (n, n)
+    records, usable = patient_counts(data.train.groups, config.max_patches_per_patient) if unit == PATIENT else (n, n)
     delta = identity.delta if identity.delta is not None else auto_delta(records)
     state = _Round(identity, config, request, data, delta, time.time(), unit=unit, records=records,
                    epsilon=PrivacyLedger.spent_so_far(identity.state_dir))
+    return state, usable
 
+
+def _refusal_before_training(state: _Round) -> RoundResult | None:
+    """Refusals that need neither a model nor the ledger."""
+    identity, config, request = state.identity, state.config, state.request
     if identity.deployed and config.audit_canaries > 0:
         return state.refuse("audit-canaries-not-allowed", "the run asks for audit canaries (audit-canaries="
                             f"{config.audit_canaries}); only simulated sites train with canaries")
     if not proximal_mu_ok(request.proximal_mu):
         return state.refuse("invalid-proximal-mu", f"the server sent proximal-mu={request.proximal_mu!r}; "
                             "FedProx needs a finite number >= 0")
-    if n < config.min_site_examples:
-        return state.refuse("too-few-examples", f"only {n} training examples, fewer than min-site-examples="
-                            f"{config.min_site_examples} needed for a meaningful DP step")
+    if len(state.data.train) < config.min_site_examples:
+        return state.refuse("too-few-examples", f"only {len(state.data.train)} training examples, fewer than "
+                            f"min-site-examples={config.min_site_examples} needed for a meaningful DP step")
     if identity.deployed and not config.dp and not identity.allow_non_private:
         return state.refuse("non-private-not-allowed", "the run asks for non-private training (dp=false) but this "
                             "site only trains under DP (start the SuperNode with allow-non-private=true to permit it)")
-    model = _start_model(identity, config, request)
-    if unit == PATIENT:
-        steps, sample_rate = patient_steps_per_epoch(records, usable, config.batch_size)
+    return None
+
+
+def _planned_steps(state: _Round, usable: int) -> tuple[int, float]:
+    """Steps this round and q, exactly as Opacus will take them, at the round's unit of privacy."""
+    batch = state.config.batch_size
+    if state.unit == PATIENT:
+        steps, sample_rate = patient_steps_per_epoch(state.records, usable, batch)
     else:
-        steps, sample_rate = steps_per_epoch(n, config.batch_size)
-    steps *= config.local_epochs
-    settings = TrainSettings(
+        steps, sample_rate = steps_per_epoch(len(state.data.train), batch)
+    return steps * state.config.local_epochs, sample_rate
+
+
+def _train_settings(config: RunConfig, unit: str, request: RoundRequest) -> TrainSettings:
+    """Local training settings; the seed and σ are filled in later, by the site alone."""
+    return TrainSettings(
         epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
         seed=0, dp=config.dp, max_grad_norm=config.max_grad_norm,
         grad_sample_mode=grad_sample_mode_for(config.policy, config.grad_sample_mode),
-        privacy_unit=unit, max_patches_per_patient=cap, proximal_mu=float(request.proximal_mu),
-        stain_augment=augments(config.stain),
+        privacy_unit=unit, max_patches_per_patient=config.max_patches_per_patient,
+        proximal_mu=float(request.proximal_mu), stain_augment=augments(config.stain),
     )
-    desc = f"{identity.site_id} round {request.server_round}"
-    if not config.dp:
-        randomness = round_randomness(identity.dp_seed, 0)
-        state.randomness = randomness.mode
-        outcome = train_local(model, data.train, _with_seed(settings, randomness), desc=desc)
-        return _trained(state, model, outcome, 0.0)
 
-    problem = check_delta(delta, records)
-    if problem:
-        raise ConfigError(f"site {identity.site_id}: delta={delta:.4g} with n={records} training records "
-                          f"(unit: {unit}): {problem}")
-    with site_lock(identity.state_dir):
-        ledger = PrivacyLedger.open(identity.state_dir, identity.site_id, delta, identity.epsilon_budget,
-                                    unit=unit,
-                                    accept_budget_change=parse_budget_change(identity.accept_budget_change))
-        if ledger.budget_changed:
-            ledger.save()
-        state.epsilon = ledger.epsilon()
-        planned = _plan_job(state, ledger, sample_rate, steps)
-        if isinstance(planned, RoundResult):
-            return planned
-        sigma = planned
-        budget = check_round(ledger.history, sigma, sample_rate, steps, state.grant.limit, delta)
-        if not budget.fits:
-            reason = (f"this round would raise epsilon from {budget.epsilon_before:.3f} to {budget.epsilon_after:.3f}, "
-                      f"beyond the site's budget for this job ({state.grant.limit:.3f}: granted "
-                      f"{state.grant.granted:.3g} of lifetime {identity.epsilon_budget:g}; delta={delta:.3g})")
-            ledger.record_refusal({"run_id": request.run_id, "round": request.server_round, "reason": reason})
-            return state.refuse("round-exceeds-budget", reason)
 
-        randomness = round_randomness(identity.dp_seed, ledger.position())
-        state.randomness = randomness.mode
-        settings = TrainSettings(**{**_with_seed(settings, randomness).__dict__, "noise_multiplier": sigma})
-        outcome = train_local(model, data.train, settings, history=ledger.history, desc=desc)
-        assert outcome.history is not None
-        if outcome.steps != steps:
-            log.warning("site %s took %d steps, %d were planned", identity.site_id, outcome.steps, steps)
-        # The spend is on disk before the update can leave this function.
-        ledger.commit_round(outcome.history, {
-            "run_id": request.run_id, "round": request.server_round, "steps": outcome.steps,
-            "noise_multiplier": sigma, "sample_rate": outcome.sample_rate, "num_examples": n,
-            "privacy_records": records, "unit": unit, "randomness": randomness.mode,
-        })
-        state.epsilon = ledger.epsilon()
+def _desc(state: _Round) -> str:
+    return f"{state.identity.site_id} round {state.request.server_round}"
+
+
+def _train_non_private(state: _Round, model: torch.nn.Module, settings: TrainSettings) -> RoundResult:
+    randomness = round_randomness(state.identity.dp_seed, 0)
+    state.randomness = randomness.mode
+    outcome = train_local(model, state.data.train, _with_seed(settings, randomness), desc=_desc(state))
+    return _trained(state, model, outcome, 0.0)
+
+
+def _train_private(state: _Round, model: torch.nn.Module, settings: TrainSettings, steps: int,
+                   sample_rate: float) -> RoundResult:
+    """Under the site lock: grant and σ, budget check, DP-SGD, and the spend on disk before any reply."""
+    identity, request = state.identity, state.request
+    ledger = PrivacyLedger.open(identity.state_dir, identity.site_id, state.delta, identity.epsilon_budget,
+                                unit=state.unit, accept_budget_change=parse_budget_change(identity.accept_budget_change))
+    if ledger.budget_changed:
+        ledger.save()
+    state.epsilon = ledger.epsilon()
+    planned = _plan_job(state, ledger, sample_rate, steps)
+    if isinstance(planned, RoundResult):
+        return planned
+    sigma = planned
+    refusal = _round_over_budget(state, ledger, sigma, sample_rate, steps)
+    if refusal is not None:
+        return refusal
+    randomness = round_randomness(identity.dp_seed, ledger.position())
+    state.randomness = randomness.mode
+    settings = TrainSettings(**{**_with_seed(settings, randomness).__dict__, "noise_multiplier": sigma})
+    outcome = train_local(model, state.data.train, settings, history=ledger.history, desc=_desc(state))
+    assert outcome.history is not None
+    if outcome.steps != steps:
+        log.warning("site %s took %d steps, %d were planned", identity.site_id, outcome.steps, steps)
+    # The spend is on disk before the update can leave this function.
+    ledger.commit_round(outcome.history, {
+        "run_id": request.run_id, "round": request.server_round, "steps": outcome.steps,
+        "noise_multiplier": sigma, "sample_rate": outcome.sample_rate, "num_examples": len(state.data.train),
+        "privacy_records": state.records, "unit": state.unit, "randomness": randomness.mode,
+    })
+    state.epsilon = ledger.epsilon()
     log.info("site %s round %d: epsilon spent so far %.3f of %.3g (this job may reach %.3f)", identity.site_id,
              request.server_round, state.epsilon, identity.epsilon_budget, state.grant.limit)
     return _trained(state, model, outcome, sigma)
+
+
+def _round_over_budget(state: _Round, ledger: PrivacyLedger, sigma: float, sample_rate: float,
+                       steps: int) -> RoundResult | None:
+    """The refusal (recorded in the ledger) when this round would take the job past its grant."""
+    budget = check_round(ledger.history, sigma, sample_rate, steps, state.grant.limit, state.delta)
+    if budget.fits:
+        return None
+    reason = (f"this round would raise epsilon from {budget.epsilon_before:.3f} to {budget.epsilon_after:.3f}, "
+              f"beyond the site's budget for this job ({state.grant.limit:.3f}: granted {state.grant.granted:.3g} "
+              f"of lifetime {state.identity.epsilon_budget:g}; delta={state.delta:.3g})")
+    ledger.record_refusal({"run_id": state.request.run_id, "round": state.request.server_round, "reason": reason})
+    return state.refuse("round-exceeds-budget", reason)
 
 
 def _with_seed(settings: TrainSettings, randomness: RoundRandomness) -> TrainSettings:
