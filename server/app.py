@@ -5,6 +5,11 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -34,10 +39,36 @@ log = logging.getLogger("fedpath.server")
 def main(grid: Grid, context: Context) -> None:
     setup_logging()
     config = RunConfig.from_mapping(context.run_config)  # invalid config stops here, before anything runs
-    root = run_dir(config, context.run_id)
-    store = RunStore(root)
-    log.info("run %s writes to %s", context.run_id, root)
+    store = RunStore(run_dir(config, context.run_id))
+    log.info("run %s writes to %s", context.run_id, store.root)
+    start = _starting_point(config, store, context.run_id)
+    strategy, audit = _strategy_for(config, store, start)
+    recorder = _RoundRecorder(config, store, start, strategy, audit)
+    remaining = max(0, config.num_server_rounds - start.completed)
+    if remaining == 0 and start.completed:
+        log.info("all %d rounds were already completed; finishing the report", start.completed)
+    strategy.start(grid=grid, initial_arrays=to_array_record(start.state), num_rounds=remaining,
+                   timeout=config.round_timeout, train_config=_train_config(start, store),
+                   evaluate_fn=recorder.evaluate)
+    _finish(store, recorder, config)
+    if remaining and not any(r.status == "trained" for replies in strategy.replies.values() for r in replies):
+        raise NoSiteTrained(untrained_summary(strategy.replies))
 
+
+@dataclass
+class _Start:
+    """Where a run starts: the model and test set, and the round it resumes after (0 = a new run)."""
+
+    classes: list[str]
+    test: Any
+    model: torch.nn.Module
+    fingerprint: str
+    state: dict[str, np.ndarray]
+    meta: dict[str, Any]
+    completed: int
+
+
+def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
     classes = dataset_classes(config)
     test = central_test_set(config)
     model, source = initial_model(config, len(classes))
@@ -52,11 +83,11 @@ def main(grid: Grid, context: Context) -> None:
         point = find_resume_point(store, meta, {k: tuple(v.shape) for k, v in state.items()})
         completed, state = point.completed_round, point.state
         info = store.read_json("run.json")
-        info.setdefault("resumed", []).append({"run_id": context.run_id, "after_round": completed, "time": time.time()})
+        info.setdefault("resumed", []).append({"run_id": run_id, "after_round": completed, "time": time.time()})
         store.write_json("run.json", {**info, "end": None})
     else:
         store.write_json("run.json", {
-            "run_id": context.run_id, "config": config.to_mapping(), "start": time.time(), "end": None,
+            "run_id": run_id, "config": config.to_mapping(), "start": time.time(), "end": None,
             "versions": versions(), "weights": source.as_dict(), "classes": classes,
             "test_examples": len(test), "test_class_counts": test.class_counts(),
             "test_stain_fallbacks": test.report.stain_fallbacks,
@@ -68,61 +99,71 @@ def main(grid: Grid, context: Context) -> None:
         config.arch, config.policy, sum(v.size for v in state.values()),
         sum(v.nbytes for v in state.values()) / 1024, source.description,
     )
+    return _Start(classes, test, model, fingerprint, state, meta, completed)
 
-    evaluator = CentralEvaluator(copy.deepcopy(model), test, config.eval_batch_size)
+
+def _strategy_for(config: RunConfig, store: RunStore, start: _Start) -> tuple[Any, RunAudit | None]:
+    """The configured Flower strategy with fedpath's screening, and the run's privacy audit if asked for."""
     bound = TrainingBound(config.lr, config.momentum, config.max_grad_norm, config.local_epochs, config.batch_size)
-    strategy = make_strategy(config, UpdateScreen(state, config.max_update_norm, bound if config.dp else None),
-                             round_offset=completed)
+    strategy = make_strategy(config, UpdateScreen(start.state, config.max_update_norm, bound if config.dp else None),
+                             round_offset=start.completed)
     log.info("strategy: %s", describe_strategy(config.to_mapping()))
-    previous = store.read_json(AUDIT_FILE) if completed and (root / AUDIT_FILE).exists() else None
-    audit = RunAudit(model, config.seed, config.audit_canaries, config.image_size, classes,
+    previous = store.read_json(AUDIT_FILE) if start.completed and (store.root / AUDIT_FILE).exists() else None
+    audit = RunAudit(start.model, config.seed, config.audit_canaries, config.image_size, start.classes,
                      previous) if config.audit_canaries else None
     if audit is not None:
         strategy.on_update = audit.observe
-    latest = {"round": completed, "state": state}
+    return strategy, audit
 
-    def evaluate(flower_round: int, arrays: ArrayRecord) -> MetricRecord:
-        server_round = flower_round + completed
+
+def _train_config(start: _Start, store: RunStore) -> ConfigRecord:
+    # job-id: the run that started this job, kept when it is resumed, so a site's grant covers the
+    # whole job (a resumed job is not a new one)
+    return ConfigRecord({"classes": start.classes, "frozen-fingerprint": start.fingerprint,
+                         "job-id": int(store.read_json("run.json")["run_id"])})
+
+
+class _RoundRecorder:
+    """Flower's evaluate_fn: central evaluation of each global model, then its round on disk."""
+
+    def __init__(self, config: RunConfig, store: RunStore, start: _Start, strategy: Any,
+                 audit: RunAudit | None) -> None:
+        self.config, self.store, self.strategy, self.audit = config, store, strategy, audit
+        self.completed, self.meta = start.completed, start.meta
+        self.evaluator = CentralEvaluator(copy.deepcopy(start.model), start.test, config.eval_batch_size)
+        self.latest_round, self.latest_state = start.completed, start.state
+
+    def evaluate(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord:
+        server_round = flower_round + self.completed
         round_state = from_array_record(arrays)
-        metrics = evaluator.round_metrics(round_state)
-        if flower_round > 0 or completed == 0:  # a resumed run's starting point is already recorded
-            sites = [reply.as_dict() for reply in strategy.replies.get(server_round, [])]
-            store.append_round({"round": server_round, **metrics, "sites": sites, "time": time.time()})
-            store.save_round_checkpoint(server_round, round_state, meta)
-            if audit is not None:
-                store.write_json(AUDIT_FILE, audit.as_dict())
-            log.info(
-                "round %d/%d: central accuracy %.3f, balanced %.3f, macro-F1 %.3f, AUC %.3f%s",
-                server_round, config.num_server_rounds, metrics["accuracy"], metrics["balanced_accuracy"],
-                metrics["macro_f1"], metrics["macro_auc"], _round_summary(sites),
-            )
-        latest.update(round=server_round, state=round_state)
+        metrics = self.evaluator.round_metrics(round_state)
+        if flower_round > 0 or self.completed == 0:  # a resumed run's starting point is already recorded
+            self._record(server_round, round_state, metrics)
+        self.latest_round, self.latest_state = server_round, round_state
         return MetricRecord({k: float(v) for k, v in metrics.items()})
 
-    remaining = max(0, config.num_server_rounds - completed)
-    if remaining == 0 and completed:
-        log.info("all %d rounds were already completed; finishing the report", completed)
-    strategy.start(
-        grid=grid,
-        initial_arrays=to_array_record(state),
-        num_rounds=remaining,
-        timeout=config.round_timeout,
-        # job-id: the run that started this job, kept when it is resumed, so a site's grant covers the
-        # whole job (a resumed job is not a new one)
-        train_config=ConfigRecord({"classes": classes, "frozen-fingerprint": fingerprint,
-                                   "job-id": int(store.read_json("run.json")["run_id"])}),
-        evaluate_fn=evaluate,
-    )
+    def _record(self, server_round: int, round_state: dict[str, np.ndarray], metrics: dict[str, Any]) -> None:
+        sites = [reply.as_dict() for reply in self.strategy.replies.get(server_round, [])]
+        self.store.append_round({"round": server_round, **metrics, "sites": sites, "time": time.time()})
+        self.store.save_round_checkpoint(server_round, round_state, self.meta)
+        if self.audit is not None:
+            self.store.write_json(AUDIT_FILE, self.audit.as_dict())
+        log.info(
+            "round %d/%d: central accuracy %.3f, balanced %.3f, macro-F1 %.3f, AUC %.3f%s",
+            server_round, self.config.num_server_rounds, metrics["accuracy"], metrics["balanced_accuracy"],
+            metrics["macro_f1"], metrics["macro_auc"], _round_summary(sites),
+        )
 
-    final = evaluator.final_metrics(latest["state"], config.bootstrap_samples, config.seed)
-    store.write_json("final-eval.json", {"round": latest["round"], **final})
-    store.save_final(evaluator.model, int(latest["round"]), meta)
+
+def _finish(store: RunStore, recorder: _RoundRecorder, config: RunConfig) -> None:
+    """Final evaluation with CIs, the final model, the run's end time and the report."""
+    final = recorder.evaluator.final_metrics(recorder.latest_state, config.bootstrap_samples, config.seed)
+    store.write_json("final-eval.json", {"round": recorder.latest_round, **final})
+    store.save_final(recorder.evaluator.model, int(recorder.latest_round), recorder.meta)
     store.write_json("run.json", {**store.read_json("run.json"), "end": time.time()})
-    paths = write_report(root)
+    paths = write_report(store.root)
     log.info("final accuracy %.3f (95%% CI %.3f-%.3f); report: %s", final["accuracy"],
              *final["ci95"]["accuracy"], ", ".join(str(p) for p in paths))
-    if remaining and not any(r.status == "trained" for replies in strategy.replies.values() for r in replies):
-        raise NoSiteTrained(untrained_summary(strategy.replies))
 
 
 class NoSiteTrained(RuntimeError):
