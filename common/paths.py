@@ -6,6 +6,9 @@ from pathlib import Path
 
 from common.config import RunConfig, resolve_path
 
+# The checkout: the Flower app's root (pyproject.toml), beside which ../shared/ holds the data.
+REPO: Path = Path(__file__).resolve().parent.parent
+
 
 def run_dir(config: RunConfig, run_id: int) -> Path:
     """`output-dir/run-<flower run id>`, or the directory being resumed."""

@@ -35,6 +35,7 @@ from common.data.imageset import DataError, ImageSet
 from common.data.partition import split_train_val
 from common.data.sources import public_share
 from common.logging_setup import setup_logging
+from common.paths import REPO
 from common.model import ARCHITECTURES, load_backbone
 from common.progress import progress
 from common.training import as_tensor_dataset, device, normalise, random_dihedral
@@ -42,7 +43,6 @@ from common.versions import versions
 from common.weights import WeightsError, resolve_weights, sha256_of
 
 log = logging.getLogger("fedpath.pretrain")
-REPO = Path(__file__).resolve().parent.parent
 
 
 def pretrain(

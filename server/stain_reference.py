@@ -19,8 +19,8 @@ from common.data.folder import load_image_folder
 from common.data.imageset import DataError
 from common.data.sources import public_share
 from common.data.stain_handling import fit_reference
+from common.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import httpx
 
+from common.paths import REPO
 from deploy.flower import flower_bin
 from simulations.processes import kill_processes_with_env
 
-REPO = Path(__file__).resolve().parent.parent
 CONNECTION = "local"
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from common.config import NAMED_DATASETS, ConfigError, auto_delta, check_delta, load_app_config, resolve_path
 from deploy.flower import flower_bin
-from simulations.local_superlink import REPO, LocalSuperLink
+from common.paths import REPO
+from simulations.local_superlink import LocalSuperLink
 
 
 def preflight(run_config: list[str], app_dir: Path = REPO, sites: int | None = None) -> None:
