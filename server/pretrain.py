@@ -29,18 +29,16 @@ import torch
 from torch import nn
 
 from common.atomic import atomic_file, atomic_write_json, atomic_write_text
-from common.config import ConfigError, RunConfig, load_app_config
-from common.data.folder import load_image_folder
+from common.config import ConfigError
 from common.data.imageset import DataError, ImageSet
 from common.data.partition import split_train_val
-from common.data.sources import public_share
 from common.logging_setup import setup_logging
-from common.paths import REPO
 from common.model import ARCHITECTURES, load_backbone
 from common.progress import progress
 from common.training import as_tensor_dataset, device, normalise, random_dihedral
 from common.versions import versions
 from common.weights import WeightsError, resolve_weights, sha256_of
+from server.public_data import add_public_data_arguments, load_public_data
 
 log = logging.getLogger("fedpath.pretrain")
 
@@ -106,13 +104,9 @@ def write_weights(net: nn.Module, out: Path, provenance: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.pretrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="an ImageFolder tree of public data held by the centre")
-    source.add_argument("--public-share", metavar="'K=V ...'",
-                        help="run-config overrides; pretrain on that run's public-fraction share of groups")
+    add_public_data_arguments(parser, "pretrain")
     parser.add_argument("--out", type=Path, required=True, help="output .pth (plus .sha256 and .json beside it)")
     parser.add_argument("--arch", default="resnet18", choices=sorted(ARCHITECTURES))
-    parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
@@ -122,17 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     started = time.time()
     try:
-        if args.data is not None:
-            data = load_image_folder(args.data.resolve(), args.image_size)
-            described = f"ImageFolder {args.data.resolve()}"
-            config: RunConfig | None = None
-        else:
-            config = load_app_config(REPO / "pyproject.toml",
-                                     [args.public_share, f"image-size={args.image_size}", f"arch='{args.arch}'"])
-            data = public_share(config)
-            described = (f"public share (public-fraction={config.public_fraction}, seed={config.seed}, "
-                         f"test-fraction={config.test_fraction}) of {config.dataset}: groups held out from every "
-                         "simulated site and from the test set")
+        public = load_public_data(args, f"arch='{args.arch}'")
+        data, described = public.images, public.described
         init_source, init_state = resolve_weights(args.init, args.arch, download=args.init == "imagenet")
     except (ConfigError, DataError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)

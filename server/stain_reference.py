@@ -12,34 +12,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from common.config import ConfigError, load_app_config
-from common.data.folder import load_image_folder
+from common.config import ConfigError
 from common.data.imageset import DataError
-from common.data.sources import public_share
 from common.data.stain_handling import fit_reference
-from common.paths import REPO
+from server.public_data import add_public_data_arguments, load_public_data
 
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server.stain_reference", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data", type=Path, help="an ImageFolder tree of public data held by the centre")
-    source.add_argument("--public-share", metavar="'K=V ...'",
-                        help="run-config overrides; fit on that run's public-fraction share of groups")
-    parser.add_argument("--image-size", type=int, default=64)
+    add_public_data_arguments(parser, "fit")
     parser.add_argument("--max-images", type=int, default=500, help="patches in the fitted mosaic")
     args = parser.parse_args(argv)
     try:
-        if args.data is not None:
-            images = load_image_folder(args.data.resolve(), args.image_size).images
-        else:
-            config = load_app_config(REPO / "pyproject.toml", [args.public_share, f"image-size={args.image_size}"])
-            images = public_share(config).images
-        reference = fit_reference(images, args.max_images)
+        reference = fit_reference(load_public_data(args).images.images, args.max_images)
     except (ConfigError, DataError, ValueError, RuntimeError, IndexError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
