@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -114,6 +115,15 @@ def _class_matched(a: Any, b: Any, rng: np.random.Generator) -> tuple[Any, Any]:
     return a.subset(np.sort(np.asarray(ia, dtype=np.int64))), b.subset(np.sort(np.asarray(ib, dtype=np.int64)))
 
 
+@functools.lru_cache(maxsize=64)
+def _noise_multiplier(rate: float, steps: int, epsilon: float, delta: float) -> float:
+    """`calibrate_noise` from an empty history: a pure function of its arguments, and slow at rates near 1
+    (seconds per call), so sites (and settings) of the same size share it."""
+    from common.privacy.accounting import calibrate_noise
+
+    return calibrate_noise([], rate, steps, epsilon, delta)
+
+
 def privacy_unit(config: Any, plan: AuditPlan, data: Any) -> str:
     """The DP unit the audited sites train at: the plan's, or (auto) the run config's as a site
     resolves it: patient where the data names patients, else patch."""
@@ -159,7 +169,6 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
     from common.privacy.accounting import epsilon_of
     from common.metrics import accuracy
     from common.model import get_trainable_state, set_trainable_state
-    from common.privacy.accounting import calibrate_noise
     from common.patient_dp import PATCH, PATIENT, patient_counts
     from common.training import (TrainSettings, grad_sample_mode_for, patient_steps_per_epoch, predict,
                                  steps_per_epoch, train_local)
@@ -186,7 +195,7 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
             steps, rate = patient_steps_per_epoch(*patient_counts(site.groups, cap), config.batch_size)
         else:
             steps, rate = steps_per_epoch(len(site), config.batch_size)
-        sigmas.append(calibrate_noise([], rate, steps * plan.local_epochs * plan.rounds, epsilon, plan.delta)
+        sigmas.append(_noise_multiplier(rate, steps * plan.local_epochs * plan.rounds, epsilon, plan.delta)
                       if dp else 0.0)
     scored = {"members": data.members, "nonmembers": data.nonmembers, **({} if dirac else {"canaries": data.canaries})}
     drops = {k: np.zeros(len(v)) for k, v in scored.items()}

@@ -197,10 +197,11 @@ def test_gradient_canary_joins_one_step_as_a_record_of_its_own(dp: bool, unit: s
 
 @pytest.fixture(scope="module")
 def tiny_gradient_audit() -> list[dict]:
-    """The tiny federation of `tiny_audit` with 200 gradient canaries and a few local epochs."""
+    """The tiny federation of `tiny_audit` with 200 gradient canaries instead of 40 mislabelled patches
+    (same sizes, so the noise calibration of its sites is the one `tiny_audit` already made)."""
     from simulations import audit
 
-    plan = audit.AuditPlan(sites=2, rounds=1, local_epochs=8, per_group=1, site_records=12, canaries=200,
+    plan = audit.AuditPlan(sites=2, rounds=1, local_epochs=30, per_group=1, site_records=12, canaries=200,
                            canary_kind="gradient", mia_bootstrap=20)
     config = audit.audit_config("synthetic", 16, "none", 42, policy="head", lr=0.5, batch_size=8,
                                 public_fraction=0.0, run_config="synthetic-images=240")
