@@ -152,3 +152,12 @@ def test_planned_steps_are_the_steps_opacus_takes_where_ceil_differs() -> None:
         steps, rate = steps_per_epoch(n, b)
         assert (steps, rate) == (len(loader), loader.sample_rate), (n, b)
     assert steps_per_epoch(93, 1)[0] == 92
+
+
+@pytest.mark.parametrize(("history", "rate", "steps"), [
+    ([], 0.05, 30), ([], 0.5, 30), ([(1.0, 0.02, 1000)], 0.02, 400), ([(2.0, 0.3, 50)], 0.3, 10),
+])
+def test_calibrated_noise_is_the_smallest_that_fits_within_a_tenth_of_a_percent(history, rate, steps) -> None:
+    sigma = calibrate_noise(history, rate, steps, 8.0, 1e-3)
+    assert epsilon_of([*history, (sigma, rate, steps)], 1e-3) <= 8.0  # never over the budget
+    assert epsilon_of([*history, (sigma / 1.001, rate, steps)], 1e-3) > 8.0  # and not needlessly noisy

@@ -8,6 +8,7 @@ earlier run gets more noise now rather than overspending.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -23,9 +24,10 @@ def epsilon_of(history: History, delta: float) -> float:
     acc = RDPAccountant()
     acc.history = [tuple(h) for h in history]
     with warnings.catch_warnings():
-        # Opacus warns when the best RDP order is the largest it tries (small spends); the epsilon
-        # it returns is then a valid but looser upper bound, which is the safe side for a budget.
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha", category=UserWarning)
+        # Opacus warns when the best RDP order is the largest or smallest it tries (tiny or huge
+        # spends, e.g. while calibrating); the epsilon is then a valid but looser upper bound,
+        # which is the safe side for a budget.
+        warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
         return float(acc.get_epsilon(delta=delta))
 
 
@@ -63,24 +65,72 @@ def calibrate_noise(
     if steps <= 0:
         raise ValueError("steps must be positive")
     spent = epsilon_of(history, delta)
-    if spent >= (1 - MIN_REMAINING_SHARE) * epsilon_budget or (
-        epsilon_of(with_steps(history, high, sample_rate, steps), delta) > epsilon_budget
-    ):
-        raise BudgetExhausted(
-            f"epsilon already spent {spent:.3f} leaves no room for {steps} more steps within the budget "
-            f"epsilon={epsilon_budget} at delta={delta}"
-        )
-    if epsilon_of(with_steps(history, low, sample_rate, steps), delta) <= epsilon_budget:
+    if spent >= (1 - MIN_REMAINING_SHARE) * epsilon_budget:
+        raise BudgetExhausted(_no_room(spent, steps, epsilon_budget, delta))
+    excess = lambda sigma: epsilon_of(with_steps(history, sigma, sample_rate, steps), delta) - epsilon_budget  # noqa: E731
+    bracket = _bracket(excess, low, high)
+    if bracket is None:
+        raise BudgetExhausted(_no_room(spent, steps, epsilon_budget, delta))
+    lo, f_lo, hi, f_hi = bracket
+    if f_lo <= 0:
         return low
-    for _ in range(iterations):  # bisection on a monotone function
-        mid = (low + high) / 2
-        if epsilon_of(with_steps(history, mid, sample_rate, steps), delta) <= epsilon_budget:
-            high = mid
-        else:
-            low = mid
-        if high - low < 1e-3 * high:
+    return math.exp(_smallest_root(excess, math.log(lo), f_lo, math.log(hi), f_hi, iterations))
+
+
+def _no_room(spent: float, steps: int, epsilon_budget: float, delta: float) -> str:
+    return (f"epsilon already spent {spent:.3f} leaves no room for {steps} more steps within the budget "
+            f"epsilon={epsilon_budget} at delta={delta}")
+
+
+def _bracket(excess, low: float, high: float) -> tuple[float, float, float, float] | None:
+    """σ values a factor 2 apart (or the limits) with excess > 0 below and <= 0 above, starting
+    from σ = 1; (low, excess(low), ...) with excess(low) <= 0 when `low` already fits, None when
+    even `high` does not. Accountant calls at huge σ are the slowest, so they come last."""
+    sigma = min(max(1.0, low), high)
+    f_sigma = excess(sigma)
+    if f_sigma <= 0:
+        while sigma > low:
+            below = max(sigma / 2, low)
+            f_below = excess(below)
+            if f_below > 0 or below == low:
+                return below, f_below, sigma, f_sigma
+            sigma, f_sigma = below, f_below
+        return sigma, f_sigma, sigma, f_sigma
+    while sigma < high:
+        above = min(sigma * 2, high)
+        f_above = excess(above)
+        if f_above <= 0:
+            return sigma, f_sigma, above, f_above
+        sigma, f_sigma = above, f_above
+    return None
+
+
+def _smallest_root(excess, lo: float, f_lo: float, hi: float, f_hi: float, iterations: int) -> float:
+    """log σ of the smallest σ (within 0.1%) with excess(σ) <= 0, for ε decreasing in σ.
+
+    Illinois regula falsi on log σ: the bracket [lo, hi] always has excess > 0 at lo and <= 0 at
+    hi, so the answer stays on the budget's safe side; it needs ~6 accountant calls where
+    bisection needs ~13 (each call composes Opacus' RDP over the site's whole history).
+    """
+    side = 0
+    for _ in range(iterations):
+        if hi - lo < math.log(1.001):
             break
-    return high
+        x = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+        if not lo < x < hi:
+            x = (lo + hi) / 2
+        f_x = excess(math.exp(x))
+        if f_x <= 0:
+            hi, f_hi = x, f_x
+            if side == -1:
+                f_lo /= 2
+            side = -1
+        else:
+            lo, f_lo = x, f_x
+            if side == 1:
+                f_hi /= 2
+            side = 1
+    return hi
 
 
 @dataclass(frozen=True)
