@@ -163,7 +163,8 @@ def _reading_patient_privacy(result: dict[str, Any]) -> str:
                  f"(an upper bound by group conversion, `common.privacy.units`; in practice no protection), while "
                  f"the patient-level run guarantees ε = {patient8['epsilon_per_patient']:.3g} per patient and "
                  f"ε ≤ {patient8['epsilon_per_patch']:.3g} per patch (a patch removed from a patient is two "
-                 f"patient-level steps). Each step samples whole patients (q = 1/min(patients, "
+                 "patient-level steps apart; this Rényi weak-triangle bound is conservative and grows faster than "
+                 "the patient ε, it is not a measured leak; a patient's only patch is covered by the patient ε). Each step samples whole patients (q = 1/min(patients, "
                  f"patches/batch)) and at most {result['max_patches_per_patient']} patches of each "
                  "(`max-patches-per-patient`), so a patient-level step sees fewer patients' worth of signal; "
                  "that is what patient privacy costs.")
