@@ -12,3 +12,5 @@ from typing import Final
 
 ARCHITECTURE_NAMES: Final[tuple[str, ...]] = ("resnet18", "resnet34", "resnet50")
 POLICIES: Final[tuple[str, ...]] = ("full", "last-block", "norm-head", "head")
+# Policies that train convolutions: their per-sample norms use ghost clipping (hooks would be slow).
+CONV_POLICIES: Final[tuple[str, ...]] = ("full", "last-block")

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import common.dp_layers  # noqa: F401 - registers the Opacus grad/norm samplers used below
+from common.choices import CONV_POLICIES
 from common.data.imageset import ImageSet
 from common.data.stain_handling import StainAugmenter
 from common.patient_dp import (
@@ -154,7 +155,7 @@ def grad_sample_mode_for(policy: str, requested: str = "auto") -> str:
     """
     if requested != "auto":
         return requested
-    return "ghost" if policy in ("full", "last-block") else "hooks"
+    return "ghost" if policy in CONV_POLICIES else "hooks"
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> tuple[int, float]:

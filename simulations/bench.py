@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
-from common.model import POLICIES
+from common.choices import CONV_POLICIES, POLICIES
 
 DEFAULT_POLICY = RunConfig().policy
 
@@ -100,7 +100,7 @@ def bench_throughput(
         for policy in policies or POLICIES:
             auto = grad_sample_mode_for(policy)
             for mode in dict.fromkeys([auto, "hooks"]):
-                slow = mode == "hooks" and policy in ("full", "last-block")
+                slow = mode == "hooks" and policy in CONV_POLICIES
                 images = (256 if slow else 1024) if quick else (512 if slow else 3072)
                 if image_size == 64:
                     images //= 2
