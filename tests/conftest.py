@@ -24,7 +24,7 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
 @pytest.fixture
 def lc25000() -> Path:
     if not (LC25000 / "groups.csv").exists():
-        pytest.skip(f"real LC25000 data not present at {LC25000} (only in this project's shared/ folder)")
+        pytest.skip(reason=f"real LC25000 data not present at {LC25000} (only in this project's shared/ folder)")
     return LC25000
 
 

@@ -216,7 +216,7 @@ def test_mistyped_key_path_says_check_the_path_before_making_a_new_key(site_file
 
 def test_fingerprint_is_what_ssh_keygen_prints(tmp_path: Path) -> None:
     if shutil.which("ssh-keygen") is None:
-        pytest.skip("ssh-keygen (OpenSSH client) is not installed")
+        pytest.skip(reason="ssh-keygen (OpenSSH client) is not installed")
     keys = pki.make_site_keys(tmp_path, "site-a")
     printed = subprocess.run(["ssh-keygen", "-lf", str(keys.public_key)], capture_output=True, text=True,
                              check=True).stdout.split()[1]

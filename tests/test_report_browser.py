@@ -42,21 +42,21 @@ def chromium() -> str:
     if found:
         return found
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("Chromium cannot be installed here: /usr/bin/chromium is missing and installing Debian's "
+        pytest.skip(reason="Chromium cannot be installed here: /usr/bin/chromium is missing and installing Debian's "
                     "`chromium` package needs root (run `apt-get install -y chromium` as root)")
     if shutil.which("apt-get") is None:
-        pytest.skip("Chromium cannot be installed here: /usr/bin/chromium is missing and there is no apt-get "
+        pytest.skip(reason="Chromium cannot be installed here: /usr/bin/chromium is missing and there is no apt-get "
                     "(not a Debian-based system)")
     try:
         _apt(["update"], timeout=INSTALL_TIMEOUT_S / 3)
         _apt(["install", "-y", "chromium"], timeout=INSTALL_TIMEOUT_S)
     except subprocess.TimeoutExpired as err:
-        pytest.skip(f"Chromium cannot be installed here: `{' '.join(err.cmd)}` took over {err.timeout:.0f} s")
+        pytest.skip(reason=f"Chromium cannot be installed here: `{' '.join(err.cmd)}` took over {err.timeout:.0f} s")
     except subprocess.CalledProcessError as err:
         tail = " | ".join((err.stderr or err.stdout or "").strip().splitlines()[-3:])
-        pytest.skip(f"Chromium cannot be installed here: `{' '.join(err.cmd)}` failed ({err.returncode}): {tail}")
+        pytest.skip(reason=f"Chromium cannot be installed here: `{' '.join(err.cmd)}` failed ({err.returncode}): {tail}")
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"Chromium cannot be installed here: apt-get succeeded but {CHROMIUM} is still missing")
+        pytest.skip(reason=f"Chromium cannot be installed here: apt-get succeeded but {CHROMIUM} is still missing")
     return CHROMIUM
 
 
