@@ -4,6 +4,7 @@
     privacy-utility  FedAvg DP with per-site epsilon in {1, 2, 4, 8, inf}, 10 sites, Dirichlet 0.5
     transfer         pretrained vs from scratch, for each policy, DP and non-DP
     heterogeneity    IID vs Dirichlet 0.1 / 0.5 / 1.0, with and without stain shift
+    stain-strategy   stain handling x server strategy at the harshest and the mildest heterogeneity
     audit            empirical privacy audit of one site: membership inference and a one-run
                      canary lower bound on epsilon (non-private, DP epsilon 8 and 1)
 
@@ -68,6 +69,9 @@ class Scenario:
     seed: int = 42
     public_fraction: float = 0.2
     privacy_unit: str = "auto"  # auto = patient where the data names patients (LC25000's groups.csv)
+    stain: str = "none"
+    strategy: str = "fedavg"
+    server_lr: float = 0.0  # 0 = Flower's default for the adaptive strategies
 
     def run_config(self) -> str:
         values: dict[str, Any] = {
@@ -77,7 +81,8 @@ class Scenario:
             "stain-shift": self.stain_shift, "batch-size": self.batch_size, "lr": self.lr,
             "local-epochs": self.local_epochs, "fraction-train": self.fraction_train, "seed": self.seed,
             "public-fraction": self.public_fraction, "min-train-nodes": 1, "min-available-nodes": self.sites,
-            "bootstrap-samples": 1000, "privacy-unit": self.privacy_unit,
+            "bootstrap-samples": 1000, "privacy-unit": self.privacy_unit, "stain": self.stain,
+            "strategy": self.strategy, "server-lr": self.server_lr,
         }
         return " ".join(f"{k}={_toml(v)}" for k, v in values.items())
 
@@ -390,6 +395,7 @@ EXPERIMENTS: dict[str, Callable[[bool, Path, Path, Path], dict[str, Any]]] = {
     "heterogeneity": exp_heterogeneity,
     "audit": exp_audit,
     "patient-privacy": lambda *args: _patient_privacy(*args),
+    "stain-strategy": lambda *args: _stain_strategy(*args),
 }
 
 
@@ -397,6 +403,12 @@ def _patient_privacy(quick: bool, data: Path, out: Path, workdir: Path) -> dict[
     from simulations.patient_experiment import exp_patient_privacy  # it builds on this module
 
     return exp_patient_privacy(quick, data, out, workdir)
+
+
+def _stain_strategy(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
+    from simulations.stain_strategy import exp_stain_strategy  # it builds on this module
+
+    return exp_stain_strategy(quick, data, out, workdir)
 
 
 def _slug(text: str) -> str:
