@@ -1,13 +1,13 @@
 """Audit canaries: made-up records that a simulated site trains on with probability ½ each.
 
-Shared by the audit experiment (`simulations.audit`) and a simulation run's report
+Shared by the audit experiment (`simulations.harness.audit`) and a simulation run's report
 (`audit-canaries = m`), so that both audit the same way. Flower-free and harness-free: the
 ServerApp imports it.
 
 A canary is its own record at either unit of privacy (at the patient unit, a made-up
 patient of its own). The coin flips that decide which canaries are included come from the
 run (or experiment) seed: in a simulation the experimenter plays every hospital, so the
-*evaluation* may know them; the guessing (`server.privacy_audit`, `simulations.audit`) never
+*evaluation* may know them; the guessing (`server.privacy_audit`, `simulations.harness.audit`) never
 uses them, it ranks the canaries by a score fixed before the run.
 
 Deployed sites never hold canaries (`client.site` refuses such a round).

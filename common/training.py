@@ -124,7 +124,7 @@ class TrainSettings:
     # transform, so under DP it costs no budget.
     stain_augment: bool = False
     proximal_mu: float = 0.0  # FedProx: mu of mu/2·||w - w_global||², added after clipping and noise (common.proximal)
-    # Simulation audit only (simulations.gradient_canaries): deployed sites never hold canaries and never set
+    # Simulation audit only (simulations.harness.gradient_canaries): deployed sites never hold canaries and never set
     # this. Called once per step with the trainable parameters and the step's Poisson rate; returns the summed
     # gradients of the canary records that take part in the step (one tensor per parameter), or None.
     audit_gradient_canaries: GradientCanaries | None = None

@@ -5,7 +5,7 @@ Simulation only (`audit-canaries = m`): simulated site 0 trains with the run's c
 global model it sends and the model each site sends back; per round it scores every canary
 by how far that site's update moved the model along the canary's own descent direction
 (`common.canaries.update_alignment`), summed over rounds: the `gradient` score of the audit
-experiment (`simulations.audit`). Those scores are fixed before anyone
+experiment (`simulations.harness.audit`). Those scores are fixed before anyone
 looks at the coin flips; only the evaluation (`summarise`) compares them with the flips and
 turns the correct guesses into an empirical lower bound on the site's ε (Steinke, Nasr &
 Jagielski 2023, `common.audit_bound`), next to the ε the site claims.

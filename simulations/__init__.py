@@ -1,1 +1,1 @@
-"""Launchers, experiments and benchmarks that drive fedpath through Flower."""
+"""The local launcher (`simulations.run`) and, in `simulations.harness`, the research harness."""

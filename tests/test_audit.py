@@ -115,7 +115,7 @@ def tiny_audit() -> list[dict]:
     features (512 random features: enough to memorise 12 records and ~20 mislabelled canaries),
     40 canaries, non-private and DP at ε = 2, through fedpath's site training function. Data,
     canaries and coin flips are seeded; the DP rows draw their noise seed from the OS, as sites do."""
-    from simulations import audit
+    from simulations.harness import audit
 
     plan = audit.AuditPlan(sites=2, rounds=1, local_epochs=30, per_group=1, site_records=12, canaries=40,
                            canary_kind="mislabelled", mia_bootstrap=100)
@@ -125,7 +125,7 @@ def tiny_audit() -> list[dict]:
 
 
 def test_tiny_run_audits_the_site_it_trained(tiny_audit: list[dict]) -> None:
-    from simulations.audit import SCORES
+    from simulations.harness.audit import SCORES
 
     nonprivate, dp = tiny_audit
     assert (nonprivate["dp"], dp["dp"], dp["claimed_epsilon"]) == (False, True, 2.0)
@@ -147,7 +147,7 @@ def test_tiny_nonprivate_audit_beats_chance(tiny_audit: list[dict]) -> None:
 
 
 def test_tiny_dp_audit_stays_below_the_claimed_epsilon(tiny_audit: list[dict]) -> None:
-    from simulations.audit import targets
+    from simulations.harness.audit import targets
 
     dp = tiny_audit[1]
     assert dp["site_epsilon_spent"] <= 2.0 * (1 + 1e-6)
@@ -199,7 +199,7 @@ def test_gradient_canary_joins_one_step_as_a_record_of_its_own(dp: bool, unit: s
 def tiny_gradient_audit() -> list[dict]:
     """The tiny federation of `tiny_audit` with 200 gradient canaries instead of 40 mislabelled patches
     (same sizes, so the noise calibration of its sites is the one `tiny_audit` already made)."""
-    from simulations import audit
+    from simulations.harness import audit
 
     plan = audit.AuditPlan(sites=2, rounds=1, local_epochs=30, per_group=1, site_records=12, canaries=200,
                            canary_kind="gradient", mia_bootstrap=20)
@@ -232,9 +232,9 @@ def _row(label: str, dp: bool, eps: float | None, bound: float, auc_update: floa
 
 
 def test_audit_table_and_reading_state_the_targets() -> None:
-    from simulations.audit import targets
-    from simulations.publish import _audit_setup, _reading
-    from simulations.results import markdown_table
+    from simulations.harness.audit import targets
+    from simulations.harness.publish import _audit_setup, _reading
+    from simulations.harness.results import markdown_table
 
     rows = [_row("non-private", False, None, 1.4, 0.66), _row("DP epsilon=8", True, 8.0, 0.3, 0.52),
             _row("DP epsilon=1", True, 1.0, 0.0, 0.50)]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from simulations import bench, experiment
-from simulations.publish import _reading
-from simulations.results import markdown_table
+from simulations.harness import bench, experiment
+from simulations.harness.publish import _reading
+from simulations.harness.results import markdown_table
 
 
 def test_communication_bench_prints_one_json_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -31,7 +31,7 @@ def test_bench_writes_its_command_and_machine_beside_the_lines(tmp_path: Path) -
     out = tmp_path / "communication.jsonl"
     assert bench.main(["communication", "--out", str(out)]) == 0
     meta = json.loads(out.with_name(out.name + ".meta.json").read_text())
-    assert meta["command"] == "python -m simulations.bench communication"
+    assert meta["command"] == "python -m simulations.harness.bench communication"
     assert meta["machine"]["cores"] >= 1 and "torch" in meta["versions"]
     assert len(out.read_text().splitlines()) == 24
 

@@ -1,4 +1,4 @@
-"""Benchmarks that print numbers: `python -m simulations.bench NAME [--quick]`.
+"""Benchmarks that print numbers: `python -m simulations.harness.bench NAME [--quick]`.
 
     throughput     local training images/s per policy, DP vs non-DP, 28 and 64 px, batch 64
                    (--privacy-unit patch|patient|both, --policy P to measure some policies only)
@@ -244,7 +244,7 @@ def bench_secure_noise(quick: bool, out: Path | None) -> None:
 def _stain_images(per_class: int, image_size: int) -> tuple[Any, str]:
     """Real LC25000 patches (evenly spaced in each class) where ../shared/data has them, else synthetic."""
     from common.data.folder import load_image_folder
-    from simulations.experiment import LC25000
+    from simulations.harness.experiment import LC25000
 
     if not (LC25000 / "groups.csv").exists():
         return _synthetic(3 * per_class, image_size, 0), "synthetic"
@@ -348,7 +348,7 @@ BENCHES: dict[str, Callable[[bool, Path | None], None]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m simulations.harness.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(BENCHES))
     parser.add_argument("--quick", action="store_true", help="smaller sizes (minutes on 2 CPU cores)")
@@ -380,7 +380,7 @@ def _write_meta(args: argparse.Namespace) -> None:
     from common.versions import machine, versions
 
     meta = {
-        "command": f"python -m simulations.bench {args.name}" + (" --quick" if args.quick else "")
+        "command": f"python -m simulations.harness.bench {args.name}" + (" --quick" if args.quick else "")
         + (f" --privacy-unit {args.privacy_unit}" if args.name == "throughput" and args.privacy_unit != "patch" else "")
         + "".join(f" --policy {p}" for p in (args.policies or []) if args.name == "throughput"),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "versions": versions(),

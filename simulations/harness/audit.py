@@ -14,7 +14,7 @@ audited site (site 0) of a small FedAvg federation:
   `last-update`: minus the loss under the site's last returned model.
 * **One-run canary audit** (Steinke, Nasr & Jagielski 2023): m canaries, each made a record of
   the audited site with probability ½ (coin flips from the experiment seed). `gradient` (the
-  default, `simulations.gradient_canaries`): Dirac canaries in gradient space, C·e_j added to the
+  default, `simulations.harness.gradient_canaries`): Dirac canaries in gradient space, C·e_j added to the
   site's clipped gradient sum before the noise whenever Poisson sampling takes them, scored by
   how far the site's updates moved their coordinate: the worst case DP-SGD must cover, and the
   only kind that gave the audit power here. Image canaries (`noise`: uniform noise with random
@@ -53,7 +53,8 @@ import numpy as np
 from common.audit_bound import audit_scores
 from common.canaries import coin_flips, concat, make_canaries, noise_canaries, per_example_loss, update_alignment
 from common.mia import mia_metrics
-from simulations import gradient_canaries
+from common.paths import REPO
+from simulations.harness import gradient_canaries
 
 log = logging.getLogger("fedpath.audit")
 
@@ -73,7 +74,7 @@ class AuditPlan:
     per_group: int = 3
     site_records: int = 0  # > 0: each site keeps only this many records (whole groups of at most per_group)
     canaries: int = 300
-    # "gradient" (simulations.gradient_canaries: Dirac canaries in gradient space), "noise", "blocks"
+    # "gradient" (simulations.harness.gradient_canaries: Dirac canaries in gradient space), "noise", "blocks"
     # (common.canaries.noise_canaries) or "mislabelled" (real patches)
     canary_kind: str = "gradient"
     delta: float = 1e-5  # the sites' δ; must be far below 1/m for the canary bound (its δ term is 2·m·δ)
@@ -290,7 +291,7 @@ def audit_config(dataset: str, image_size: int, weights: str, seed: int, policy:
     """The run config the audited federation uses (the sites' own keys, IID split); `scenario`
     sets further `Scenario` fields, `run_config` adds `key=value` pairs Scenario does not hold."""
     from common.config import load_app_config
-    from simulations.experiment import REPO, Scenario
+    from simulations.harness.experiment import Scenario
 
     scenario = Scenario("audit", dataset, image_size=image_size, rounds=1, sites=2, partitioning="iid",
                         policy=policy, weights=weights, seed=seed, lr=lr, batch_size=batch_size, delta=delta,

@@ -1,4 +1,4 @@
-"""`python -m simulations.experiment patient-privacy [--quick]`: what protecting patients costs.
+"""`python -m simulations.harness.experiment patient-privacy [--quick]`: what protecting patients costs.
 
 Issue 11's evidence on LC25000 (`groups.csv` groups standing in for patients, group-aware
 splits), with the settings of the `baselines` experiment: pooled non-private, FedAvg
@@ -24,7 +24,7 @@ import numpy as np
 from common.data.sources import all_simulated_sites
 from common.privacy.accounting import epsilon_of
 from common.privacy.units import patch_epsilon_of_patient_run, patient_epsilon_of_patch_run
-from simulations.experiment import Scenario, _base, federated, pooled, pretrained_weights
+from simulations.harness.experiment import Scenario, _base, federated, pooled, pretrained_weights
 
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
 UNITS = ("patch", "patient")

@@ -1,4 +1,4 @@
-"""`python -m simulations.experiment stain-strategy [--quick]`: the levers for hospitals that differ.
+"""`python -m simulations.harness.experiment stain-strategy [--quick]`: the levers for hospitals that differ.
 
 Issue 13's evidence on LC25000: the heterogeneity experiment's harshest setting (Dirichlet 0.1
 label skew plus per-site stain shift 0.5) and its mildest (IID, no shift), each re-run with
@@ -15,7 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from simulations.experiment import _base, federated, pretrained_weights
+from simulations.harness.experiment import _base, federated, pretrained_weights
 
 SETTINGS = {"harsh": ("dirichlet", 0.1, 0.5), "mild": ("iid", 1.0, 0.0)}
 SETTING_NAMES = {"harsh": "Dirichlet 0.1 + stain shift 0.5", "mild": "IID, no stain shift"}

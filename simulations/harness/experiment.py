@@ -1,4 +1,4 @@
-"""Experiments on real pathology data: `python -m simulations.experiment NAME [--quick]`.
+"""Experiments on real pathology data: `python -m simulations.harness.experiment NAME [--quick]`.
 
     baselines        pooled non-private, local-only per site, FedAvg non-private, FedAvg DP
     privacy-utility  FedAvg DP with per-site epsilon in {1, 2, 4, 8, inf}, 10 sites, Dirichlet 0.5
@@ -18,7 +18,7 @@ ImageNet weights can be downloaded here; with ImageNet weights in the torch hub 
 transfer experiment adds the ImageNet variant).
 
 Each experiment writes `results.json`, `plot.png` and `table.md` under `--out/NAME[-quick]/`;
-`python -m simulations.publish` assembles docs/BENCHMARKS.md from them.
+`python -m simulations.harness.publish` assembles docs/BENCHMARKS.md from them.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from common.versions import machine, versions
-from simulations.local_superlink import REPO
+from common.paths import REPO
 
 LC25000 = REPO.parent / "shared" / "data" / "lc25000-lung"
 log = logging.getLogger("fedpath.experiment")
@@ -335,8 +335,8 @@ def exp_heterogeneity(quick: bool, data: Path, out: Path, workdir: Path) -> dict
 
 
 def audit_plan(quick: bool) -> Any:
-    """Sizes of the audit experiment (see simulations.audit): small sites, many local epochs."""
-    from simulations.audit import AuditPlan
+    """Sizes of the audit experiment (see simulations.harness.audit): small sites, many local epochs."""
+    from simulations.harness.audit import AuditPlan
 
     # Gradient canaries (the default kind) cost almost nothing, so m = 1000 (the bound grows with m).
     if quick:  # sized for a shared, busy 2-core machine: a few minutes per setting
@@ -353,7 +353,7 @@ AUDIT_SEEDS = {True: (42,), False: (42, 43, 44)}
 def exp_audit(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
     """Membership inference and a one-run canary audit of one site (in process, fedpath's site
     training path), for non-private FedAvg and DP at epsilon 8 and 1, on every seed."""
-    from simulations import audit
+    from simulations.harness import audit
 
     base = _base(quick, data)
     weights = _audit_weights(base, out, epochs=5 if quick else 15)
@@ -400,13 +400,13 @@ EXPERIMENTS: dict[str, Callable[[bool, Path, Path, Path], dict[str, Any]]] = {
 
 
 def _patient_privacy(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
-    from simulations.patient_experiment import exp_patient_privacy  # it builds on this module
+    from simulations.harness.patient_experiment import exp_patient_privacy  # it builds on this module
 
     return exp_patient_privacy(quick, data, out, workdir)
 
 
 def _stain_strategy(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
-    from simulations.stain_strategy import exp_stain_strategy  # it builds on this module
+    from simulations.harness.stain_strategy import exp_stain_strategy  # it builds on this module
 
     return exp_stain_strategy(quick, data, out, workdir)
 
@@ -416,7 +416,7 @@ def _slug(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.experiment", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m simulations.harness.experiment", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(EXPERIMENTS))
     parser.add_argument("--quick", action="store_true", help="the under-15-minutes size (2 CPU cores)")
@@ -443,11 +443,11 @@ def main(argv: list[str] | None = None) -> int:
             result = EXPERIMENTS[args.name](args.quick, args.data.resolve(), args.out, workdir)
     result.update(
         experiment=args.name, quick=args.quick, seconds=round(time.time() - started, 1),
-        command=f"python -m simulations.experiment {args.name}" + (" --quick" if args.quick else ""),
+        command=f"python -m simulations.harness.experiment {args.name}" + (" --quick" if args.quick else ""),
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), machine=machine(), versions=versions(),
         data=str(args.data),
     )
-    from simulations.results import write_outputs
+    from simulations.harness.results import write_outputs
 
     paths = write_outputs(result, target)
     print("\n".join(str(p) for p in paths))
