@@ -10,6 +10,7 @@ from flwr.clientapp import ClientApp
 from client.identity import site_identity
 from client.site import RoundRequest, failure_code, run_round
 from common import reply as wire
+from common.bn_statistics import TRAIN_CONFIG_KEY as BN_STATISTICS_KEY
 from common.config import RunConfig
 from common.logging_setup import setup_logging
 from common.records import from_array_record, to_array_record
@@ -52,6 +53,7 @@ def _train(msg: Message, context: Context) -> Message:
         frozen_fingerprint=str(round_config["frozen-fingerprint"]),
         job_id=int(round_config["job-id"]) if "job-id" in round_config else None,
         proximal_mu=round_config.get(PROXIMAL_MU_KEY, 0.0),  # sent by Flower's FedProx only; the site checks it
+        bn_statistics=round_config.get(BN_STATISTICS_KEY),  # with bn-statistics=public only
     )
     result = run_round(identity, config, request)
     records = wire.encode(result.reply)

@@ -24,6 +24,7 @@ import torch
 
 from client.identity import SiteIdentity, parse_budget_change
 from client.site_keys import site_split_key
+from common.bn_statistics import unpack as unpack_statistics
 from common.canaries import AUDITED_PARTITION, with_run_canaries
 from common.config import ConfigError, RunConfig, auto_delta, check_delta
 from common.data.imageset import DataError
@@ -80,6 +81,8 @@ class RoundRequest:
     job_id: int | None = None  # the job a resumed run continues (its first run's id); None = this run
     # FedProx's mu, as the server's train config sent it (checked before use: common.strategies.proximal_mu_ok)
     proximal_mu: Any = 0.0
+    # bn-statistics=public: the BatchNorm statistics the server estimated on its public share (bytes, common.bn_statistics)
+    bn_statistics: Any = None
 
     @property
     def job(self) -> str:
@@ -360,6 +363,7 @@ def _with_seed(settings: TrainSettings, randomness: RoundRandomness) -> TrainSet
 
 def _start_model(identity: SiteIdentity, config: RunConfig, request: RoundRequest) -> torch.nn.Module:
     model, _ = initial_model(config, len(request.classes))
+    _put_public_statistics(identity, config, request, model)
     local_print = frozen_fingerprint(model)
     if local_print != request.frozen_fingerprint:
         raise ModelMismatch(
@@ -369,6 +373,20 @@ def _start_model(identity: SiteIdentity, config: RunConfig, request: RoundReques
         )
     set_trainable_state(model, request.arrays)
     return model
+
+
+def _put_public_statistics(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
+                           model: torch.nn.Module) -> None:
+    """bn-statistics=public: the server's public-data statistics into the frozen layers (checked by the fingerprint)."""
+    if config.bn_statistics != "public":
+        return
+    if not isinstance(request.bn_statistics, bytes):
+        raise ModelMismatch(f"site {identity.site_id}: the run uses bn-statistics=public but the server sent no "
+                            "BatchNorm statistics")
+    try:
+        unpack_statistics(model, request.bn_statistics)
+    except ValueError as err:
+        raise ModelMismatch(f"site {identity.site_id}: the server's BatchNorm statistics do not fit: {err}") from err
 
 
 def _plan_job(state: _Round, ledger: PrivacyLedger, sample_rate: float, steps: int) -> float | RoundResult:

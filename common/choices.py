@@ -14,3 +14,6 @@ ARCHITECTURE_NAMES: Final[tuple[str, ...]] = ("resnet18", "resnet34", "resnet50"
 POLICIES: Final[tuple[str, ...]] = ("full", "last-block", "norm-head", "head")
 # Policies that train convolutions: their per-sample norms use ghost clipping (hooks would be slow).
 CONV_POLICIES: Final[tuple[str, ...]] = ("full", "last-block")
+# Where the frozen BatchNorm statistics come from (common.bn_statistics): the backbone's own, or
+# re-estimated by the server on the run's public share (target-domain data it holds) before round 1.
+BN_STATISTICS_SETTINGS: Final[tuple[str, ...]] = ("backbone", "public")

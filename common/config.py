@@ -15,7 +15,7 @@ from typing import Any
 
 from common.booleans import parse_bool
 from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS
-from common.choices import ARCHITECTURE_NAMES, POLICIES
+from common.choices import ARCHITECTURE_NAMES, BN_STATISTICS_SETTINGS, POLICIES
 from common.stain_settings import stain_problems
 from common.strategies import strategy_problems
 
@@ -44,6 +44,8 @@ class RunConfig:
     weights: str = "auto"
     weights_sha256: str = ""
     policy: str = "norm-head"
+    # frozen BatchNorm statistics: the backbone's, or re-estimated on the public share (common.bn_statistics)
+    bn_statistics: str = "backbone"
     local_epochs: int = 1
     batch_size: int = 64
     lr: float = 0.1
@@ -184,6 +186,10 @@ class RunConfig:
         problems.extend(stain_problems(self.stain, self.stain_reference))
         need(0 < self.test_fraction < 1, f"test-fraction must be in (0, 1), got {self.test_fraction}")
         need(0 <= self.public_fraction < 1, f"public-fraction must be in [0, 1), got {self.public_fraction}")
+        need(self.bn_statistics in BN_STATISTICS_SETTINGS, f"bn-statistics {self.bn_statistics!r} is unknown; "
+             f"valid values: {', '.join(BN_STATISTICS_SETTINGS)}")
+        need(self.bn_statistics != "public" or self.public_fraction > 0,
+             "bn-statistics=public re-estimates BatchNorm statistics on the run's public share: set public-fraction > 0")
         need(0 <= self.val_fraction < 1, f"val-fraction must be in [0, 1), got {self.val_fraction}")
         need(0 < self.fraction_train <= 1, f"fraction-train must be in (0, 1], got {self.fraction_train}")
         need(self.min_train_nodes >= 1, f"min-train-nodes must be >= 1, got {self.min_train_nodes}")

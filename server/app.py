@@ -14,6 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from common.bn_statistics import TRAIN_CONFIG_KEY as BN_STATISTICS_KEY
 from common.config import RunConfig
 from common.data.sources import central_test_set, dataset_classes
 from common.factory import initial_model
@@ -30,6 +31,7 @@ from server.resume import find_resume_point
 from server.run_store import RunStore
 from server.screening import TrainingBound, UpdateScreen
 from server.strategy import make_strategy
+from server.target_statistics import public_batchnorm_statistics
 
 app = ServerApp()
 log = logging.getLogger("fedpath.server")
@@ -66,12 +68,14 @@ class _Start:
     state: dict[str, np.ndarray]
     meta: dict[str, Any]
     completed: int
+    bn_statistics: bytes | None = None  # re-estimated on the public share (bn-statistics=public), sent every round
 
 
 def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
     classes = dataset_classes(config)
     test = central_test_set(config)
     model, source = initial_model(config, len(classes))
+    bn_statistics, public_images = public_batchnorm_statistics(config, model, store.root)
     fingerprint = frozen_fingerprint(model)
     state = get_trainable_state(model)
     meta = {
@@ -93,13 +97,14 @@ def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
             "test_stain_fallbacks": test.report.stain_fallbacks,
             "trainable_tensors": len(state), "trainable_parameters": int(sum(v.size for v in state.values())),
             "trainable_names": trainable_names(model), "frozen_fingerprint": fingerprint,
+            "bn_statistics": {"setting": config.bn_statistics, "public_images": public_images},
         })
     log.info(
         "%s, policy %s: %d trainable parameters travel each round (%.1f KiB); weights: %s",
         config.arch, config.policy, sum(v.size for v in state.values()),
         sum(v.nbytes for v in state.values()) / 1024, source.description,
     )
-    return _Start(classes, test, model, fingerprint, state, meta, completed)
+    return _Start(classes, test, model, fingerprint, state, meta, completed, bn_statistics)
 
 
 def _strategy_for(config: RunConfig, store: RunStore, start: _Start) -> tuple[Any, RunAudit | None]:
@@ -119,8 +124,11 @@ def _strategy_for(config: RunConfig, store: RunStore, start: _Start) -> tuple[An
 def _train_config(start: _Start, store: RunStore) -> ConfigRecord:
     # job-id: the run that started this job, kept when it is resumed, so a site's grant covers the
     # whole job (a resumed job is not a new one)
-    return ConfigRecord({"classes": start.classes, "frozen-fingerprint": start.fingerprint,
-                         "job-id": int(store.read_json("run.json")["run_id"])})
+    config = {"classes": start.classes, "frozen-fingerprint": start.fingerprint,
+              "job-id": int(store.read_json("run.json")["run_id"])}
+    if start.bn_statistics is not None:  # public-data statistics the sites put into their frozen layers
+        config[BN_STATISTICS_KEY] = start.bn_statistics
+    return ConfigRecord(config)
 
 
 class _RoundRecorder:

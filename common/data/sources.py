@@ -102,6 +102,11 @@ def public_share(config: RunConfig) -> ImageSet:
     return pool.subset(public_idx)
 
 
+def public_share_as_trained(config: RunConfig) -> ImageSet:
+    """The public share as the sites' images look in training: stain-normalised where the run normalises."""
+    return _normalised(public_share(config), config)
+
+
 def central_test_set(config: RunConfig) -> ImageSet:
     """The held-out test set every round's global model is evaluated on (stain-normalised as the sites' data)."""
     return _normalised(_split(config)[2], config)

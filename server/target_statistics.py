@@ -1,0 +1,50 @@
+"""`bn-statistics = public`: the server re-estimates the backbone's BatchNorm statistics on its public share.
+
+Called once per run, before round 1 (`server.app._starting_point`), on the run's starting model:
+the statistics come from the public share of groups (`public-fraction`), which no site holds and
+the test set does not contain, stain-normalised as the sites' images are. They are kept in the run
+directory, so a resumed run sends exactly the same bytes (a re-estimate in another process could
+differ in the last bit and fail every site's frozen-layer fingerprint check).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common.atomic import atomic_file
+from common.bn_statistics import estimate_statistics, pack, unpack
+from common.config import RunConfig
+from common.data.sources import public_share_as_trained
+from common.training import normalise
+
+log = logging.getLogger("fedpath.server")
+
+STATISTICS_FILE = "bn-statistics.bin"
+
+
+def public_batchnorm_statistics(config: RunConfig, model: nn.Module, run_root: Path) -> tuple[bytes | None, int]:
+    """(the packed statistics now in `model`, public images used), or (None, 0) with `bn-statistics=backbone`."""
+    if config.bn_statistics != "public":
+        return None, 0
+    saved = run_root / STATISTICS_FILE
+    if config.resume_from and saved.exists():
+        blob = saved.read_bytes()
+        unpack(model, blob)
+        log.info("BatchNorm statistics: the run's own re-estimate, from %s", saved)
+        return blob, 0
+    started = time.time()
+    public = public_share_as_trained(config)
+    images = torch.from_numpy(public.images).permute(0, 3, 1, 2)
+    estimate_statistics(model, images, config.eval_batch_size, prepare=normalise)
+    blob = pack(model)
+    run_root.mkdir(parents=True, exist_ok=True)
+    with atomic_file(saved, "wb") as handle:
+        handle.write(blob)
+    log.info("BatchNorm statistics re-estimated on the public share (%d images) in %.1f s; %.1f KiB go to each "
+             "site with every round's instructions", len(public), time.time() - started, len(blob) / 1024)
+    return blob, len(public)
