@@ -5,8 +5,9 @@ RGBA or 16-bit scans, oversized images, looping links. By default a file that fa
 open or decode, for whatever reason, is skipped, counted and named in the log; with
 `strict` it is an error naming it. Hidden files and folders are never data. Problems of
 the tree as a whole (empty or aliased class folders, malformed groups.csv) are refused
-before anything is decoded (`common/data/checks.py`). Every image is converted to RGB and fitted to `image_size` by resize +
-centre crop (`PIL.ImageOps.fit`), so odd sizes and aspect ratios are handled consistently.
+before anything is decoded (`common/data/tree_checks.py`, `common/data/groups_csv.py`). Every
+image is converted to RGB and fitted to `image_size` by resize + centre crop
+(`PIL.ImageOps.fit`), so odd sizes and aspect ratios are handled consistently.
 """
 
 from __future__ import annotations
@@ -23,20 +24,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from common.atomic import atomic_file
-from common.data.checks import (
-    DEFAULT_MAX_IMAGE_PIXELS,
-    MAX_PIXELS_KEY,
-    FileProblem,
-    GroupRows,
-    aliases_error,
-    check_class_folders,
-    check_pixels,
-    is_hidden,
-    read_group_rows,
-    report_unmatched_rows,
-    seen_before,
-)
+from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_KEY, FileProblem, check_pixels
+from common.data.groups_csv import GroupRows, read_group_rows, report_unmatched_rows
 from common.data.imageset import DataError, ImageSet, LoadReport
+from common.data.tree_checks import aliases_error, check_class_folders, is_hidden, seen_before
 from common.progress import progress
 
 log = logging.getLogger("fedpath.data")

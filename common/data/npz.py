@@ -3,7 +3,7 @@
 PathMNIST is 9 colorectal tissue classes from NCT-CRC-HE-100K; its official test split is
 the external CRC-VAL-HE-7K set. `load_pathmnist` fetches it with the `medmnist` package
 where there is network; offline, point `dataset` at a local `pathmnist*.npz`. Files are
-checked before use (`common/data/checks.py`): never unpickled, labels 0..K-1 without gaps,
+checked before use (`common/data/npz_checks.py`): never unpickled, labels 0..K-1 without gaps,
 pixel scales stated, oversized images refused.
 """
 
@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.data.checks import (
-    DEFAULT_MAX_IMAGE_PIXELS,
+from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS
+from common.data.folder import to_rgb_array
+from common.data.imageset import DataError, ImageSet
+from common.data.npz_checks import (
     check_image_shape,
     check_label_range,
     check_npz_container,
@@ -24,8 +26,6 @@ from common.data.checks import (
     label_vector,
     to_uint8,
 )
-from common.data.folder import to_rgb_array
-from common.data.imageset import DataError, ImageSet
 
 log = logging.getLogger("fedpath.data")
 
