@@ -5,6 +5,8 @@
     transfer         pretrained vs from scratch, for each policy, DP and non-DP
     heterogeneity    IID vs Dirichlet 0.1 / 0.5 / 1.0, with and without stain shift
     stain-strategy   stain handling x server strategy at the harshest and the mildest heterogeneity
+    cross-domain     a backbone from another domain (synthetic -> LC25000; unshifted -> stain-shifted sites)
+                     vs from scratch, with the backbone's BatchNorm statistics or public-data ones
     audit            empirical privacy audit of one site: membership inference and a one-run
                      canary lower bound on epsilon (non-private, DP epsilon 8 and 1)
 
@@ -72,6 +74,7 @@ class Scenario:
     stain: str = "none"
     strategy: str = "fedavg"
     server_lr: float = 0.0  # 0 = Flower's default for the adaptive strategies
+    bn_statistics: str = "backbone"  # or "public": re-estimated on the public share (common.bn_statistics)
 
     def run_config(self) -> str:
         values: dict[str, Any] = {
@@ -82,7 +85,7 @@ class Scenario:
             "local-epochs": self.local_epochs, "fraction-train": self.fraction_train, "seed": self.seed,
             "public-fraction": self.public_fraction, "min-train-nodes": 1, "min-available-nodes": self.sites,
             "bootstrap-samples": 1000, "privacy-unit": self.privacy_unit, "stain": self.stain,
-            "strategy": self.strategy, "server-lr": self.server_lr,
+            "strategy": self.strategy, "server-lr": self.server_lr, "bn-statistics": self.bn_statistics,
         }
         return " ".join(f"{k}={_toml(v)}" for k, v in values.items())
 
@@ -396,6 +399,7 @@ EXPERIMENTS: dict[str, Callable[[bool, Path, Path, Path], dict[str, Any]]] = {
     "audit": exp_audit,
     "patient-privacy": lambda *args: _patient_privacy(*args),
     "stain-strategy": lambda *args: _stain_strategy(*args),
+    "cross-domain": lambda *args: _cross_domain(*args),
 }
 
 
@@ -409,6 +413,12 @@ def _stain_strategy(quick: bool, data: Path, out: Path, workdir: Path) -> dict[s
     from simulations.harness.stain_strategy import exp_stain_strategy  # it builds on this module
 
     return exp_stain_strategy(quick, data, out, workdir)
+
+
+def _cross_domain(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
+    from simulations.harness.cross_domain import exp_cross_domain  # it builds on this module
+
+    return exp_cross_domain(quick, data, out, workdir)
 
 
 def _slug(text: str) -> str:
