@@ -120,3 +120,14 @@ def test_server_estimates_on_its_public_share_and_a_site_trains_with_exactly_tho
     backbone = RunConfig.from_mapping({**mapping, "bn-statistics": "backbone"})
     with pytest.raises(Exception, match="frozen layers differ"):
         run_round(identity, backbone, RoundRequest(1, 1, start.state, start.classes, start.fingerprint))
+
+
+def test_the_report_says_where_the_statistics_came_from_and_when_a_backbone_is_a_risk() -> None:
+    from server.report.compose import describe_bn_statistics
+
+    backbone = describe_bn_statistics({"bn-statistics": "backbone"}, "file", None)
+    assert "another domain" in backbone and "bn-statistics = public" in backbone
+    assert "noise" in describe_bn_statistics({}, "none", None)  # runs from before the key: the backbone's
+    public = describe_bn_statistics({"bn-statistics": "public", "dataset": "lc25000-lung", "public-fraction": 0.2},
+                                    "file", {"setting": "public", "public_images": 2406})
+    assert "2406 images" in public and "no privacy cost" in public

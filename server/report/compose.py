@@ -23,6 +23,22 @@ HEADLINE_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "loss
 SITE_STATUSES = ("trained", "refused", "failed", "rejected")
 
 
+def describe_bn_statistics(config: dict[str, Any], weights_kind: str | None, recorded: dict[str, Any] | None) -> str:
+    """The report's sentence on where the frozen BatchNorm statistics came from, and when that is a risk."""
+    if config.get("bn-statistics") == "public":
+        images = (recorded or {}).get("public_images")
+        count = f"{images} images of " if images else ""
+        return (f"re-estimated by the server before round 1 on {count}its public share of {config.get('dataset')} "
+                f"(public-fraction {config.get('public-fraction')}): the target domain's own statistics; no site "
+                "data, no privacy cost (bn-statistics = public)")
+    if weights_kind in (None, "none"):
+        return "estimated from Gaussian noise (from scratch: no data, no privacy cost)"
+    return ("the backbone's own, from the data it was pretrained on (bn-statistics = backbone). If that data is "
+            "another domain than the sites' (another organ, stain, scanner, or synthetic images), these "
+            "statistics do not fit and fine-tuning can end below training from scratch: use bn-statistics = "
+            "public, or do not use such a backbone with norm-head or head (docs/BENCHMARKS.md, cross-domain)")
+
+
 def _finite(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -195,6 +211,7 @@ def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None)
             "weights_description": weights.get("description"),
             "weights_sha256": weights.get("sha256"),
             "weights_path": weights.get("path"),
+            "bn_statistics": describe_bn_statistics(config, weights.get("kind"), run.get("bn_statistics")),
             "classes": run.get("classes", []),
             "test_examples": run.get("test_examples"),
             "test_class_counts": run.get("test_class_counts"),

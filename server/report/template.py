@@ -159,6 +159,7 @@ TEMPLATE = """<!DOCTYPE html>
     <dt>Stain handling</dt><dd>{{ stain_text }}</dd>
     <dt>Starting weights</dt><dd>{% if weights.pretrained %}<span class="pill ok">pretrained</span>{% else %}<span
       class="pill warn">not pretrained</span>{% endif %} {{ weights.description or weights.source }}</dd>
+    <dt>BatchNorm statistics</dt><dd>{{ run.bn_statistics or "the backbone's own" }}</dd>
     <dt>Privacy</dt><dd>{{ privacy_text }}</dd>
     <dt>Status</dt><dd>{% if complete %}<span class="pill ok">complete</span>{% else %}<span
       class="pill bad">incomplete</span>{% endif %} started {{ start }}, ended {{ end }} ({{ duration }})</dd>
