@@ -21,7 +21,7 @@ Free text never crosses the wire: refusals and failures are fixed codes with fix
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +191,23 @@ def decode(records: Mapping[str, Mapping[str, Any]], update: dict[str, Any] | No
 def failure_text(code: str) -> str:
     """The only text about a site's exception that leaves the site."""
     return f"{FAILURE_PREFIX} [{code}]: {FAILURES.get(code, FAILURES['internal'])} (details in the site's own log)"
+
+
+def largest_site_epsilon(entries: Iterable[Mapping[str, Any]]) -> float | None:
+    """The largest cumulative ε among sites that trained under DP; None when no DP site reported one.
+
+    The one number a federation's privacy is summarised by, defined once: Flower's round log
+    (`largest-site-epsilon`) and the report's round table and baseline comparison call this,
+    and the experiments' `max_site_epsilon` is the same number. `entries` carry `dp` and `epsilon` as a
+    reply's metrics do: replies' metrics, or the report's per-site summaries. A site without
+    DP has no ε that means anything, so it never counts.
+    """
+    spent = [float(e["epsilon"]) for e in entries if e.get("dp") and _finite_number(e.get("epsilon"))]
+    return max(spent) if spent else None
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def wire_table() -> list[dict[str, str]]:

@@ -76,11 +76,11 @@ def aggregate_round_metrics(replies: list[RecordDict], weighted_by_key: str) -> 
     per-site values are in the run's metrics.jsonl and the report.
     """
     values = [next(iter(r.metric_records.values()), {}) for r in replies]
-    spent = [float(m["epsilon"]) for m in values if "epsilon" in m and m.get("dp")]
+    largest = wire.largest_site_epsilon(values)
     return MetricRecord({
         "sites-aggregated": len(values),
         "examples-aggregated": int(sum(int(m.get(weighted_by_key, 0)) for m in values)),
-        **({"largest-site-epsilon": max(spent)} if spent else {}),
+        **({"largest-site-epsilon": largest} if largest is not None else {}),
     })
 
 

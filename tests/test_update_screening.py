@@ -121,3 +121,11 @@ def test_flower_logs_only_aggregates_that_mean_something(flower_process: None) -
     strategy = FedPathFedAvg(screen=UpdateScreen(REFERENCE, dp_bound=BOUND), min_train_nodes=1, min_available_nodes=1)
     _, metrics = strategy.aggregate_train(1, [_reply(1, _small(0.1), examples=10), _reply(2, _small(0.2), examples=30)])
     assert dict(metrics) == {"sites-aggregated": 2, "examples-aggregated": 40, "largest-site-epsilon": 1.0}
+
+
+def test_largest_site_epsilon_counts_only_dp_sites_that_reported_one() -> None:
+    """The one definition the round log, the report and the experiments share."""
+    entries = [{"dp": 1, "epsilon": 2.5}, {"dp": 0, "epsilon": 9.0}, {"dp": 1, "epsilon": float("nan")},
+               {"dp": True, "epsilon": None}, {"dp": 1, "epsilon": 3}]
+    assert wire.largest_site_epsilon(entries) == 3.0
+    assert wire.largest_site_epsilon(entries[1:2]) is None and wire.largest_site_epsilon([]) is None
