@@ -7,7 +7,8 @@ from what a run recorded. The pieces, each with one job:
 * `compose`   — report.json from the run's records (rounds, sites, privacy, audit);
 * `baselines` — baseline result files a report compares against;
 * `format`    — how numbers and privacy sentences are written;
-* `html`      — what the page shows (`build_view`), rendered with `template` and `plots`.
+* `html`      — what the page shows (`build_view`), rendered with `template` and `plots`;
+* `tables`    — the page's tables, one row per site, class, round, baseline or transfer.
 """
 
 from server.report.writer import main, write_report
