@@ -147,7 +147,7 @@ def test_tiny_nonprivate_audit_beats_chance(tiny_audit: list[dict]) -> None:
 
 
 def test_tiny_dp_audit_stays_below_the_claimed_epsilon(tiny_audit: list[dict]) -> None:
-    from simulations.harness.audit import targets
+    from simulations.harness.audit_experiment import targets
 
     dp = tiny_audit[1]
     assert dp["site_epsilon_spent"] <= 2.0 * (1 + 1e-6)
@@ -232,8 +232,9 @@ def _row(label: str, dp: bool, eps: float | None, bound: float, auc_update: floa
 
 
 def test_audit_table_and_reading_state_the_targets() -> None:
-    from simulations.harness.audit import targets
-    from simulations.harness.publish import _audit_setup, _reading
+    from simulations.harness.audit_experiment import targets
+    from simulations.harness.publish.audit import audit_setup
+    from simulations.harness.publish.experiments import reading
     from simulations.harness.results import markdown_table
 
     rows = [_row("non-private", False, None, 1.4, 0.66), _row("DP epsilon=8", True, 8.0, 0.3, 0.52),
@@ -244,9 +245,9 @@ def test_audit_table_and_reading_state_the_targets() -> None:
     table = markdown_table(result)
     assert "**1.40** (9/10)" in table and "8 (7.99)" in table and "∞ (non-private)" in table
     assert "NOT met" not in table
-    assert "stays below the claimed ε" in _reading(result) and "has the power" in _reading(result)
-    assert "200 canaries" in _audit_setup(result)
+    assert "stays below the claimed ε" in reading(result) and "has the power" in reading(result)
+    assert "200 canaries" in audit_setup(result)
     broken = [_row("DP epsilon=1", True, 1.0, 1.7, 0.7)]
     assert targets(broken)["bound_below_claimed_epsilon"] is False
     assert "NOT met" in markdown_table({**result, "rows": broken, "targets": targets(broken)})
-    assert "broken" in _reading({**result, "rows": broken, "targets": targets(broken)})
+    assert "broken" in reading({**result, "rows": broken, "targets": targets(broken)})

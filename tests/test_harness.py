@@ -8,12 +8,16 @@ from pathlib import Path
 import pytest
 
 from simulations.harness import bench, experiment
-from simulations.harness.publish import _reading
+from simulations.harness.bench.model_cost import bench_communication
+from simulations.harness.bench.throughput import throughput_once
+from simulations.harness.runs import largest_site_epsilon
+from simulations.harness.scenario import DEFAULTS, Scenario
+from simulations.harness.publish.experiments import reading
 from simulations.harness.results import markdown_table
 
 
 def test_communication_bench_prints_one_json_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
-    bench.bench_communication(quick=True, out=None)
+    bench_communication(quick=True, out=None)
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 3 * 2 * 4  # archs x class counts x policies
     norm_head = next(r for r in rows if r["arch"] == "resnet18" and r["classes"] == 3 and r["policy"] == "norm-head")
@@ -23,7 +27,7 @@ def test_communication_bench_prints_one_json_object_per_line(capsys: pytest.Capt
 
 
 def test_throughput_measures_the_sites_training_function() -> None:
-    speed = bench._throughput_once("head", 16, dp=True, images=64, batch=32, seed=0)
+    speed = throughput_once("head", 16, dp=True, images=64, batch=32, seed=0)
     assert speed > 0
 
 
@@ -42,9 +46,17 @@ def test_experiment_skips_clearly_without_the_real_data(tmp_path: Path, capsys: 
 
 
 def test_scenario_run_config_is_valid_for_the_app() -> None:
-    scenario = experiment.Scenario("x", "synthetic", image_size=32, rounds=2, sites=3, epsilon=2.0, dp=True)
+    scenario = Scenario("x", "synthetic", image_size=32, rounds=2, sites=3, epsilon=2.0, dp=True)
     config = scenario.config()
     assert (config.epsilon, config.image_size, config.num_server_rounds, config.partitioning) == (2.0, 32, 2, "dirichlet")
+    # What a scenario does not set is pyproject's default, written once there.
+    assert (config.lr, config.batch_size, config.bootstrap_samples) == (DEFAULTS.lr, DEFAULTS.batch_size,
+                                                                        DEFAULTS.bootstrap_samples)
+
+
+def test_largest_site_epsilon_reads_the_sites_of_a_report() -> None:
+    assert largest_site_epsilon({"sites": [{"epsilon": 1.5}, {"epsilon": None}, {"epsilon": 7.9}]}) == 7.9
+    assert largest_site_epsilon({"sites": [{"epsilon": None}]}) is None
 
 
 def test_markdown_table_states_whether_targets_are_met() -> None:
@@ -68,19 +80,19 @@ def test_published_reading_follows_the_numbers_not_the_other_way_round() -> None
 
     flat = {"experiment": "privacy-utility", "rows": [eps(0.88, (0.86, 0.90)), eps(0.89, (0.87, 0.91))]}
     steep = {"experiment": "privacy-utility", "rows": [eps(0.70, (0.68, 0.72)), eps(0.89, (0.87, 0.91))]}
-    assert "overlapping 95% CIs" in _reading(flat) and "no measurable accuracy" in _reading(flat)
-    assert "do not all overlap" in _reading(steep) and "no measurable" not in _reading(steep)
+    assert "overlapping 95% CIs" in reading(flat) and "no measurable accuracy" in reading(flat)
+    assert "do not all overlap" in reading(steep) and "no measurable" not in reading(steep)
 
     stain = {"experiment": "heterogeneity", "rows": [
         _federated(0.88, (0, 1), stain_shift=0.0), _federated(0.87, (0, 1), stain_shift=0.0),
         _federated(0.80, (0, 1), stain_shift=0.5)]}
-    assert "costs 7.5 points" in _reading(stain) and "hurts more than class mix" in _reading(stain)
+    assert "costs 7.5 points" in reading(stain) and "hurts more than class mix" in reading(stain)
     skew = {"experiment": "heterogeneity", "rows": [
         _federated(0.88, (0, 1), stain_shift=0.0), _federated(0.78, (0, 1), stain_shift=0.0),
         _federated(0.83, (0, 1), stain_shift=0.5)]}
-    assert "hurts more" not in _reading(skew)
+    assert "hurts more" not in reading(skew)
 
     transfer = {"experiment": "transfer", "rows": [
         _federated(0.9, (0, 1), weights="pre.pth", policy="head", dp=True),
         _federated(0.6, (0, 1), weights="none", policy="head", dp=True)]}
-    assert "head DP +30.0" in _reading(transfer)
+    assert "head DP +30.0" in reading(transfer)

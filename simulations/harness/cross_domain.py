@@ -19,12 +19,17 @@ LC25000 (`bn-statistics = public`, no site data, no privacy cost). Heterogeneity
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from simulations.harness.experiment import Scenario, _base, federated, pretrained_weights, transfer_lr
+from common.data.synthetic import make_synthetic
+from server.pretrain import pretrain, write_weights
+from simulations.harness.backbone import experiments_backbone
+from simulations.harness.runs import federated
+from simulations.harness.scenario import Scenario, base_scenario, transfer_lr
 
 log = logging.getLogger("fedpath.experiment")
 
@@ -39,9 +44,6 @@ STARTS = (("scratch", "backbone"), ("scratch", "public"), ("pretrained", "backbo
 
 def synthetic_weights(scenario: Scenario, out: Path) -> Path:
     """ResNet-18 pretrained on synthetic images at the scenario's size (made once, then reused)."""
-    from common.data.synthetic import make_synthetic
-    from server.pretrain import pretrain, write_weights
-
     path = out / "weights" / f"resnet18-synthetic-{scenario.image_size}px-s{scenario.seed}-e{SYNTHETIC_EPOCHS}.pth"
     if path.exists():
         return path
@@ -60,11 +62,11 @@ def synthetic_weights(scenario: Scenario, out: Path) -> Path:
 
 
 def exp_cross_domain(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
-    base = dataclasses.replace(_base(quick, data), partitioning="iid")
+    base = dataclasses.replace(base_scenario(quick, data), partitioning="iid")
     if quick:
         base = dataclasses.replace(base, rounds=3, sites=5)
     weights = {"synthetic": synthetic_weights(base, out),
-               "stain": pretrained_weights(_base(quick, data), out, epochs=5 if quick else 15)}
+               "stain": experiments_backbone(quick, data, out)}
     rows = []
     for pair, (pair_name, shift, policies) in PAIRS.items():
         for policy in policies:
@@ -82,8 +84,6 @@ def exp_cross_domain(quick: bool, data: Path, out: Path, workdir: Path) -> dict[
 
 
 def _source_accuracy(path: Path) -> float | None:
-    import json
-
     history = json.loads(path.with_name(path.name + ".json").read_text()).get("history") or [{}]
     return history[-1].get("val_accuracy")
 

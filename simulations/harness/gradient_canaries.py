@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.training import as_tensor_dataset, normalise
+
 
 def trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """The trainable parameters in the order the site's optimizer holds them."""
@@ -45,8 +47,6 @@ def choose_coordinates(model: nn.Module, public: object, m: int, rng: np.random.
     model: the coordinates the real records move least leave the canaries' pushes easiest to
     see. Ties (e.g. exactly zero gradients) are broken at random from `rng`.
     """
-    from common.training import as_tensor_dataset, normalise
-
     params = [p for _, p in trainable(model)]
     model.eval()
     model.zero_grad(set_to_none=True)

@@ -24,7 +24,9 @@ import numpy as np
 from common.data.sources import all_simulated_sites
 from common.privacy.accounting import epsilon_of
 from common.privacy.units import patch_epsilon_of_patient_run, patient_epsilon_of_patch_run
-from simulations.harness.experiment import Scenario, _base, federated, pooled, pretrained_weights
+from simulations.harness.backbone import experiments_backbone
+from simulations.harness.runs import federated, pooled
+from simulations.harness.scenario import Scenario, base_scenario
 
 EPSILONS = (1.0, 2.0, 4.0, 8.0)
 UNITS = ("patch", "patient")
@@ -59,8 +61,8 @@ def accuracy_cost(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def exp_patient_privacy(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
-    base = _base(quick, data)
-    weights = pretrained_weights(base, out, epochs=5 if quick else 15)
+    base = base_scenario(quick, data)
+    weights = experiments_backbone(quick, data, out)
     base = dataclasses.replace(base, weights=str(weights), delta=0.0)
     k = largest_patient(base)
     rows = [pooled(base), federated(dataclasses.replace(base, label="FedAvg non-private", dp=False), workdir)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +11,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from server.report.format import pct  # noqa: E402
 from server.run_store import jsonable  # noqa: E402
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+    """A share as a table cell: the report's percentage without its sign (the header says %)."""
+    return pct(value).removesuffix("%")
 
 
 def _acc(row: dict[str, Any]) -> str:

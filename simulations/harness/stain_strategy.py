@@ -15,7 +15,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from simulations.harness.experiment import _base, federated, pretrained_weights
+from simulations.harness.backbone import experiments_backbone
+from simulations.harness.runs import federated
+from simulations.harness.scenario import base_scenario
 
 SETTINGS = {"harsh": ("dirichlet", 0.1, 0.5), "mild": ("iid", 1.0, 0.0)}
 SETTING_NAMES = {"harsh": "Dirichlet 0.1 + stain shift 0.5", "mild": "IID, no stain shift"}
@@ -29,10 +31,10 @@ TARGET_ACCURACY = 0.86
 
 
 def exp_stain_strategy(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
-    base = _base(quick, data)
+    base = base_scenario(quick, data)
     if quick:
         base = dataclasses.replace(base, rounds=3, sites=5)
-    weights = pretrained_weights(_base(quick, data), out, epochs=5 if quick else 15)
+    weights = experiments_backbone(quick, data, out)
     base = dataclasses.replace(base, weights=str(weights))
     rows = []
     for setting, (part, alpha, shift) in SETTINGS.items():
