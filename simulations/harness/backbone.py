@@ -6,6 +6,7 @@ experiment adds them. Every weights file carries its provenance in a JSON sideca
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -79,3 +80,12 @@ def backbone_epochs(quick: bool) -> int:
 def experiments_backbone(quick: bool, data: Path, out: Path) -> Path:
     """The public-share backbone every experiment at this size starts from (made once)."""
     return pretrained_weights(base_scenario(quick, data), out, backbone_epochs(quick))
+
+
+def heterogeneity_base(quick: bool, data: Path, out: Path) -> Scenario:
+    """The heterogeneity experiment's federation (quick: 5 sites, 3 rounds) on the experiments'
+    backbone; the stain-strategy experiment re-runs its settings."""
+    base = base_scenario(quick, data)
+    if quick:
+        base = dataclasses.replace(base, rounds=3, sites=5)
+    return dataclasses.replace(base, weights=str(experiments_backbone(quick, data, out)))

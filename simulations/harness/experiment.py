@@ -43,7 +43,7 @@ from common.logging_setup import log_levels, setup_logging
 from common.paths import REPO
 from common.versions import machine, versions
 from simulations.harness.audit_experiment import exp_audit
-from simulations.harness.backbone import experiments_backbone, imagenet_available
+from simulations.harness.backbone import experiments_backbone, heterogeneity_base, imagenet_available
 from simulations.harness.cross_domain import exp_cross_domain
 from simulations.harness.patient_experiment import exp_patient_privacy
 from simulations.harness.results import write_outputs
@@ -111,11 +111,8 @@ def exp_transfer(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str,
 
 
 def exp_heterogeneity(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
-    base = base_scenario(quick, data)
-    if quick:
-        base = dataclasses.replace(base, rounds=3, sites=5)
-    weights = experiments_backbone(quick, data, out)
-    base = dataclasses.replace(base, weights=str(weights))
+    base = heterogeneity_base(quick, data, out)
+    weights = Path(base.weights)
     rows = []
     for shift in (0.0, 0.5):
         for part, alpha in (("iid", 1.0), ("dirichlet", 0.1), ("dirichlet", 0.5), ("dirichlet", 1.0)):

@@ -15,9 +15,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from simulations.harness.backbone import experiments_backbone
+from simulations.harness.backbone import heterogeneity_base
 from simulations.harness.runs import federated
-from simulations.harness.scenario import base_scenario
 
 SETTINGS = {"harsh": ("dirichlet", 0.1, 0.5), "mild": ("iid", 1.0, 0.0)}
 SETTING_NAMES = {"harsh": "Dirichlet 0.1 + stain shift 0.5", "mild": "IID, no stain shift"}
@@ -31,11 +30,8 @@ TARGET_ACCURACY = 0.86
 
 
 def exp_stain_strategy(quick: bool, data: Path, out: Path, workdir: Path) -> dict[str, Any]:
-    base = base_scenario(quick, data)
-    if quick:
-        base = dataclasses.replace(base, rounds=3, sites=5)
-    weights = experiments_backbone(quick, data, out)
-    base = dataclasses.replace(base, weights=str(weights))
+    base = heterogeneity_base(quick, data, out)
+    weights = Path(base.weights)
     rows = []
     for setting, (part, alpha, shift) in SETTINGS.items():
         for stain in STAINS:
