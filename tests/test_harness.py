@@ -14,6 +14,7 @@ from simulations.harness.runs import largest_site_epsilon
 from simulations.harness.scenario import DEFAULTS, Scenario
 from simulations.harness.publish.experiments import reading
 from simulations.harness.results import markdown_table
+from simulations.harness.stain_strategy import stain_strategy_targets
 
 
 def test_communication_bench_prints_one_json_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -96,3 +97,26 @@ def test_published_reading_follows_the_numbers_not_the_other_way_round() -> None
         _federated(0.9, (0, 1), weights="pre.pth", policy="head", dp=True),
         _federated(0.6, (0, 1), weights="none", policy="head", dp=True)]}
     assert "head DP +30.0" in reading(transfer)
+
+
+def _cell(setting: str, stain: str, strategy: str, accuracy: float) -> dict:
+    return {"kind": "federated", "accuracy": accuracy, "accuracy_ci95": [accuracy - 0.01, accuracy + 0.01],
+            "setting": setting, "stain": stain, "strategy": strategy, "label": f"{setting} {stain} {strategy}"}
+
+
+def test_stain_strategy_targets_pick_the_best_harsh_lever_and_check_it_on_the_mild_setting() -> None:
+    rows = [_cell("mild", "none", "fedavg", 0.89), _cell("harsh", "none", "fedavg", 0.81),
+            _cell("harsh", "normalize", "fedavg", 0.87), _cell("mild", "normalize", "fedavg", 0.885),
+            _cell("harsh", "augment", "fedprox", 0.84), _cell("mild", "augment", "fedprox", 0.90)]
+    t = stain_strategy_targets(rows)
+    assert t["best_lever"] == "stain normalize, fedavg"
+    assert t["loss_points"] == 8.0 and t["recovered_points"] == 6.0 and t["mild_change_points"] == -0.5
+    assert t["recovers_half"] and t["reaches_target_accuracy"] and t["no_mild_loss"]
+    text = reading({"experiment": "stain-strategy", "rows": rows, "targets": t})
+    assert "stain normalize, fedavg, reaches 87.0" in text and "+6.0 points (half the loss: met" in text
+
+    worse = [_cell("mild", "none", "fedavg", 0.89), _cell("harsh", "none", "fedavg", 0.81),
+             _cell("harsh", "augment", "fedadam", 0.83), _cell("mild", "augment", "fedadam", 0.85)]
+    t = stain_strategy_targets(worse)
+    assert not t["recovers_half"] and not t["reaches_target_accuracy"] and not t["no_mild_loss"]
+    assert "NOT met" in reading({"experiment": "stain-strategy", "rows": worse, "targets": t})
