@@ -73,59 +73,75 @@ def site_summaries(rounds: list[dict[str, Any]], config: dict[str, Any]) -> list
             site_id = reply["site_id"]
             if reply.get("status") == "failed":
                 site_id = names.get(reply.get("node_id"), site_id)
-            site = by_site.setdefault(site_id, {
-                "site_id": site_id, "num_examples": 0, "class_counts": [], "rounds_participated": [],
-                "local_val_accuracy": None, "epsilon": None,  # unknown until the site reports it
-                "epsilon_budget": None, "epsilon_asked": None, "epsilon_granted": None, "delta": None,
-                "noise_multiplier": None, "max_grad_norm": config.get("max-grad-norm"), "refused_rounds": [],
-                "failed_rounds": [], "rejected_rounds": [], "reasons": [], "skipped_files": None,
-                "dp": bool(config.get("dp", True)), "val_examples": None, "steps": 0, "randomness": None,
-                "privacy_unit": None, "shares_diagnostics": False,
-            })
-            metrics = reply.get("metrics") or {}
-            diagnostics = reply.get("diagnostics") or {}
-            for key in ("randomness", "privacy_unit"):
-                if reply.get(key):
-                    site[key] = reply[key]
-            if diagnostics:
-                site["shares_diagnostics"] = True
-                if diagnostics.get("class-counts"):
-                    site["class_counts"] = diagnostics["class-counts"]
-                if _finite(diagnostics.get("skipped-files")) is not None:
-                    site["skipped_files"] = int(diagnostics["skipped-files"])
-            if "dp" in metrics and _finite(metrics["dp"]) is not None:
-                site["dp"] = bool(metrics["dp"])
-                if not site["dp"]:
-                    site["epsilon"] = None
-            for key, name in (("epsilon-budget", "epsilon_budget"), ("max-grad-norm", "max_grad_norm"),
-                              ("epsilon-asked", "epsilon_asked")):
-                if _finite(metrics.get(key)) is not None:
-                    site[name] = metrics[key]
-            if _finite(metrics.get("epsilon-granted")):
-                site["epsilon_granted"] = metrics["epsilon-granted"]
-            if site["dp"] and metrics.get("dp") and _finite(metrics.get("epsilon")) is not None:
-                site["epsilon"] = max(float(site["epsilon"] or 0.0), float(metrics["epsilon"]))
-            if _finite(metrics.get("delta")):
-                site["delta"] = metrics["delta"]
-            status = reply["status"]
-            if status in ("trained", "rejected"):
-                site["num_examples"] = int(metrics.get("num-examples", site["num_examples"]) or 0)
-                site["rounds_participated"].append(line["round"])
-                site["local_val_accuracy"] = _finite(diagnostics.get("val-accuracy"))
-                if _finite(diagnostics.get("val-examples")) is not None:
-                    site["val_examples"] = int(diagnostics["val-examples"])
-                site["steps"] += int(_finite(metrics.get("steps")) or 0)
-                if _finite(metrics.get("noise-multiplier")):
-                    site["noise_multiplier"] = metrics["noise-multiplier"]
-            if status != "trained" and status in SITE_STATUSES:
-                site[f"{status}_rounds"].append(line["round"])
-                site["reasons"].append({"round": line["round"], "status": status, "reason": reply.get("reason", "")})
+            site = by_site.setdefault(site_id, _new_site(site_id, config))
+            _add_reply(site, reply, line["round"])
     summaries = [by_site[k] for k in sorted(by_site, key=_natural_key)]
     for site in summaries:
         if not site["dp"]:
             site["epsilon"] = None
         site["privacy_statement"] = privacy_statement(site)
     return summaries
+
+
+def _new_site(site_id: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A site's summary before any of its replies is read: what the run config says, unknowns as None."""
+    return {
+        "site_id": site_id, "num_examples": 0, "class_counts": [], "rounds_participated": [],
+        "local_val_accuracy": None, "epsilon": None,  # unknown until the site reports it
+        "epsilon_budget": None, "epsilon_asked": None, "epsilon_granted": None, "delta": None,
+        "noise_multiplier": None, "max_grad_norm": config.get("max-grad-norm"), "refused_rounds": [],
+        "failed_rounds": [], "rejected_rounds": [], "reasons": [], "skipped_files": None,
+        "dp": bool(config.get("dp", True)), "val_examples": None, "steps": 0, "randomness": None,
+        "privacy_unit": None, "shares_diagnostics": False,
+    }
+
+
+def _add_reply(site: dict[str, Any], reply: dict[str, Any], round_number: int) -> None:
+    """Fold one round's reply into the site's summary: its settings, its spend, its participation."""
+    metrics = reply.get("metrics") or {}
+    diagnostics = reply.get("diagnostics") or {}
+    for key in ("randomness", "privacy_unit"):
+        if reply.get(key):
+            site[key] = reply[key]
+    if diagnostics:
+        site["shares_diagnostics"] = True
+        if diagnostics.get("class-counts"):
+            site["class_counts"] = diagnostics["class-counts"]
+        if _finite(diagnostics.get("skipped-files")) is not None:
+            site["skipped_files"] = int(diagnostics["skipped-files"])
+    if "dp" in metrics and _finite(metrics["dp"]) is not None:
+        site["dp"] = bool(metrics["dp"])
+        if not site["dp"]:
+            site["epsilon"] = None
+    for key, name in (("epsilon-budget", "epsilon_budget"), ("max-grad-norm", "max_grad_norm"),
+                      ("epsilon-asked", "epsilon_asked")):
+        if _finite(metrics.get(key)) is not None:
+            site[name] = metrics[key]
+    if _finite(metrics.get("epsilon-granted")):
+        site["epsilon_granted"] = metrics["epsilon-granted"]
+    if site["dp"] and metrics.get("dp") and _finite(metrics.get("epsilon")) is not None:
+        site["epsilon"] = max(float(site["epsilon"] or 0.0), float(metrics["epsilon"]))
+    if _finite(metrics.get("delta")):
+        site["delta"] = metrics["delta"]
+    _add_participation(site, reply, metrics, diagnostics, round_number)
+
+
+def _add_participation(site: dict[str, Any], reply: dict[str, Any], metrics: dict[str, Any],
+                       diagnostics: dict[str, Any], round_number: int) -> None:
+    """A round the site trained in (counts, steps, σ) or missed (refused, failed, rejected, with why)."""
+    status = reply["status"]
+    if status in ("trained", "rejected"):
+        site["num_examples"] = int(metrics.get("num-examples", site["num_examples"]) or 0)
+        site["rounds_participated"].append(round_number)
+        site["local_val_accuracy"] = _finite(diagnostics.get("val-accuracy"))
+        if _finite(diagnostics.get("val-examples")) is not None:
+            site["val_examples"] = int(diagnostics["val-examples"])
+        site["steps"] += int(_finite(metrics.get("steps")) or 0)
+        if _finite(metrics.get("noise-multiplier")):
+            site["noise_multiplier"] = metrics["noise-multiplier"]
+    if status != "trained" and status in SITE_STATUSES:
+        site[f"{status}_rounds"].append(round_number)
+        site["reasons"].append({"round": round_number, "status": status, "reason": reply.get("reason", "")})
 
 
 def communication(rounds: list[dict[str, Any]]) -> dict[str, Any]:
