@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from common.reply import largest_site_epsilon
 from server.report.compose import compose_report
 from server.run_store import RunStore
 
@@ -87,14 +88,13 @@ def from_run_dir(path: Path, name: str | None = None) -> dict[str, Any]:
         raise BaselineError(f"{path}: run directory has no final-eval.json (the run did not finish)")
     report = compose_report(path)
     final, run = report["final"], report["run"]
-    spent = [s["epsilon"] for s in report["sites"] if s.get("epsilon") is not None]
     dp = bool(run["config"].get("dp", True))
     entry = {
         "name": name or f"run {run.get('run_id')}",
         "kind": "federated" if dp else "federated, non-private",
         **{k: final.get(k) for k in METRIC_KEYS},
         "accuracy_ci95": final.get("ci95", {}).get("accuracy"),
-        "epsilon": max(spent) if dp and spent else None,
+        "epsilon": largest_site_epsilon(report["sites"]) if dp else None,
         "test_examples": final.get("num_examples", run.get("test_examples")),
         "notes": f"{len(report['sites'])} sites, {run.get('rounds_completed')} rounds, weights {run.get('weights_source')}",
     }
