@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from server.report.format import pct  # noqa: E402
+
 P = ParamSpec("P")
 
 # H&E-inspired palette: haematoxylin purple, eosin pink, and two calm contrasts.
@@ -83,7 +85,7 @@ def learning_curves(rounds: list[dict[str, Any]], chance: float | None) -> str |
             left.plot(xs, 100 * ys, marker="o", markersize=4, linewidth=2 if key == "accuracy" else 1.4,
                       color=colour, label=LABELS[key])
     if chance is not None:
-        left.axhline(100 * chance, color=GREY, linestyle="--", linewidth=1, label=f"majority class ({100 * chance:.0f}%)")
+        left.axhline(100 * chance, color=GREY, linestyle="--", linewidth=1, label=f"majority class ({pct(chance, 0)})")
     left.set_ylim(0, 101)
     left.set_ylabel("central test set, %")
     left.set_xlabel("round")
@@ -114,7 +116,7 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str]) -> str | None:
     ax.grid(False)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{int(cm[i, j])}\n{100 * share[i, j]:.0f}%", ha="center", va="center", fontsize=9,
+            ax.text(j, i, f"{int(cm[i, j])}\n{pct(share[i, j], 0)}", ha="center", va="center", fontsize=9,
                     color="white" if share[i, j] > 0.55 else INK, fontweight="bold" if i == j else "normal")
     ax.set_xticks(range(n), classes, rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center")
     ax.set_yticks(range(n), classes)
@@ -123,7 +125,7 @@ def confusion_matrix(matrix: list[list[int]], classes: list[str]) -> str | None:
     ax.set_title("Confusion matrix (final model, test set)")
     for spine in ax.spines.values():
         spine.set_visible(False)
-    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, format=lambda v, _: f"{100 * v:.0f}%")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, format=lambda v, _: pct(v, 0))
     bar.set_label("share of the true class", fontsize=8.5)
     fig.tight_layout()
     return to_data_uri(fig)
@@ -149,7 +151,7 @@ def reliability(bins: dict[str, Any] | None) -> str | None:
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy in bin")
-    top.set_title(f"Reliability diagram (ECE = {100 * float(bins.get('ece', 0.0)):.1f}%)")
+    top.set_title(f"Reliability diagram (ECE = {pct(float(bins.get('ece', 0.0)))})")
     top.legend(loc="upper left", fontsize=8.5)
     bottom.bar(edges[:-1], count, width=width, align="edge", color=GREY, edgecolor="white")
     bottom.set_ylabel("images")
@@ -213,7 +215,7 @@ def baselines(rows: list[dict[str, Any]]) -> str | None:
         if ci:
             ax.errorbar(value, y, xerr=[[value - 100 * ci[0]], [100 * ci[1] - value]], color=INK, capsize=3,
                         linewidth=1.1)
-        ax.text(min(value, 100) + 1.0 if not ci else 100 * ci[1] + 1.0, y, f"{value:.1f}%", va="center", fontsize=9)
+        ax.text(min(value, 100) + 1.0 if not ci else 100 * ci[1] + 1.0, y, pct(row["accuracy"]), va="center", fontsize=9)
     ax.set_yticks(ys, [r["name"] for r in rows])
     ax.set_xlim(0, 108)
     ax.set_xlabel("test accuracy, % (bars: 95% CI where known)")
