@@ -3,6 +3,13 @@
     python -m server.pretrain --data /path/to/public-imagefolder --out weights/resnet18-public.pth
     python -m server.pretrain --public-share "dataset='../shared/data/lc25000-lung' public-fraction=0.2" \\
         --out weights/resnet18-lc25000-public.pth
+    python -m server.pretrain --data DIR --stain-normalize "" --out weights/resnet18-macenko.pth
+
+With `--stain-normalize [REFERENCE]` the public images are first Macenko-normalised to the
+reference the federation will distribute (`stain-reference`), so a federation with
+`stain = normalize` starts from a backbone that has seen normalised colours: measured on
+LC25000 (docs/BENCHMARKS.md, stain-strategy), a backbone pretrained on un-normalised images
+drops from 88.8% to 42.2% when the test set is normalised.
 
 ImageNet weights cannot be downloaded everywhere; a centre can instead pretrain the
 backbone (non-privately: the data is public) on pathology it may share, and the federation
@@ -35,10 +42,11 @@ from common.data.partition import split_train_val
 from common.logging_setup import setup_logging
 from common.model import ARCHITECTURES, load_backbone
 from common.progress import progress
+from common.stain_settings import stain_problems
 from common.training import as_tensor_dataset, device, normalise, random_dihedral
 from common.versions import versions
 from common.weights import WeightsError, resolve_weights, sha256_of
-from server.public_data import add_public_data_arguments, load_public_data
+from server.public_data import add_public_data_arguments, load_public_data, stain_normalised
 
 log = logging.getLogger("fedpath.pretrain")
 
@@ -112,11 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", default="auto", help="starting weights: auto, imagenet, none or a .pth path")
+    parser.add_argument("--stain-normalize", metavar="REFERENCE", nargs="?", const="", default=None,
+                        help="pretrain on the images Macenko-normalised to REFERENCE (the run's stain-reference; "
+                             "empty: torchstain's), for federations that run with stain='normalize'")
     args = parser.parse_args(argv)
     setup_logging()
+    if args.stain_normalize is not None and (problems := stain_problems("normalize", args.stain_normalize)):
+        print("error: --stain-normalize: " + "; ".join(problems), file=sys.stderr)
+        return 2
     started = time.time()
     try:
         public = load_public_data(args, f"arch='{args.arch}'")
+        if args.stain_normalize is not None:
+            public = stain_normalised(public, args.stain_normalize)
         data, described = public.images, public.described
         init_source, init_state = resolve_weights(args.init, args.arch, download=args.init == "imagenet")
     except (ConfigError, DataError, WeightsError) as err:

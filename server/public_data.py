@@ -16,7 +16,9 @@ from common.config import RunConfig, load_app_config
 from common.data.folder import load_image_folder
 from common.data.imageset import ImageSet
 from common.data.sources import public_share
+from common.data.stain_handling import normalise_images
 from common.paths import REPO
+from common.stain_settings import parse_reference
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,16 @@ def load_public_data(args: argparse.Namespace, *overrides: str) -> PublicData:
                  f"test-fraction={config.test_fraction}) of {config.dataset}: groups held out from every "
                  "simulated site and from the test set")
     return PublicData(public_share(config), described, config)
+
+
+def stain_normalised(public: PublicData, reference: str) -> PublicData:
+    """The public images Macenko-normalised to `reference` (the run config's `stain-reference`
+    text; "" = torchstain's), as sites running `stain = normalize` will see theirs. A backbone
+    pretrained on un-normalised images starts a normalising federation from colours it never saw."""
+    images, kept = normalise_images(public.images.images, parse_reference(reference))
+    data = public.images
+    normalised = ImageSet(images, data.labels, data.groups, data.classes, data.report, data.patient_groups)
+    target = reference or "torchstain's reference"
+    described = (f"{public.described}, stain-normalised (Macenko, torchstain) to {target}; "
+                 f"{kept} of {len(images)} images kept as they were (no stain estimate)")
+    return PublicData(normalised, described, public.config)

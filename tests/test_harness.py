@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from common.config import ConfigError
 from simulations.harness import bench, experiment
 from simulations.harness.bench.model_cost import bench_communication
 from simulations.harness.bench.throughput import throughput_once
-from simulations.harness.runs import largest_site_epsilon
+from simulations.harness.runs import federated, largest_site_epsilon
 from simulations.harness.scenario import DEFAULTS, Scenario
 from simulations.harness.publish.experiments import reading
 from simulations.harness.results import markdown_table
@@ -120,3 +122,15 @@ def test_stain_strategy_targets_pick_the_best_harsh_lever_and_check_it_on_the_mi
     t = stain_strategy_targets(worse)
     assert not t["recovers_half"] and not t["reaches_target_accuracy"] and not t["no_mild_loss"]
     assert "NOT met" in reading({"experiment": "stain-strategy", "rows": worse, "targets": t})
+
+
+def test_a_kept_run_is_reused_only_while_its_run_config_is_unchanged(tmp_path: Path) -> None:
+    scenario = Scenario("tiny, kept", "synthetic", image_size=16, rounds=1, sites=2)
+    saved = tmp_path / "rows" / "tiny--kept.json"
+    saved.parent.mkdir()
+    saved.write_text(json.dumps({"run_config": scenario.run_config(), "row": {"label": "kept", "accuracy": 0.5}}))
+    assert federated(scenario, tmp_path) == {"label": "kept", "accuracy": 0.5}  # no flwr run started
+    elsewhere = dataclasses.replace(scenario, dataset=str(tmp_path / "absent"))  # same label, another run config
+    with pytest.raises(ConfigError, match="not found"):  # not reused: a real run is attempted, its pre-flight finds no data
+        federated(elsewhere, tmp_path)
+    assert json.loads(saved.read_text())["row"] == {"label": "kept", "accuracy": 0.5}

@@ -12,8 +12,9 @@ import logging
 import time
 from pathlib import Path
 
-from common.data.sources import public_share
+from common.data.sources import public_share_as_trained
 from common.paths import REPO
+from common.stain_settings import normalises
 from common.weights import imagenet_file, resolve_weights
 from server.pretrain import pretrain, write_weights
 from simulations.harness.scenario import Scenario, base_scenario
@@ -22,23 +23,27 @@ log = logging.getLogger("fedpath.experiment")
 
 
 def _weights_name(scenario: Scenario, epochs: int) -> str:
-    return f"resnet18-lc25000-public-{scenario.image_size}px-s{scenario.seed}-e{epochs}.pth"
+    stain = "-macenko" if normalises(scenario.stain) else ""
+    return f"resnet18-lc25000-public-{scenario.image_size}px-s{scenario.seed}-e{epochs}{stain}.pth"
 
 
 def pretrained_weights(scenario: Scenario, out: Path, epochs: int) -> Path:
-    """Backbone pretrained on the public share of groups (made once, then reused)."""
+    """Backbone pretrained on the public share of groups (made once, then reused); for a scenario
+    that stain-normalises, on the share normalised as its sites' images will be."""
     path = out / "weights" / _weights_name(scenario, epochs)
     if path.exists():
         return path
     config = scenario.config()
-    data = public_share(config)
+    data = public_share_as_trained(config)
+    reference = config.stain_reference or "torchstain's reference"
     init, state = resolve_weights("auto", "resnet18", download=False)
     log.info("pretraining on the public share: %d images, %d groups", len(data), len(set(data.groups.tolist())))
     started = time.time()
     net, stats = pretrain(data, "resnet18", epochs, 64, 0.05, scenario.seed, state)
     described = (f"public share (public-fraction={config.public_fraction}, seed={config.seed}, "
                  f"test-fraction={config.test_fraction}) of LC25000 lung: groups held out from every simulated "
-                 "site and from the test set")
+                 "site and from the test set"
+                 + (f", stain-normalised (Macenko, torchstain) to {reference}" if normalises(scenario.stain) else ""))
     write_weights(net, path, {
         "description": (f"resnet18 pretrained (non-private) by server.pretrain on {len(data)} images, "
                         f"{len(set(data.groups.tolist()))} groups of {described}; starting from "
@@ -77,9 +82,11 @@ def backbone_epochs(quick: bool) -> int:
     return 5 if quick else 15
 
 
-def experiments_backbone(quick: bool, data: Path, out: Path) -> Path:
-    """The public-share backbone every experiment at this size starts from (made once)."""
-    return pretrained_weights(base_scenario(quick, data), out, backbone_epochs(quick))
+def experiments_backbone(quick: bool, data: Path, out: Path, stain: str = "none") -> Path:
+    """The public-share backbone every experiment at this size starts from (made once); with a
+    normalising `stain`, its twin pretrained on the Macenko-normalised share."""
+    scenario = dataclasses.replace(base_scenario(quick, data), stain=stain)
+    return pretrained_weights(scenario, out, backbone_epochs(quick))
 
 
 def heterogeneity_base(quick: bool, data: Path, out: Path) -> Scenario:

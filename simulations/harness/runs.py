@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.atomic import atomic_write_json
 from common.data.imageset import ImageSet
 from common.data.sources import all_simulated_sites, central_test_set, dataset_classes
 from common.factory import initial_model
@@ -23,6 +25,8 @@ from common.metrics import full_evaluation
 from common.training import TrainSettings, predict, train_local
 from simulations.harness.scenario import Scenario
 from simulations.run import run_simulation
+
+log = logging.getLogger("fedpath.experiment")
 
 
 def largest_site_epsilon(report: dict[str, Any]) -> float | None:
@@ -32,7 +36,20 @@ def largest_site_epsilon(report: dict[str, Any]) -> float | None:
 
 
 def federated(scenario: Scenario, workdir: Path) -> dict[str, Any]:
-    """A real `flwr run` simulation; summarised from its report.json."""
+    """A real `flwr run` simulation, summarised from its report.json; with a kept work directory
+    (`--keep-runs`) a finished run whose run config is unchanged is reused, so an interrupted
+    experiment resumes where it stopped instead of re-training hours of rows."""
+    saved = workdir / "rows" / f"{_slug(scenario.label)}.json"
+    if saved.exists() and (kept := json.loads(saved.read_text()))["run_config"] == scenario.run_config():
+        log.info("reusing the finished run of %r (%s)", scenario.label, saved)
+        return kept["row"]
+    row = _run_federated(scenario, workdir)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(saved, {"run_config": scenario.run_config(), "row": row})
+    return row
+
+
+def _run_federated(scenario: Scenario, workdir: Path) -> dict[str, Any]:
     started = time.time()
     with open(workdir / f"{_slug(scenario.label)}.log", "w") as stream:
         run_dir = run_simulation(scenario.sites, [scenario.run_config()], workdir / "runs", workdir / "flwr-home",
