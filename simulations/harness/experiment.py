@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the under-15-minutes size (2 CPU cores)")
     parser.add_argument("--data", type=Path, default=LC25000, help="LC25000 lung ImageFolder with groups.csv")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
-    parser.add_argument("--keep-runs", type=Path, help="keep the federated run directories here")
+    parser.add_argument("--keep-runs", type=Path, help="keep the federated run directories here; a re-run with "
+                        "the same directory reuses every finished run whose run config is unchanged (resume)")
     args = parser.parse_args(argv)
     setup_logging()
     if not (args.data / "groups.csv").exists():
