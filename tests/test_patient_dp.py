@@ -13,7 +13,8 @@ from torch import nn
 
 from common.data.imageset import ImageSet
 from common.data.synthetic import make_synthetic
-from common.dp_layers import GROUP_NORM_SAMPLERS, ChannelAffine, PatchGroups
+from common.dp_layers import ChannelAffine
+from common.group_norms import GROUP_NORM_SAMPLERS, PatchGroups
 from common.model import apply_policy, build_resnet, get_trainable_state
 from common.patient_dp import (
     PatientDPOptimizer,

@@ -27,7 +27,7 @@ How clipping happens per patient, using Opacus' own classes:
   rows per patient, so the DPOptimizer clips, sums and noises one row per patient.
 * `ghost` mode (`full`, `last-block`): `PatientGhostClippingModule` (Opacus'
   GradSampleModuleFastGradientClipping) computes each patient's norm ||sum_i g_i|| exactly from
-  activations and output gradients (`common.dp_layers.GROUP_NORM_SAMPLERS`), and gives every
+  activations and output gradients (`common.group_norms.GROUP_NORM_SAMPLERS`), and gives every
   patch its patient's clipping factor, so Opacus' second backward pass yields
   sum_patients clip(sum_i g_i) and DPOptimizerFastGradientClipping adds the noise.
 

@@ -21,7 +21,7 @@ from opacus.utils.module_utils import trainable_parameters
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from common.dp_layers import GROUP_NORM_SAMPLERS, PatchGroups, group_norms_from_grad_samples
+from common.group_norms import GROUP_NORM_SAMPLERS, PatchGroups, group_norms_from_grad_samples
 from common.patient_dp.sampling import PatientPoissonSampler, PatientStep
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-from common.dp_layers import PatchGroups
+from common.group_norms import PatchGroups
 from common.patient_dp.planning import check_cap, patient_sample_rate
 
 
