@@ -20,6 +20,7 @@ from server.app import _starting_point, _train_config
 from server.run_store import RunStore
 from server.target_statistics import STATISTICS_FILE
 from tests.conftest import tiny_run_config
+from tests.test_update_screening import flower_process  # noqa: F401 - fixture
 
 
 def test_config_key_defaults_to_the_backbone_and_public_needs_a_public_share() -> None:
@@ -131,3 +132,20 @@ def test_the_report_says_where_the_statistics_came_from_and_when_a_backbone_is_a
     public = describe_bn_statistics({"bn-statistics": "public", "dataset": "lc25000-lung", "public-fraction": 0.2},
                                     "file", {"setting": "public", "public_images": 2406})
     assert "2406 images" in public and "no privacy cost" in public
+
+
+def test_the_statistics_sent_count_in_the_bytes_each_site_receives(flower_process: None) -> None:
+    from flwr.app import ConfigRecord
+
+    from common.records import record_bytes, to_array_record
+    from server.screening import UpdateScreen
+    from server.strategy import make_strategy
+    from tests.test_strategies import BOUND, REFERENCE, START, _replies, _ThreeNodes
+
+    config = RunConfig.from_mapping({"min-train-nodes": 1, "min-available-nodes": 1})
+    strategy = make_strategy(config, UpdateScreen(REFERENCE, dp_bound=BOUND))
+    blob = bytes(8 * 4800)
+    list(strategy.configure_train(1, to_array_record(START), ConfigRecord({"classes": ["a"], "bn-statistics": blob}),
+                                  _ThreeNodes()))
+    strategy.aggregate_train(1, _replies())
+    assert {r.bytes_down for r in strategy.replies[1]} == {record_bytes(to_array_record(START)) + len(blob)}
