@@ -116,6 +116,13 @@ def test_stain_strategy_targets_pick_the_best_harsh_lever_and_check_it_on_the_mi
     assert t["recovers_half"] and t["reaches_target_accuracy"] and t["no_mild_loss"]
     text = reading({"experiment": "stain-strategy", "rows": rows, "targets": t})
     assert "stain normalize, fedavg, reaches 87.0" in text and "+6.0 points (half the loss: met" in text
+    assert "One run per cell" in text
+
+    repeated = [*rows, _cell("harsh", "none", "fedavg", 0.75)]  # the reference cell run twice: 81% and 75%
+    t = stain_strategy_targets(repeated)
+    assert t["harsh_reference_accuracy"] == pytest.approx(0.78) and t["repeated"] == {"stain none, fedavg": [0.81, 0.75]}
+    assert t["harsh_by_strategy"]["fedavg"] == pytest.approx((0.78 + 0.87) / 2)
+    assert "stain none, fedavg: 81.0%, 75.0%" in reading({"experiment": "stain-strategy", "rows": repeated, "targets": t})
 
     worse = [_cell("mild", "none", "fedavg", 0.89), _cell("harsh", "none", "fedavg", 0.81),
              _cell("harsh", "augment", "fedadam", 0.83), _cell("mild", "augment", "fedadam", 0.85)]

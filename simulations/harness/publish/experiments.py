@@ -136,15 +136,10 @@ def _reading_stain_strategy(result: dict[str, Any]) -> str:
     t = result.get("targets") or {}
     if not t:
         return ""
-    harsh = [r for r in result["rows"] if r.get("setting") == "harsh"]
-
-    def mean_of(key: str, value: str) -> float:
-        chosen = [r for r in harsh if r.get(key) == value]
-        return _mean_accuracy(chosen) if chosen else float("nan")
-
-    stains = ", ".join(f"{s} {pct(mean_of('stain', s))}" for s in dict.fromkeys(r["stain"] for r in harsh))
-    strategies = ", ".join(f"{s} {pct(mean_of('strategy', s))}" for s in dict.fromkeys(r["strategy"] for r in harsh))
     met = {True: "met", False: "NOT met"}
+    stains = ", ".join(f"{name} {pct(value)}" for name, value in t["harsh_by_stain"].items())
+    strategies = ", ".join(f"{name} {pct(value)}" for name, value in t["harsh_by_strategy"].items())
+    repeats = "; ".join(f"{cell}: " + ", ".join(pct(v) for v in values) for cell, values in t["repeated"].items())
     return (
         f"Reading: against the mild setting, the harsh one costs FedAvg without stain handling {t['loss_points']:.1f} "
         f"points ({pct(t['mild_reference_accuracy'])} → {pct(t['harsh_reference_accuracy'])}). The best lever on the "
@@ -152,7 +147,10 @@ def _reading_stain_strategy(result: dict[str, Any]) -> str:
         f"{t['recovered_points']:+.1f} points (half the loss: {met[t['recovers_half']]}; ≥ 86%: "
         f"{met[t['reaches_target_accuracy']]}) and changes the mild setting by {t['mild_change_points']:+.1f} points "
         f"(no loss: {met[t['no_mild_loss']]}). Harsh-setting mean by stain handling: {stains}; by strategy: "
-        f"{strategies}. One seed per cell: differences within a row's 95% CI are not evidence."
+        f"{strategies}."
+        + (f" Cells run more than once (same partition, fresh DP noise each run; their mean is what counts above): "
+           f"{repeats}. The spread between runs of one cell is the yardstick for every other difference here."
+           if repeats else " One run per cell: differences within a row's 95% CI are not evidence.")
     )
 
 
