@@ -22,6 +22,7 @@ from common.logging_setup import setup_logging
 from common.model import frozen_fingerprint, get_trainable_state, trainable_names
 from common.paths import run_dir
 from common.records import from_array_record, to_array_record
+from common.reply import largest_site_epsilon
 from common.strategies import describe_strategy
 from common.versions import versions
 from server.evaluation import CentralEvaluator
@@ -191,9 +192,9 @@ def untrained_summary(replies: dict[int, list]) -> str:
 
 def _round_summary(sites: list[dict]) -> str:
     """Privacy spent, sites without update, bytes on the wire."""
-    spent = [s["metrics"].get("epsilon") for s in sites if s["status"] == "trained" and s["metrics"].get("dp")]
+    spent = largest_site_epsilon(s["metrics"] for s in sites if s["status"] == "trained")
     missing = sum(1 for s in sites if s["status"] != "trained")
-    text = f"; max site epsilon {max(spent):.2f}" if spent else ""
+    text = f"; max site epsilon {spent:.2f}" if spent is not None else ""
     text += f"; {missing} site(s) without update" if missing else ""
     if sites:
         down = sum(s["bytes_down"] for s in sites) / 1024

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError
+from common.reply import largest_site_epsilon
 from simulations.harness import bench, experiment
 from simulations.harness.bench.model_cost import bench_communication
 from simulations.harness.bench.throughput import throughput_once
-from simulations.harness.runs import federated, largest_site_epsilon
+from simulations.harness.runs import federated
 from simulations.harness.scenario import DEFAULTS, Scenario
 from simulations.harness.publish.experiments import reading
 from simulations.harness.results import markdown_table
@@ -58,8 +59,9 @@ def test_scenario_run_config_is_valid_for_the_app() -> None:
 
 
 def test_largest_site_epsilon_reads_the_sites_of_a_report() -> None:
-    assert largest_site_epsilon({"sites": [{"epsilon": 1.5}, {"epsilon": None}, {"epsilon": 7.9}]}) == 7.9
-    assert largest_site_epsilon({"sites": [{"epsilon": None}]}) is None
+    sites = [{"dp": True, "epsilon": 1.5}, {"dp": True, "epsilon": None}, {"dp": True, "epsilon": 7.9}]
+    assert largest_site_epsilon(sites) == 7.9
+    assert largest_site_epsilon([{"dp": True, "epsilon": None}, {"dp": False, "epsilon": 99.0}]) is None
 
 
 def test_markdown_table_states_whether_targets_are_met() -> None:

@@ -17,6 +17,7 @@ from common.data.sources import dataset_classes
 from common.factory import initial_model
 from common.model import frozen_fingerprint, get_trainable_state
 from common.records import from_array_record, to_array_record
+from server.app import _round_summary
 from server.report.compose import site_summaries
 from server.screening import TrainingBound, UpdateScreen, dp_update_norm_bound
 from server.strategy import FedPathFedAvg
@@ -129,3 +130,12 @@ def test_largest_site_epsilon_counts_only_dp_sites_that_reported_one() -> None:
                {"dp": True, "epsilon": None}, {"dp": 1, "epsilon": 3}]
     assert wire.largest_site_epsilon(entries) == 3.0
     assert wire.largest_site_epsilon(entries[1:2]) is None and wire.largest_site_epsilon([]) is None
+
+
+def test_the_round_log_counts_only_sites_that_trained_this_round() -> None:
+    def site(status: str, epsilon: float) -> dict:
+        return {"status": status, "metrics": {"dp": 1, "epsilon": epsilon}, "bytes_down": 1024, "bytes_up": 2048}
+
+    text = _round_summary([site("trained", 2.5), site("refused", 9.0), site("trained", 3.0)])
+    assert "max site epsilon 3.00" in text and "1 site(s) without update" in text
+    assert "max site epsilon" not in _round_summary([site("refused", 9.0)])

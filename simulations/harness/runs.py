@@ -22,17 +22,12 @@ from common.data.imageset import ImageSet
 from common.data.sources import all_simulated_sites, central_test_set, dataset_classes
 from common.factory import initial_model
 from common.metrics import full_evaluation
+from common.reply import largest_site_epsilon
 from common.training import TrainSettings, predict, train_local
 from simulations.harness.scenario import Scenario
 from simulations.run import run_simulation
 
 log = logging.getLogger("fedpath.experiment")
-
-
-def largest_site_epsilon(report: dict[str, Any]) -> float | None:
-    """The largest ε any site's ledger spent in a run (its report.json); None when no site spent any."""
-    spent = [s["epsilon"] for s in report["sites"] if s["epsilon"] is not None]
-    return max(spent) if spent else None
 
 
 def federated(scenario: Scenario, workdir: Path) -> dict[str, Any]:
@@ -63,7 +58,7 @@ def _run_federated(scenario: Scenario, workdir: Path) -> dict[str, Any]:
         "balanced_accuracy": final["balanced_accuracy"], "macro_f1": final["macro_f1"],
         "macro_auc": final["macro_auc"], "ece": final["ece"],
         "rounds": [{"round": r["round"], "accuracy": r["accuracy"]} for r in report["rounds"]],
-        "max_site_epsilon": largest_site_epsilon(report),
+        "max_site_epsilon": largest_site_epsilon(report["sites"]),
         "site_delta": [s["delta"] for s in sites][:1],
         "refused_rounds": sum(len(s["refused_rounds"]) for s in sites),
         "rejected_updates": sum(len(s["rejected_rounds"]) for s in sites),
