@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from common.booleans import parse_bool
-from common.config import PRIVACY_UNIT_SETTINGS, ConfigError, RunConfig, resolve_path
+from common.config import ConfigError, RunConfig, resolve_path
+from common.config_checks import PRIVACY_UNIT_SETTINGS
 from common.paths import run_dir
 
 DEPLOYMENT_KEYS = ("data-path", "site-id", "epsilon-budget", "delta", "state-dir")

@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from common.config import NAMED_DATASETS, ConfigError, auto_delta, check_delta, load_app_config, resolve_path
+from common.config import ConfigError, auto_delta, check_delta, load_app_config, resolve_path
+from common.config_checks import NAMED_DATASETS
 from deploy.flower import flower_bin
 from common.paths import REPO
 from simulations.local_superlink import LocalSuperLink
