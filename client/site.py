@@ -38,14 +38,9 @@ from common.reply import SiteReplyContent
 from common.stain_settings import augments
 from common.strategies import proximal_mu_ok
 from common.patient_dp import PATCH, PATIENT, patient_counts
-from common.training import (
-    TrainSettings,
-    grad_sample_mode_for,
-    patient_steps_per_epoch,
-    predict,
-    steps_per_epoch,
-    train_local,
-)
+from common.step_planning import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
+from common.train_settings import TrainSettings
+from common.training import predict, train_local
 
 log = logging.getLogger("fedpath.site")
 

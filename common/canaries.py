@@ -135,7 +135,7 @@ def update_alignment(model: Any, data: ImageSet, sent: Mapping[str, np.ndarray],
     from torch.func import functional_call, grad, vmap
 
     from common.model import set_trainable_state
-    from common.training import normalise
+    from common.image_tensors import normalise
 
     set_trainable_state(model, sent)
     model.cpu().eval()

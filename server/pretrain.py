@@ -39,11 +39,11 @@ from common.atomic import atomic_file, atomic_write_json, atomic_write_text
 from common.config import ConfigError
 from common.data.imageset import DataError, ImageSet
 from common.data.partition import split_train_val
+from common.image_tensors import as_tensor_dataset, device, normalise, random_dihedral
 from common.logging_setup import setup_logging
 from common.model import ARCHITECTURES, load_backbone
 from common.progress import progress
 from common.stain_settings import stain_problems
-from common.training import as_tensor_dataset, device, normalise, random_dihedral
 from common.versions import versions
 from common.weights import WeightsError, resolve_weights, sha256_of
 from server.public_data import add_public_data_arguments, load_public_data, stain_normalised

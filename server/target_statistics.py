@@ -20,7 +20,7 @@ from common.atomic import atomic_file
 from common.bn_statistics import estimate_statistics, pack, unpack
 from common.config import RunConfig
 from common.data.sources import public_share_as_trained
-from common.training import normalise
+from common.image_tensors import normalise
 
 log = logging.getLogger("fedpath.server")
 

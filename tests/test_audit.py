@@ -165,7 +165,8 @@ def test_gradient_canary_joins_one_step_as_a_record_of_its_own(dp: bool, unit: s
     from torch import nn
 
     from common.data.imageset import ImageSet
-    from common.training import TrainSettings, train_local
+    from common.train_settings import TrainSettings
+    from common.training import train_local
 
     rng = np.random.default_rng(0)
     data = ImageSet(rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8), rng.integers(0, 3, 6),

@@ -81,7 +81,7 @@ def test_update_alignment_is_the_step_along_each_records_own_gradient() -> None:
     from common.canaries import update_alignment
     from common.factory import initial_model
     from common.model import get_trainable_state
-    from common.training import normalise
+    from common.image_tensors import normalise
 
     config = RunConfig.from_mapping(tiny_run_config(**{"image-size": 16, "weights": "none", "policy": "head"}))
     model, _ = initial_model(config, 3)

@@ -14,8 +14,8 @@ from client.site import RoundRequest, run_round
 from common.bn_statistics import estimate_statistics, frozen_batchnorms, pack, unpack
 from common.config import ConfigError, RunConfig
 from common.data.sources import public_share
+from common.image_tensors import normalise
 from common.model import frozen_fingerprint, make_dp_compatible
-from common.training import normalise
 from server.app import _starting_point, _train_config
 from server.run_store import RunStore
 from server.target_statistics import STATISTICS_FILE

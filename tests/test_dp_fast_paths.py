@@ -11,7 +11,9 @@ from torch import nn
 from common.data.synthetic import make_synthetic
 from common.dp_layers import ChannelAffine, channel_affine_norm_sample, conv2d_norm_sample
 from common.model import POLICIES, apply_policy, build_resnet, get_trainable_state
-from common.training import TrainSettings, grad_sample_mode_for, train_local
+from common.step_planning import grad_sample_mode_for
+from common.train_settings import TrainSettings
+from common.training import train_local
 
 
 @pytest.mark.parametrize(

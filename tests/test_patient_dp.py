@@ -13,6 +13,7 @@ from torch import nn
 
 from common.data.imageset import ImageSet
 from common.data.synthetic import make_synthetic
+from common.dp_engine import SiteSecretPrivacyEngine
 from common.dp_layers import ChannelAffine
 from common.group_norms import GROUP_NORM_SAMPLERS, PatchGroups
 from common.model import apply_policy, build_resnet, get_trainable_state
@@ -26,14 +27,9 @@ from common.patient_dp import (
     patient_index,
     patient_sample_rate,
 )
-from common.training import (
-    SiteSecretPrivacyEngine,
-    TrainSettings,
-    grad_sample_mode_for,
-    patient_steps_per_epoch,
-    steps_per_epoch,
-    train_local,
-)
+from common.step_planning import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
+from common.train_settings import TrainSettings
+from common.training import train_local
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 

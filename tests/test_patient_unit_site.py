@@ -17,7 +17,7 @@ from common.privacy.accounting import epsilon_of
 from common.privacy.ledger import LEDGER_FILE
 from common.model import frozen_fingerprint, get_trainable_state
 from common.patient_dp import patient_counts
-from common.training import patient_steps_per_epoch
+from common.step_planning import patient_steps_per_epoch
 from tests.conftest import tiny_run_config, write_image_tree
 
 

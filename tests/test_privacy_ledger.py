@@ -21,7 +21,7 @@ from common.privacy.accounting import epsilon_of
 from common.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
 from common.model import frozen_fingerprint, get_trainable_state
 from common.privacy.accounting import calibrate_noise
-from common.training import steps_per_epoch
+from common.step_planning import steps_per_epoch
 from tests.conftest import tiny_run_config
 
 

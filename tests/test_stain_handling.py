@@ -19,7 +19,8 @@ from common.data import stain_handling as stain
 from common.data.folder import load_image_folder
 from common.factory import initial_model
 from common.model import frozen_fingerprint, get_trainable_state
-from common.training import TrainSettings, train_local
+from common.train_settings import TrainSettings
+from common.training import train_local
 
 CLASSES = ("lung_aca", "lung_n", "lung_scc")
 

@@ -31,7 +31,8 @@ from common.model import frozen_fingerprint, get_trainable_state
 from common.proximal import attach_proximal_term
 from common.records import from_array_record, to_array_record
 from common.strategies import describe_strategy
-from common.training import TrainSettings, train_local
+from common.train_settings import TrainSettings
+from common.training import train_local
 from server.screening import UpdateScreen
 from server.strategy import make_strategy
 from tests.conftest import tiny_run_config

@@ -63,8 +63,9 @@ from common.mia import mia_metrics
 from common.model import get_trainable_state, set_trainable_state
 from common.patient_dp import PATCH, PATIENT, patient_counts
 from common.privacy.accounting import calibrate_noise, epsilon_of
-from common.training import (TrainSettings, grad_sample_mode_for, patient_steps_per_epoch, predict, steps_per_epoch,
-                             train_local)
+from common.step_planning import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
+from common.train_settings import TrainSettings
+from common.training import predict, train_local
 from simulations.harness import gradient_canaries
 from simulations.harness.audit_data import AuditData, AuditPlan, prepare, privacy_unit
 from simulations.harness.scenario import PYPROJECT, Scenario

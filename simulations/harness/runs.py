@@ -23,7 +23,8 @@ from common.data.sources import all_simulated_sites, central_test_set, dataset_c
 from common.factory import initial_model
 from common.metrics import full_evaluation
 from common.reply import largest_site_epsilon
-from common.training import TrainSettings, predict, train_local
+from common.train_settings import TrainSettings
+from common.training import predict, train_local
 from simulations.harness.scenario import Scenario
 from simulations.run import run_simulation
 

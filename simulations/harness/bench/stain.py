@@ -15,8 +15,10 @@ import torch
 from common.data import stain_handling
 from common.data.folder import load_image_folder
 from common.data.stain_handling import StainAugmenter
+from common.image_tensors import device
 from common.model import apply_policy, build_resnet
-from common.training import TrainSettings, device, train_local
+from common.train_settings import TrainSettings
+from common.training import train_local
 from simulations.harness.bench.base import DEFAULT_POLICY, cached_synthetic, emit
 from simulations.harness.scenario import LC25000
 

@@ -10,9 +10,12 @@ import torch
 
 from common.choices import CONV_POLICIES, POLICIES
 from common.data.synthetic import make_synthetic
+from common.image_tensors import device
 from common.model import apply_policy, build_resnet
-from common.training import (DEFAULT_MAX_PATCHES_PER_PATIENT, TrainSettings, device, grad_sample_mode_for,
-                             train_local)
+from common.patient_dp import DEFAULT_MAX_PATCHES_PER_PATIENT
+from common.step_planning import grad_sample_mode_for
+from common.train_settings import TrainSettings
+from common.training import train_local
 from simulations.harness.bench.base import DEFAULT_POLICY, cached_synthetic, emit
 
 
