@@ -8,7 +8,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.identity import site_identity
-from client.site import RoundRequest, failure_code, run_round
+from client.round_types import RoundRequest
+from client.site import failure_code, run_round
 from common import reply as wire
 from common.bn_statistics import TRAIN_CONFIG_KEY as BN_STATISTICS_KEY
 from common.config import RunConfig

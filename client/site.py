@@ -8,6 +8,10 @@ before the update is handed back to Flower, so a crash can only over-count.
 What leaves the site is built by `common.reply` alone: the DP update, accounting values and
 fixed codes. Free text (refusal details, file names, exception messages) stays in the site's
 own log, `state-dir/site-rounds.jsonl`.
+
+The round's steps live beside this module: its request and result (`client.round_types`), what it
+knows as it goes and its reply (`client.round_state`), the model it starts from
+(`client.site_model`) and its privacy plan (`client.job_planning`).
 """
 
 from __future__ import annotations
@@ -15,30 +19,28 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from client.identity import SiteIdentity, parse_budget_change
+from client.job_planning import plan_job, planned_steps, round_over_budget
+from client.round_state import RoundState
+from client.round_types import RoundRequest, RoundResult
 from client.site_keys import site_split_key
-from common.bn_statistics import unpack as unpack_statistics
+from client.site_model import ModelMismatch, start_model
 from common.canaries import AUDITED_PARTITION, with_run_canaries
 from common.config import ConfigError, RunConfig, auto_delta, check_delta
 from common.data.imageset import DataError
 from common.data.sources import SiteData, check_classes, deployed_site, simulated_site, stain_handled
 from common.dp_randomness import RoundRandomness, round_randomness
-from common.factory import initial_model
-from common.privacy.ledger import LedgerError, PrivacyLedger, site_lock
-from common.model import frozen_fingerprint, get_trainable_state, set_trainable_state
-from common.privacy.accounting import BudgetExhausted, JobGrant, calibrate_noise, check_round, grant_job
-from common.reply import SiteReplyContent
-from common.stain_settings import augments
-from common.strategies import proximal_mu_ok
+from common.model import get_trainable_state
 from common.patient_dp import PATCH, PATIENT, patient_counts
-from common.step_planning import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
+from common.privacy.ledger import LedgerError, PrivacyLedger, site_lock
+from common.stain_settings import augments
+from common.step_planning import grad_sample_mode_for
+from common.strategies import proximal_mu_ok
 from common.train_settings import TrainSettings
 from common.training import predict, train_local
 
@@ -58,54 +60,6 @@ def resolve_privacy_unit(setting: str, data: SiteData) -> str:
             "('path,group') in the data folder or at groups-csv; without one use privacy-unit=patch"
         )
     return setting
-
-
-class ModelMismatch(RuntimeError):
-    """The site's frozen layers differ from the server's: averaging would be meaningless."""
-
-
-@dataclass
-class RoundRequest:
-    """What the server sent: global trainable weights and the round's instructions."""
-
-    run_id: int
-    server_round: int
-    arrays: Mapping[str, np.ndarray]
-    classes: list[str]
-    frozen_fingerprint: str
-    job_id: int | None = None  # the job a resumed run continues (its first run's id); None = this run
-    # FedProx's mu, as the server's train config sent it (checked before use: common.strategies.proximal_mu_ok)
-    proximal_mu: Any = 0.0
-    # bn-statistics=public: the BatchNorm statistics the server estimated on its public share (bytes, common.bn_statistics)
-    bn_statistics: Any = None
-
-    @property
-    def job(self) -> str:
-        return str(self.job_id if self.job_id is not None else self.run_id)
-
-
-@dataclass
-class RoundResult:
-    """The reply that goes on the wire, and the full local reason that does not."""
-
-    reply: SiteReplyContent
-    local_reason: str = ""
-
-    @property
-    def status(self) -> str:
-        return self.reply.status
-
-    @property
-    def reason(self) -> str:
-        return self.local_reason
-
-    @property
-    def update(self) -> dict[str, np.ndarray] | None:
-        return self.reply.update
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return self.reply.metrics
 
 
 def failure_code(err: BaseException) -> str:
@@ -170,58 +124,6 @@ def _append_site_log(identity: SiteIdentity, request: RoundRequest, record: dict
         handle.write(json.dumps(line, default=str) + "\n")
 
 
-@dataclass
-class _Round:
-    """What one round knows as it goes: the pieces every reply is built from."""
-
-    identity: SiteIdentity
-    config: RunConfig
-    request: RoundRequest
-    data: SiteData
-    delta: float
-    started: float
-    unit: str = PATCH
-    records: int = 0  # records in the unit of privacy: patches, or patients
-    randomness: str = "secure"
-    epsilon: float = 0.0
-    grant: JobGrant | None = None
-
-    def reply(self, status: str, refusal: str = "", update: dict[str, np.ndarray] | None = None,
-              sigma: float = 0.0, steps: int = 0, sample_rate: float = 0.0, train_loss: float = float("nan"),
-              val_accuracy: float = float("nan")) -> SiteReplyContent:
-        trained = status == "trained"
-        metrics = {
-            "num-examples": len(self.data.train) if trained else 0,
-            "epsilon": self.epsilon if self.config.dp else float("inf"),
-            "epsilon-budget": self.identity.epsilon_budget,
-            "epsilon-asked": self.config.epsilon,
-            "epsilon-granted": self.grant.granted if self.grant else 0.0,
-            "delta": self.delta if self.config.dp else 0.0,
-            "noise-multiplier": sigma,
-            "max-grad-norm": self.config.max_grad_norm,
-            "privacy-records": self.records if trained else 0,
-            "sample-rate": sample_rate,
-            "steps": steps,
-            "dp": int(self.config.dp),
-            "shares-diagnostics": int(self.identity.share_diagnostics),
-        }
-        diagnostics = None
-        if self.identity.share_diagnostics:
-            diagnostics = {
-                "train-loss": train_loss, "val-accuracy": val_accuracy, "val-examples": len(self.data.val),
-                "class-counts": [int(c) for c in self.data.train.class_counts()],
-                "skipped-files": self.data.train.report.skipped, "train-seconds": time.time() - self.started,
-            }
-        return SiteReplyContent(
-            site_id=self.identity.site_id, status=status, refusal=refusal, randomness=self.randomness,
-            privacy_unit=self.unit, metrics=metrics, diagnostics=diagnostics, update=update,
-        )
-
-    def refuse(self, code: str, detail: str) -> RoundResult:
-        log.warning("site %s refuses round %d: %s", self.identity.site_id, self.request.server_round, detail)
-        return RoundResult(self.reply("refused", refusal=code), local_reason=detail)
-
-
 def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest, data: SiteData) -> RoundResult:
     """One round at the site, privacy first: refuse early, plan, then train under the ledger's lock."""
     check_classes(data.train.classes, request.classes, f"site {identity.site_id}'s data")
@@ -229,7 +131,7 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
     refusal = _refusal_before_training(state)
     if refusal is not None:
         return refusal
-    model = _start_model(identity, config, request)
+    model = start_model(identity, config, request)
     settings = _train_settings(config, state.unit, request)
     if not config.dp:
         return _train_non_private(state, model, settings)
@@ -237,24 +139,24 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
     if problem:
         raise ConfigError(f"site {identity.site_id}: delta={state.delta:.4g} with n={state.records} training "
                           f"records (unit: {state.unit}): {problem}")
-    steps, sample_rate = _planned_steps(state, usable)
+    steps, sample_rate = planned_steps(state, usable)
     with site_lock(identity.state_dir):
         return _train_private(state, model, settings, steps, sample_rate)
 
 
 def _open_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
-                data: SiteData) -> tuple[_Round, int]:
+                data: SiteData) -> tuple[RoundState, int]:
     """The round's unit of privacy, its record count and δ, all decided by the site's own data and config."""
     n = len(data.train)
     unit = resolve_privacy_unit(identity.privacy_unit, data) if config.dp else PATCH
     records, usable = patient_counts(data.train.groups, config.max_patches_per_patient) if unit == PATIENT else (n, n)
     delta = identity.delta if identity.delta is not None else auto_delta(records)
-    state = _Round(identity, config, request, data, delta, time.time(), unit=unit, records=records,
+    state = RoundState(identity, config, request, data, delta, time.time(), unit=unit, records=records,
                    epsilon=PrivacyLedger.spent_so_far(identity.state_dir))
     return state, usable
 
 
-def _refusal_before_training(state: _Round) -> RoundResult | None:
+def _refusal_before_training(state: RoundState) -> RoundResult | None:
     """Refusals that need neither a model nor the ledger."""
     identity, config, request = state.identity, state.config, state.request
     if identity.deployed and config.audit_canaries > 0:
@@ -272,16 +174,6 @@ def _refusal_before_training(state: _Round) -> RoundResult | None:
     return None
 
 
-def _planned_steps(state: _Round, usable: int) -> tuple[int, float]:
-    """Steps this round and q, exactly as Opacus will take them, at the round's unit of privacy."""
-    batch = state.config.batch_size
-    if state.unit == PATIENT:
-        steps, sample_rate = patient_steps_per_epoch(state.records, usable, batch)
-    else:
-        steps, sample_rate = steps_per_epoch(len(state.data.train), batch)
-    return steps * state.config.local_epochs, sample_rate
-
-
 def _train_settings(config: RunConfig, unit: str, request: RoundRequest) -> TrainSettings:
     """Local training settings; the seed and σ are filled in later, by the site alone."""
     return TrainSettings(
@@ -293,18 +185,18 @@ def _train_settings(config: RunConfig, unit: str, request: RoundRequest) -> Trai
     )
 
 
-def _desc(state: _Round) -> str:
+def _desc(state: RoundState) -> str:
     return f"{state.identity.site_id} round {state.request.server_round}"
 
 
-def _train_non_private(state: _Round, model: torch.nn.Module, settings: TrainSettings) -> RoundResult:
+def _train_non_private(state: RoundState, model: torch.nn.Module, settings: TrainSettings) -> RoundResult:
     randomness = round_randomness(state.identity.dp_seed, 0)
     state.randomness = randomness.mode
     outcome = train_local(model, state.data.train, _with_seed(settings, randomness), desc=_desc(state))
     return _trained(state, model, outcome, 0.0)
 
 
-def _train_private(state: _Round, model: torch.nn.Module, settings: TrainSettings, steps: int,
+def _train_private(state: RoundState, model: torch.nn.Module, settings: TrainSettings, steps: int,
                    sample_rate: float) -> RoundResult:
     """Under the site lock: grant and σ, budget check, DP-SGD, and the spend on disk before any reply."""
     identity, request = state.identity, state.request
@@ -313,11 +205,11 @@ def _train_private(state: _Round, model: torch.nn.Module, settings: TrainSetting
     if ledger.budget_changed:
         ledger.save()
     state.epsilon = ledger.epsilon()
-    planned = _plan_job(state, ledger, sample_rate, steps)
+    planned = plan_job(state, ledger, sample_rate, steps)
     if isinstance(planned, RoundResult):
         return planned
     sigma = planned
-    refusal = _round_over_budget(state, ledger, sigma, sample_rate, steps)
+    refusal = round_over_budget(state, ledger, sigma, sample_rate, steps)
     if refusal is not None:
         return refusal
     randomness = round_randomness(identity.dp_seed, ledger.position())
@@ -339,80 +231,11 @@ def _train_private(state: _Round, model: torch.nn.Module, settings: TrainSetting
     return _trained(state, model, outcome, sigma)
 
 
-def _round_over_budget(state: _Round, ledger: PrivacyLedger, sigma: float, sample_rate: float,
-                       steps: int) -> RoundResult | None:
-    """The refusal (recorded in the ledger) when this round would take the job past its grant."""
-    budget = check_round(ledger.history, sigma, sample_rate, steps, state.grant.limit, state.delta)
-    if budget.fits:
-        return None
-    reason = (f"this round would raise epsilon from {budget.epsilon_before:.3f} to {budget.epsilon_after:.3f}, "
-              f"beyond the site's budget for this job ({state.grant.limit:.3f}: granted {state.grant.granted:.3g} "
-              f"of lifetime {state.identity.epsilon_budget:g}; delta={state.delta:.3g})")
-    ledger.record_refusal({"run_id": state.request.run_id, "round": state.request.server_round, "reason": reason})
-    return state.refuse("round-exceeds-budget", reason)
-
-
 def _with_seed(settings: TrainSettings, randomness: RoundRandomness) -> TrainSettings:
     return TrainSettings(**{**settings.__dict__, "seed": randomness.seed})
 
 
-def _start_model(identity: SiteIdentity, config: RunConfig, request: RoundRequest) -> torch.nn.Module:
-    model, _ = initial_model(config, len(request.classes))
-    _put_public_statistics(identity, config, request, model)
-    local_print = frozen_fingerprint(model)
-    if local_print != request.frozen_fingerprint:
-        raise ModelMismatch(
-            f"site {identity.site_id}'s frozen layers differ from the server's (fingerprint {local_print[:12]} vs "
-            f"{request.frozen_fingerprint[:12]}): both must start from the same weights ({config.weights}) and "
-            "the same arch/policy/seed, or averaged updates are meaningless"
-        )
-    set_trainable_state(model, request.arrays)
-    return model
-
-
-def _put_public_statistics(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
-                           model: torch.nn.Module) -> None:
-    """bn-statistics=public: the server's public-data statistics into the frozen layers (checked by the fingerprint)."""
-    if config.bn_statistics != "public":
-        return
-    if not isinstance(request.bn_statistics, bytes):
-        raise ModelMismatch(f"site {identity.site_id}: the run uses bn-statistics=public but the server sent no "
-                            "BatchNorm statistics")
-    try:
-        unpack_statistics(model, request.bn_statistics)
-    except ValueError as err:
-        raise ModelMismatch(f"site {identity.site_id}: the server's BatchNorm statistics do not fit: {err}") from err
-
-
-def _plan_job(state: _Round, ledger: PrivacyLedger, sample_rate: float, steps: int) -> float | RoundResult:
-    """σ for this round: the job's grant and noise are decided once, on the job's first round here."""
-    identity, config, request = state.identity, state.config, state.request
-    key = request.job
-    job = ledger.jobs.get(key)
-    if job is not None and "granted" in job:
-        state.grant = JobGrant(job["asked"], job["cap"], job["budget"], job["spent_before"], job["granted"])
-        return config.noise_multiplier if config.noise_multiplier > 0 else float(job["noise_multiplier"])
-    try:
-        state.grant = grant_job(config.epsilon, identity.job_cap, identity.epsilon_budget, ledger.epsilon())
-        remaining_rounds = max(1, config.num_server_rounds - request.server_round + 1)
-        sigma = config.noise_multiplier if config.noise_multiplier > 0 else calibrate_noise(
-            ledger.history, sample_rate, steps * remaining_rounds, state.grant.limit, state.delta)
-    except BudgetExhausted as err:
-        ledger.record_refusal({"run_id": request.run_id, "round": request.server_round, "reason": str(err)})
-        return state.refuse("budget-exhausted", str(err))
-    ledger.jobs[key] = {
-        **state.grant.as_dict(), "noise_multiplier": sigma, "sample_rate": sample_rate, "steps_per_round": steps,
-        "planned_rounds": max(1, config.num_server_rounds - request.server_round + 1),
-        "from_round": request.server_round, "time": time.time(),
-    }
-    ledger.save()
-    log.info("site %s grants job %s epsilon %.3g (asked %g, per-job cap %g, lifetime %g, spent %.3f); noise "
-             "multiplier %.3f for %d steps per round", identity.site_id, key, state.grant.granted, config.epsilon,
-             identity.job_cap, identity.epsilon_budget, state.grant.spent_before, sigma, steps)
-    return sigma
-
-
-def _trained(state: _Round, model: torch.nn.Module, outcome: Any, sigma: float) -> RoundResult:
+def _trained(state: RoundState, model: torch.nn.Module, outcome: Any, sigma: float) -> RoundResult:
     val_accuracy = float("nan")
     if state.identity.share_diagnostics and len(state.data.val):
         probs, _ = predict(model, state.data.val, state.config.eval_batch_size)

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from client.identity import site_identity
-from client.site import SITE_LOG, RoundRequest, run_round
+from client.round_types import RoundRequest
+from client.site import SITE_LOG, run_round
 from common import reply as wire
 from common.config import ConfigError, RunConfig
 from common.data.imageset import DataError

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from client.identity import SiteIdentity
-from client.site import RoundRequest, run_round
+from client.round_types import RoundRequest
+from client.site import run_round
 from common.bn_statistics import estimate_statistics, frozen_batchnorms, pack, unpack
 from common.config import ConfigError, RunConfig
 from common.data.sources import public_share

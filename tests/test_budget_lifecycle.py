@@ -132,7 +132,8 @@ def test_a_small_ask_from_a_large_budget_is_granted() -> None:
 
 def test_two_consecutive_simulated_jobs_at_default_settings_both_train(tmp_path: Path) -> None:
     """Simulation takes the same path as deployment: with ledger-dir, budgets persist across jobs."""
-    from client.site import RoundRequest, run_round
+    from client.round_types import RoundRequest
+    from client.site import run_round
     from common.data.sources import dataset_classes
     from common.factory import initial_model
     from common.model import frozen_fingerprint, get_trainable_state

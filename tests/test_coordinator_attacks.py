@@ -18,7 +18,8 @@ from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
 import client.app as client_app
 from client.identity import SiteIdentity, site_identity
-from client.site import RoundRequest, load_site_data, run_round
+from client.round_types import RoundRequest
+from client.site import load_site_data, run_round
 from common import reply as wire
 from common.config import RunConfig
 from common.data.partition import keyed_train_val

@@ -75,7 +75,8 @@ SITE_ROUND = """
 import sys
 from pathlib import Path
 from client.identity import SiteIdentity
-from client.site import RoundRequest, run_round
+from client.round_types import RoundRequest
+from client.site import run_round
 from common.config import RunConfig
 from common.data.sources import dataset_classes
 from common.factory import initial_model

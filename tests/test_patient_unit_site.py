@@ -9,7 +9,8 @@ import pytest
 from opacus.accountants import PRVAccountant
 
 from client.identity import SiteIdentity, site_identity
-from client.site import RoundRequest, run_round
+from client.round_types import RoundRequest
+from client.site import run_round
 from common.config import ConfigError, RunConfig
 from common.data.sources import dataset_classes, simulated_site
 from common.factory import initial_model

@@ -13,7 +13,8 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from client.identity import SiteIdentity
-from client.site import RoundRequest, run_round
+from client.round_types import RoundRequest
+from client.site import run_round
 from common.config import RunConfig
 from common.data.sources import dataset_classes, simulated_site
 from common.factory import initial_model

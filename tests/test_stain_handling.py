@@ -13,7 +13,8 @@ from torchstain.torch.augmentors import TorchMacenkoAugmentor
 from torchstain.torch.normalizers import TorchMacenkoNormalizer
 
 from client.identity import site_identity
-from client.site import SITE_LOG, RoundRequest, load_site_data, run_round
+from client.round_types import RoundRequest
+from client.site import SITE_LOG, load_site_data, run_round
 from common.config import ConfigError, RunConfig
 from common.data import stain_handling as stain
 from common.data.folder import load_image_folder

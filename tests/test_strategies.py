@@ -21,7 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.identity import SiteIdentity
-from client.site import RoundRequest, run_round
+from client.round_types import RoundRequest
+from client.site import run_round
 from common import reply as wire
 from common.config import ConfigError, RunConfig
 from common.data.imageset import ImageSet

@@ -10,7 +10,8 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.identity import SiteIdentity
-from client.site import RoundRequest, run_round
+from client.round_types import RoundRequest
+from client.site import run_round
 from common import reply as wire
 from common.config import RunConfig
 from common.data.sources import dataset_classes

@@ -1,0 +1,60 @@
+"""What a round at a site takes in (`RoundRequest`) and gives back (`RoundResult`), free of Flower types.
+
+The ClientApp translates Flower's Message into a request and a result into a Message; tests and the
+experiments build requests directly. The result keeps apart what goes on the wire (the reply, built
+by `common.reply`) and the full local reason, which stays in the site's own log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common.reply import SiteReplyContent
+
+
+@dataclass
+class RoundRequest:
+    """What the server sent: global trainable weights and the round's instructions."""
+
+    run_id: int
+    server_round: int
+    arrays: Mapping[str, np.ndarray]
+    classes: list[str]
+    frozen_fingerprint: str
+    job_id: int | None = None  # the job a resumed run continues (its first run's id); None = this run
+    # FedProx's mu, as the server's train config sent it (checked before use: common.strategies.proximal_mu_ok)
+    proximal_mu: Any = 0.0
+    # bn-statistics=public: the BatchNorm statistics the server estimated on its public share (bytes, common.bn_statistics)
+    bn_statistics: Any = None
+
+    @property
+    def job(self) -> str:
+        return str(self.job_id if self.job_id is not None else self.run_id)
+
+
+@dataclass
+class RoundResult:
+    """The reply that goes on the wire, and the full local reason that does not."""
+
+    reply: SiteReplyContent
+    local_reason: str = ""
+
+    @property
+    def status(self) -> str:
+        return self.reply.status
+
+    @property
+    def reason(self) -> str:
+        return self.local_reason
+
+    @property
+    def update(self) -> dict[str, np.ndarray] | None:
+        return self.reply.update
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.reply.metrics
