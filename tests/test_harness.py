@@ -17,6 +17,7 @@ from simulations.harness.runs import federated
 from simulations.harness.scenario import DEFAULTS, Scenario
 from simulations.harness.publish.experiments import reading
 from simulations.harness.results import markdown_table
+from simulations.harness.cross_domain import cross_domain_targets
 from simulations.harness.stain_strategy import stain_strategy_targets
 
 
@@ -143,3 +144,18 @@ def test_a_kept_run_is_reused_only_while_its_run_config_is_unchanged(tmp_path: P
     with pytest.raises(ConfigError, match="not found"):  # not reused: a real run is attempted, its pre-flight finds no data
         federated(elsewhere, tmp_path)
     assert json.loads(saved.read_text())["row"] == {"label": "kept", "accuracy": 0.5}
+
+
+def test_cross_domain_reading_names_where_the_remedy_falls_short() -> None:
+    def row(policy: str, start: str, statistics: str, accuracy: float) -> dict:
+        return {"kind": "federated", "accuracy": accuracy, "pair": "synthetic", "policy": policy, "start": start,
+                "bn_statistics": statistics, "label": f"{policy} {start} {statistics}"}
+
+    rows = [row("head", "scratch", "backbone", 0.76), row("head", "scratch", "public", 0.66),
+            row("head", "pretrained", "backbone", 0.44), row("head", "pretrained", "public", 0.77),
+            row("full", "scratch", "backbone", 0.46), row("full", "pretrained", "public", 0.33)]
+    targets = cross_domain_targets(rows)
+    assert targets["synthetic/head"]["remedy_reaches_scratch"] and not targets["all_pairs_reach_scratch"]
+    text = reading({"experiment": "cross-domain", "rows": rows, "targets": targets})
+    assert "synthetic/head: backbone's statistics -32.0, public-share statistics +1.0" in text
+    assert "reaches scratch for synthetic/head and not for synthetic/full" in text

@@ -13,8 +13,8 @@ from simulations.harness.publish.audit import audit_reading, audit_setup
 from simulations.harness.publish.provenance import RESULTS, meta_line, weights_description
 from simulations.harness.results import write_outputs
 
-EXPERIMENTS = ("baselines", "privacy-utility", "patient-privacy", "transfer", "heterogeneity", "stain-strategy",
-               "audit")
+EXPERIMENTS = ("baselines", "privacy-utility", "patient-privacy", "transfer", "cross-domain", "heterogeneity",
+               "stain-strategy", "audit")
 
 
 def experiment_section(name: str) -> str:
@@ -154,6 +154,25 @@ def _reading_stain_strategy(result: dict[str, Any]) -> str:
     )
 
 
+def _reading_cross_domain(result: dict[str, Any]) -> str:
+    t = result.get("targets") or {}
+    cells = {k: v for k, v in t.items() if isinstance(v, dict)}
+    if not cells:
+        return ""
+    met = [k for k, v in cells.items() if v["remedy_reaches_scratch"]]
+    missed = [k for k, v in cells.items() if not v["remedy_reaches_scratch"]]
+    lines = "; ".join(
+        f"{key}: backbone's statistics {v.get('pretrained_backbone_minus_scratch_points', float('nan')):+.1f}, "
+        f"public-share statistics {v.get('pretrained_public_minus_scratch_points', float('nan')):+.1f}"
+        for key, v in cells.items())
+    text = (f"Reading (points, pretrained minus the better scratch row): {lines}. With `bn-statistics = public` "
+            f"pretrained reaches scratch for {', '.join(met) or 'no pair'}")
+    if missed:
+        text += (f" and not for {', '.join(missed)}: there a backbone from another domain should not be used "
+                 "(README, \"A backbone from another domain\")")
+    return text + ". One run per row: differences of 2-3 points are within run-to-run noise."
+
+
 READINGS = {
     "privacy-utility": _reading_privacy_utility,
     "heterogeneity": _reading_heterogeneity,
@@ -169,6 +188,8 @@ def reading(result: dict[str, Any]) -> str:
         return f"\n{_reading_patient_privacy(result)}\n"
     if result["experiment"] == "stain-strategy":
         return f"\n{_reading_stain_strategy(result)}\n"
+    if result["experiment"] == "cross-domain":
+        return f"\n{_reading_cross_domain(result)}\n"
     rows = [r for r in result["rows"] if r.get("kind") == "federated" and r.get("accuracy") is not None]
     reading = READINGS.get(result["experiment"])
     text = reading(rows) if reading and rows else ""
