@@ -104,9 +104,10 @@ def test_published_reading_follows_the_numbers_not_the_other_way_round() -> None
     assert "head DP +30.0" in reading(transfer)
 
 
-def _cell(setting: str, stain: str, strategy: str, accuracy: float) -> dict:
+def _cell(setting: str, stain: str, strategy: str, accuracy: float, start: float | None = None) -> dict:
     return {"kind": "federated", "accuracy": accuracy, "accuracy_ci95": [accuracy - 0.01, accuracy + 0.01],
-            "setting": setting, "stain": stain, "strategy": strategy, "label": f"{setting} {stain} {strategy}"}
+            "setting": setting, "stain": stain, "strategy": strategy, "label": f"{setting} {stain} {strategy}",
+            **({"rounds": [{"round": 0, "accuracy": start}]} if start is not None else {})}
 
 
 def test_stain_strategy_targets_pick_the_best_harsh_lever_and_check_it_on_the_mild_setting() -> None:
@@ -119,7 +120,7 @@ def test_stain_strategy_targets_pick_the_best_harsh_lever_and_check_it_on_the_mi
     assert t["recovers_half"] and t["reaches_target_accuracy"] and t["no_mild_loss"]
     text = reading({"experiment": "stain-strategy", "rows": rows, "targets": t})
     assert "stain normalize, fedavg, reaches 87.0" in text and "+6.0 points (half the loss: met" in text
-    assert "One run per cell" in text
+    assert "One run per cell" in text and "round 0" not in text  # made-up rows carry no round history
 
     repeated = [*rows, _cell("harsh", "none", "fedavg", 0.75)]  # the reference cell run twice: 81% and 75%
     t = stain_strategy_targets(repeated)
@@ -132,6 +133,11 @@ def test_stain_strategy_targets_pick_the_best_harsh_lever_and_check_it_on_the_mi
     t = stain_strategy_targets(worse)
     assert not t["recovers_half"] and not t["reaches_target_accuracy"] and not t["no_mild_loss"]
     assert "NOT met" in reading({"experiment": "stain-strategy", "rows": worse, "targets": t})
+
+    started = [_cell("mild", "none", "fedavg", 0.89, start=0.88), _cell("harsh", "none", "fedavg", 0.81, start=0.88),
+               _cell("harsh", "none", "fedadam", 0.87, start=0.88)]
+    text = reading({"experiment": "stain-strategy", "rows": started, "targets": stain_strategy_targets(started)})
+    assert "scores 88.0% (3 rows, 1 of them end above it)" in text
 
 
 def test_a_kept_run_is_reused_only_while_its_run_config_is_unchanged(tmp_path: Path) -> None:

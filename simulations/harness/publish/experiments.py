@@ -31,6 +31,9 @@ def experiment_section(name: str) -> str:
         if result.get("weights"):
             described = result.get("weights_description") or weights_description(result["weights"])
             parts.append(f"Backbone: `{result['weights']}` ({described}).\n")
+        if result.get("weights_normalised"):
+            parts.append(f"Backbone of the `normalize` rows: `{result['weights_normalised']}` "
+                         f"({weights_description(result['weights_normalised'])}).\n")
         parts.append((folder / "table.md").read_text())
         parts.append(reading(result))
         if (folder / "pilots.md").exists():  # hand-made exploration notes kept beside the results
@@ -132,6 +135,22 @@ def _reading_patient_privacy(result: dict[str, Any]) -> str:
     return text
 
 
+def _start_note(rows: list[dict[str, Any]]) -> str:
+    """What the starting backbones score alone (round 0), and which rows ended above that."""
+    starts: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("rounds"):
+            starts.setdefault(pct(r["rounds"][0]["accuracy"]), []).append(r)
+    if not starts:
+        return ""
+    parts = []
+    for start, group in starts.items():
+        above = sum(r["accuracy"] > r["rounds"][0]["accuracy"] for r in group)
+        parts.append(f"{start} ({len(group)} rows, {above} of them end above it)")
+    return (" The starting model alone (round 0, before any site trains) scores " + "; ".join(parts)
+            + ": a lever that ends near its start may be one that moved the model least.")
+
+
 def _reading_stain_strategy(result: dict[str, Any]) -> str:
     t = result.get("targets") or {}
     if not t:
@@ -145,9 +164,12 @@ def _reading_stain_strategy(result: dict[str, Any]) -> str:
         f"points ({pct(t['mild_reference_accuracy'])} → {pct(t['harsh_reference_accuracy'])}). The best lever on the "
         f"harsh setting, {t['best_lever']}, reaches {pct(t['best_harsh_accuracy'])}: it recovers "
         f"{t['recovered_points']:+.1f} points (half the loss: {met[t['recovers_half']]}; ≥ 86%: "
-        f"{met[t['reaches_target_accuracy']]}) and changes the mild setting by {t['mild_change_points']:+.1f} points "
-        f"(no loss: {met[t['no_mild_loss']]}). Harsh-setting mean by stain handling: {stains}; by strategy: "
+        f"{met[t['reaches_target_accuracy']]}) and "
+        + (f"changes the mild setting by {t['mild_change_points']:+.1f} points (no loss: {met[t['no_mild_loss']]})."
+           if t["mild_change_points"] is not None else "was not run on the mild setting.")
+        + f" Harsh-setting mean by stain handling: {stains}; by strategy: "
         f"{strategies}."
+        + _start_note(result["rows"])
         + (f" Cells run more than once (same partition, fresh DP noise each run; their mean is what counts above): "
            f"{repeats}. The spread between runs of one cell is the yardstick for every other difference here."
            if repeats else " One run per cell: differences within a row's 95% CI are not evidence.")
