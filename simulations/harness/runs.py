@@ -50,7 +50,11 @@ def _run_federated(scenario: Scenario, workdir: Path) -> dict[str, Any]:
     with open(workdir / f"{_slug(scenario.label)}.log", "w") as stream:
         run_dir = run_simulation(scenario.sites, [scenario.run_config()], workdir / "runs", workdir / "flwr-home",
                                  stream_to=stream, timeout=7200)
-    report = json.loads((run_dir / "report.json").read_text())
+    return summarise_run(scenario, json.loads((run_dir / "report.json").read_text()), time.time() - started)
+
+
+def summarise_run(scenario: Scenario, report: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """An experiment row from a finished run's report.json (the scenario says what was asked)."""
     final = report["final"]
     sites = report["sites"]
     return {
@@ -64,7 +68,7 @@ def _run_federated(scenario: Scenario, workdir: Path) -> dict[str, Any]:
         "refused_rounds": sum(len(s["refused_rounds"]) for s in sites),
         "rejected_updates": sum(len(s["rejected_rounds"]) for s in sites),
         "failed_replies": sum(len(s.get("failed_rounds", [])) for s in sites),
-        "weights": report["run"]["weights_description"], "seconds": round(time.time() - started, 1),
+        "weights": report["run"]["weights_description"], "seconds": round(seconds, 1),
         "privacy_units": sorted({s["privacy_unit"] for s in sites if s.get("privacy_unit")}),
         "site_histories": site_histories(report), "site_deltas": {s["site_id"]: s["delta"] for s in sites},
     }
