@@ -32,7 +32,12 @@ spent. Runs dated before 2026-11-25 17:00 UTC trained with one patch as the unit
 5 IID sites, 3 rounds, 2 sites per round; heterogeneity: 5 sites, 3 rounds), backbone pretrained
 for 5 epochs. Full size (the same command without `--quick`; hours on 2 cores, minutes on a
 GPU): 64 px, 10 sites, 10 rounds, backbone pretrained for 15 epochs. Each section says which size
-it shows; only sizes that were actually run appear.
+it shows; only sizes that were actually run appear. No full-size table exists yet: `python -m
+simulations.harness.experiment baselines` (full size) ran on 2026-11-25 from 21:21 to 22:29 UTC at
+the lowest CPU priority beside the stain-strategy and cross-domain experiments, pretrained the
+64 px backbone (15 epochs, 32 min; validation accuracy 84.3% on the public share) and 8 of the
+pooled baseline's 10 epochs, and was stopped for the session's final test run before the
+local-only and federated rows; it needs the two cores to itself for hours, or a GPU.
 """
 
 
