@@ -36,7 +36,7 @@ it shows; only sizes that were actually run appear. No full-size table exists ye
 simulations.harness.experiment baselines` (full size) ran on 2026-11-25 from 21:21 to 22:29 UTC at
 the lowest CPU priority beside the stain-strategy and cross-domain experiments, pretrained the
 64 px backbone (15 epochs, 32 min; validation accuracy 84.3% on the public share) and 8 of the
-pooled baseline's 10 epochs, and was stopped for the session's final test run before the
+pooled baseline's 10 epochs, and was stopped to give the stain-strategy grid the CPU before the
 local-only and federated rows; it needs the two cores to itself for hours, or a GPU.
 """
 
