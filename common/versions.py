@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
 
@@ -22,7 +23,6 @@ def versions() -> dict[str, str]:
 
 def machine() -> dict[str, str | int]:
     """Cores, CPU model and GPU (if any), as benchmarks must state them."""
-    import os
 
     import torch
 

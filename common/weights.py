@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,7 +186,6 @@ def _file(spec: str, sha256: str) -> tuple[WeightsSource, dict[str, torch.Tensor
 
 def _provenance(path: Path) -> str:
     """What a weights file is, from the `<file>.json` that `server.pretrain` writes."""
-    import json
 
     sidecar = path.with_name(path.name + ".json")
     try:

@@ -10,16 +10,18 @@ This is `flwr run . --stream` against a private local SuperLink (see
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from common.config import ConfigError, auto_delta, check_delta, load_app_config, resolve_path
 from common.config_checks import NAMED_DATASETS
-from deploy.flower import flower_bin
 from common.paths import REPO
+from deploy.flower import flower_bin
 from simulations.local_superlink import LocalSuperLink
 
 
@@ -40,10 +42,8 @@ def preflight(run_config: list[str], app_dir: Path = REPO, sites: int | None = N
         raise ConfigError(f"resume-from={config.resume_from!r} is not a fedpath run directory (no run.json)")
     if config.dataset == "synthetic":
         return
-    import dataclasses  # noqa: PLC0415 - data code stays out of --help
-    import textwrap  # noqa: PLC0415
 
-    from common.data import sources  # noqa: PLC0415
+    from common.data import sources  # noqa: PLC0415 - data code (numpy, PIL) stays out of --help
     from common.data.checks import check_splittable  # noqa: PLC0415
     from common.data.imageset import DataError  # noqa: PLC0415
 
