@@ -30,7 +30,8 @@ def experiment_section(name: str) -> str:
         parts.append((audit_setup(result) if name == "audit" else _setup_line(result)) + "\n")
         if result.get("weights"):
             described = result.get("weights_description") or weights_description(result["weights"])
-            parts.append(f"Backbone: `{result['weights']}` ({described}).\n")
+            names = result["weights"].values() if isinstance(result["weights"], dict) else [result["weights"]]
+            parts.append(f"Backbone: {', '.join(f'`{n}`' for n in names)} ({described}).\n")
         if result.get("weights_normalised"):
             parts.append(f"Backbone of the `normalize` rows: `{result['weights_normalised']}` "
                          f"({weights_description(result['weights_normalised'])}).\n")
