@@ -132,7 +132,10 @@ def test_the_report_says_where_the_statistics_came_from_and_when_a_backbone_is_a
     assert "noise" in describe_bn_statistics({}, "none", None)  # runs from before the key: the backbone's
     public = describe_bn_statistics({"bn-statistics": "public", "dataset": "lc25000-lung", "public-fraction": 0.2},
                                     "file", {"setting": "public", "public_images": 2406})
-    assert "2406 images" in public and "no privacy cost" in public
+    assert "2406 images" in public and "no privacy cost" in public and "policy full" not in public
+    full = describe_bn_statistics({"bn-statistics": "public", "policy": "full"}, "file", None)
+    assert "with policy full, a backbone from another domain ended below training from scratch" in full
+    assert "with full, do not use such a backbone at all" in describe_bn_statistics({"policy": "full"}, "file", None)
 
 
 def test_the_statistics_sent_count_in_the_bytes_each_site_receives(flower_process: None) -> None:

@@ -25,18 +25,23 @@ SITE_STATUSES = ("trained", "refused", "failed", "rejected")
 
 def describe_bn_statistics(config: dict[str, Any], weights_kind: str | None, recorded: dict[str, Any] | None) -> str:
     """The report's sentence on where the frozen BatchNorm statistics came from, and when that is a risk."""
+    full = config.get("policy") == "full" and weights_kind not in (None, "none")
+    full_risk = ("; with policy full, a backbone from another domain ended below training from scratch even with "
+                 "these statistics (docs/BENCHMARKS.md, cross-domain): compare with a from-scratch run before "
+                 "trusting it") if full else ""
     if config.get("bn-statistics") == "public":
         images = (recorded or {}).get("public_images")
         count = f"{images} images of " if images else ""
         return (f"re-estimated by the server before round 1 on {count}its public share of {config.get('dataset')} "
                 f"(public-fraction {config.get('public-fraction')}): the target domain's own statistics; no site "
-                "data, no privacy cost (bn-statistics = public)")
+                "data, no privacy cost (bn-statistics = public)" + full_risk)
     if weights_kind in (None, "none"):
         return "estimated from Gaussian noise (from scratch: no data, no privacy cost)"
     return ("the backbone's own, from the data it was pretrained on (bn-statistics = backbone). If that data is "
             "another domain than the sites' (another organ, stain, scanner, or synthetic images), these "
             "statistics do not fit and fine-tuning can end below training from scratch: use bn-statistics = "
-            "public, or do not use such a backbone with norm-head or head (docs/BENCHMARKS.md, cross-domain)")
+            "public with norm-head or head; with full, do not use such a backbone at all (docs/BENCHMARKS.md, "
+            "cross-domain)")
 
 
 def _finite(value: Any) -> float | None:
