@@ -24,6 +24,7 @@ from typing import Any
 from common.booleans import parse_bool
 from common.config import ConfigError, RunConfig, resolve_path
 from common.config_checks import PRIVACY_UNIT_SETTINGS
+from common.dp_seed import dp_seed_problem
 from common.paths import run_dir
 
 DEPLOYMENT_KEYS = ("data-path", "site-id", "epsilon-budget", "delta", "state-dir")
@@ -110,6 +111,9 @@ def check_deployment_node_config(node_config: Mapping[str, Any]) -> tuple[float,
     unit = str(node_config.get("privacy-unit", "auto"))
     if unit not in PRIVACY_UNIT_SETTINGS:
         raise ConfigError(f"privacy-unit in --node-config must be one of {', '.join(PRIVACY_UNIT_SETTINGS)}, got {unit!r}")
+    seed_problem = dp_seed_problem(str(node_config.get("dp-seed", "")))
+    if seed_problem:
+        raise ConfigError(f"--node-config: {seed_problem}")
     change = str(node_config.get("accept-budget-change", ""))
     if change and parse_budget_change(change) is None:
         raise ConfigError(f'accept-budget-change must read "OLD->NEW" (e.g. "8->12"), got {change!r}')

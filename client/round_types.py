@@ -42,6 +42,9 @@ class RoundResult:
 
     reply: SiteReplyContent
     local_reason: str = ""
+    # Records whose logits or gradient were not finite and contributed nothing: the site's own log only
+    # (a count over its data without DP, so it never goes on the wire).
+    nonfinite_records: int = 0
 
     @property
     def status(self) -> str:

@@ -28,6 +28,7 @@ from client.identity import SiteIdentity, parse_budget_change
 from client.job_planning import plan_job, planned_steps, round_over_budget
 from client.round_state import RoundState
 from client.round_types import RoundRequest, RoundResult
+from client.server_input import ServerInputError, check_server_input
 from client.site_keys import site_split_key
 from client.site_model import ModelMismatch, start_model
 from common.canaries import AUDITED_PARTITION, with_run_canaries
@@ -72,6 +73,8 @@ def failure_code(err: BaseException) -> str:
         return "model"
     if isinstance(err, LedgerError):
         return "ledger"
+    if isinstance(err, ServerInputError):
+        return "server-input"
     return "internal"
 
 
@@ -92,6 +95,7 @@ def run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest) 
     site's own record, which keeps what must not leave the site (reasons, file paths).
     """
     try:
+        check_server_input(request)  # before any record is read: the refusal depends on the server's input only
         data = load_site_data(identity, config, request.classes)
         if data.train.report.skipped:
             log.warning(
@@ -109,6 +113,7 @@ def run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest) 
         "diagnostics": _local_diagnostics(data, result),
         "skipped_files": data.train.report.skipped, "skipped_examples": data.train.report.skipped_examples,
         "stain_fallbacks": data.train.report.stain_fallbacks,  # stays here: counts of images, never names
+        "nonfinite_records": result.nonfinite_records,  # stays here: a count over the data without DP
     })
     return result
 
@@ -132,16 +137,15 @@ def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
     if refusal is not None:
         return refusal
     model = start_model(identity, config, request)
-    settings = _train_settings(config, state.unit, request)
     if not config.dp:
-        return _train_non_private(state, model, settings)
+        return _train_non_private(state, model)
     problem = check_delta(state.delta, state.records)
     if problem:
         raise ConfigError(f"site {identity.site_id}: delta={state.delta:.4g} with n={state.records} training "
                           f"records (unit: {state.unit}): {problem}")
     steps, sample_rate = planned_steps(state, usable)
     with site_lock(identity.state_dir):
-        return _train_private(state, model, settings, steps, sample_rate)
+        return _train_private(state, model, steps, sample_rate)
 
 
 def _open_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest,
@@ -174,13 +178,15 @@ def _refusal_before_training(state: RoundState) -> RoundResult | None:
     return None
 
 
-def _train_settings(config: RunConfig, unit: str, request: RoundRequest) -> TrainSettings:
-    """Local training settings; the seed and σ are filled in later, by the site alone."""
+def _train_settings(state: RoundState, randomness: RoundRandomness, sigma: float = 0.0) -> TrainSettings:
+    """Local training settings: the round's key and σ are the site's alone, the rest the run's."""
+    config, request = state.config, state.request
+    state.randomness = randomness.mode
     return TrainSettings(
         epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
-        seed=0, dp=config.dp, max_grad_norm=config.max_grad_norm,
+        randomness=randomness, dp=config.dp, noise_multiplier=sigma, max_grad_norm=config.max_grad_norm,
         grad_sample_mode=grad_sample_mode_for(config.policy, config.grad_sample_mode),
-        privacy_unit=unit, max_patches_per_patient=config.max_patches_per_patient,
+        privacy_unit=state.unit, max_patches_per_patient=config.max_patches_per_patient,
         proximal_mu=float(request.proximal_mu), stain_augment=augments(config.stain),
     )
 
@@ -189,15 +195,13 @@ def _desc(state: RoundState) -> str:
     return f"{state.identity.site_id} round {state.request.server_round}"
 
 
-def _train_non_private(state: RoundState, model: torch.nn.Module, settings: TrainSettings) -> RoundResult:
-    randomness = round_randomness(state.identity.dp_seed, 0)
-    state.randomness = randomness.mode
-    outcome = train_local(model, state.data.train, _with_seed(settings, randomness), desc=_desc(state))
+def _train_non_private(state: RoundState, model: torch.nn.Module) -> RoundResult:
+    settings = _train_settings(state, round_randomness(state.identity.dp_seed, state.identity.site_id, 0))
+    outcome = train_local(model, state.data.train, settings, desc=_desc(state))
     return _trained(state, model, outcome, 0.0)
 
 
-def _train_private(state: RoundState, model: torch.nn.Module, settings: TrainSettings, steps: int,
-                   sample_rate: float) -> RoundResult:
+def _train_private(state: RoundState, model: torch.nn.Module, steps: int, sample_rate: float) -> RoundResult:
     """Under the site lock: grant and σ, budget check, DP-SGD, and the spend on disk before any reply."""
     identity, request = state.identity, state.request
     ledger = PrivacyLedger.open(identity.state_dir, identity.site_id, state.delta, identity.epsilon_budget,
@@ -212,9 +216,8 @@ def _train_private(state: RoundState, model: torch.nn.Module, settings: TrainSet
     refusal = round_over_budget(state, ledger, sigma, sample_rate, steps)
     if refusal is not None:
         return refusal
-    randomness = round_randomness(identity.dp_seed, ledger.position())
-    state.randomness = randomness.mode
-    settings = TrainSettings(**{**_with_seed(settings, randomness).__dict__, "noise_multiplier": sigma})
+    randomness = round_randomness(identity.dp_seed, identity.site_id, ledger.position())
+    settings = _train_settings(state, randomness, sigma)
     outcome = train_local(model, state.data.train, settings, history=ledger.history, desc=_desc(state))
     assert outcome.history is not None
     if outcome.steps != steps:
@@ -231,15 +234,19 @@ def _train_private(state: RoundState, model: torch.nn.Module, settings: TrainSet
     return _trained(state, model, outcome, sigma)
 
 
-def _with_seed(settings: TrainSettings, randomness: RoundRandomness) -> TrainSettings:
-    return TrainSettings(**{**settings.__dict__, "seed": randomness.seed})
-
-
 def _trained(state: RoundState, model: torch.nn.Module, outcome: Any, sigma: float) -> RoundResult:
     val_accuracy = float("nan")
     if state.identity.share_diagnostics and len(state.data.val):
         probs, _ = predict(model, state.data.val, state.config.eval_batch_size)
         val_accuracy = float(np.mean(probs.argmax(axis=1) == state.data.val.labels))
-    reply = state.reply("trained", update=dict(get_trainable_state(model)), sigma=sigma, steps=outcome.steps,
+    update = dict(get_trainable_state(model))
+    if not all(np.isfinite(t).all() for t in update.values()):
+        # Cannot happen: every record's gradient is finite or zero and the noise is finite. Should it, the
+        # update must not leave (a NaN could depend on one record); the failure code is "internal".
+        raise RuntimeError("the trained update holds non-finite values; nothing is sent")
+    reply = state.reply("trained", update=update, sigma=sigma, steps=outcome.steps,
                         sample_rate=outcome.sample_rate, train_loss=outcome.mean_loss, val_accuracy=val_accuracy)
-    return RoundResult(reply)
+    if outcome.nonfinite_records:
+        log.warning("site %s: %d records had non-finite logits or gradients and contributed nothing this round "
+                    "(the server's weights may be crafted or diverged)", state.identity.site_id, outcome.nonfinite_records)
+    return RoundResult(reply, nonfinite_records=outcome.nonfinite_records)

@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING
 
 from common.choices import ARCHITECTURE_NAMES, BN_STATISTICS_SETTINGS, POLICIES
+from common.dp_seed import dp_seed_problem
 from common.stain_settings import stain_problems
 from common.strategies import strategy_problems
 
@@ -45,9 +46,18 @@ class _Problems(list[str]):
 def config_problems(config: RunConfig) -> list[str]:
     """Every problem of `config`, in the order of the groups below ([] when it is valid)."""
     problems = _Problems()
+    _check_finite(config, problems)
     for check in (_check_model, _check_training, _check_privacy, _check_data, _check_federation, _check_outputs):
         check(config, problems)
     return list(problems)
+
+
+def _check_finite(config: RunConfig, problems: _Problems) -> None:
+    """Every number is finite: `lr=inf`, `max-grad-norm=inf` or `noise-multiplier=nan` would pass the
+    range rules below (inf > 0) and make every site's update non-finite."""
+    for name, value in vars(config).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{name.replace('_', '-')} must be a finite number, got {value}")
 
 
 def _check_model(config: RunConfig, problems: _Problems) -> None:
@@ -109,6 +119,8 @@ def _check_privacy(config: RunConfig, problems: _Problems) -> None:
     problems.need(config.site_epsilon_per_job >= 0,
                   f"site-epsilon-per-job must be >= 0 (0 = a quarter of site-epsilon-budget), got "
                   f"{config.site_epsilon_per_job}")
+    seed_problem = dp_seed_problem(config.site_dp_seed)
+    problems.need(seed_problem is None, f"site-{seed_problem}")
     problems.need(config.privacy_unit in PRIVACY_UNIT_SETTINGS,
                   f"privacy-unit {config.privacy_unit!r} is unknown; "
                   f"valid values: {', '.join(PRIVACY_UNIT_SETTINGS)}")

@@ -1,57 +1,94 @@
-"""Opacus' privacy engine driven by the site's round secret, and the generators derived from it.
+"""The pieces of DP-SGD that fedpath supplies to Opacus: the accountant, CSPRNG noise, finite records.
 
-Every random draw of DP training (the noise, the Poisson sampling, stain augmentation) must come
-from the round's secret seed (`common.dp_randomness`), never from the global torch RNG or anything
-the coordinator knows; this module is where that seed becomes generators, and nowhere else.
+Opacus clips, sums and accounts; three things are the site's own:
+
+* **the accountant** starts from the site's ledger history (`site_accountant`), so ε is
+  cumulative over every round the site ever ran, and is read back as plain numbers afterwards;
+* **the noise** comes from the site's ChaCha20 stream (`common.dp_randomness.SecretStream`), not
+  from a torch generator: `SecretNoise.add_noise` replaces Opacus' Gaussian draw (Opacus' secure
+  mode needs `torchcsprng`, which has no build for the pinned torch; a torch generator keeps 32 bits
+  of its seed);
+* **non-finite records contribute nothing**: a coordinator that crafts weights so that one
+  patient's logits overflow must not see NaN in the update only when that patient is present.
+  `finite_rows` gives every record whose logits are not finite a zero gradient (a per-record rule
+  that does not look at other records, so the sensitivity bound holds), `zero_nonfinite_records`
+  zeroes any per-record gradient row that is still not finite before clipping (hooks mode), and
+  ghost clipping gives such records a clipping factor of 0 (`common.patient_dp.clipping`). How many
+  records were zeroed is a local diagnostic only; it never crosses the wire.
 """
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
 import torch
-from opacus import PrivacyEngine
+from opacus.accountants import RDPAccountant
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
-import common.dp_layers  # noqa: F401 - registers the Opacus grad/norm samplers `make_private` uses
+import common.dp_layers  # noqa: F401 - registers the Opacus grad/norm samplers the DP modules use
+from common.dp_randomness import SecretStream
 
 AccountantHistory = list[tuple[float, float, int]]  # Opacus RDP history: (noise multiplier, sample rate, steps)
 
 
-class SiteSecretPrivacyEngine(PrivacyEngine):
-    """Opacus' secure mode, driven by the site's secret generator.
+def site_accountant(history: AccountantHistory | None) -> RDPAccountant:
+    """Opacus' RDP accountant holding the site's whole history: the round's steps are added to it."""
+    accountant = RDPAccountant()
+    accountant.load_state_dict({"history": list(history or []), "mechanism": "rdp"})
+    return accountant
 
-    With `secure_mode=True` Opacus draws the Gaussian noise in the way that resists
-    floating-point attacks (a sum of four draws) and uses one generator for noise and
-    Poisson sampling. Opacus takes that generator from `torchcsprng`, which has no build for
-    the pinned torch 2.14; we give it a generator seeded from the site's secret instead
-    (`common.dp_randomness`: 64 fresh bits from the OS CSPRNG per round by default), so the
-    coordinator cannot regenerate the noise or the batches.
+
+def accountant_history(accountant: RDPAccountant) -> AccountantHistory:
+    """The accountant's history after training, as plain numbers for the site's ledger."""
+    return [(float(s), float(q), int(n)) for s, q, n in accountant.state_dict()["history"]]
+
+
+class SecretNoise:
+    """Mixin for Opacus' DP optimizers: the Gaussian noise comes from the site's secret stream.
+
+    Set `noise_stream` before the first step. Same noise law as Opacus (N(0, (σC)²) per
+    coordinate of the clipped sum), drawn as Opacus' secure mode does (a sum of four Gaussians).
     """
 
-    def __init__(self, generator: torch.Generator) -> None:
-        with warnings.catch_warnings():
-            # Opacus warns that secure mode is off because we construct it without torchcsprng;
-            # it is switched on two lines below with a secret generator.
-            warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
-            super().__init__(accountant="rdp", secure_mode=False)
-        self.secure_mode = True
-        self.secure_rng = generator
+    noise_stream: SecretStream | None = None
+    params: list[torch.nn.Parameter]
+    noise_multiplier: float
+    max_grad_norm: float
+
+    def add_noise(self) -> None:
+        stream = self.noise_stream
+        if stream is None:
+            raise RuntimeError("DP step without the site's secret noise stream")
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)  # type: ignore[attr-defined]
+            summed: torch.Tensor = p.summed_grad  # type: ignore[attr-defined]
+            noise = stream.normal(summed.shape, std).to(dtype=summed.dtype, device=summed.device)
+            p.grad = (summed + noise).view_as(p)
+            _mark_as_processed(p.summed_grad)  # type: ignore[attr-defined]
 
 
-def derived_generator(seed: int, purpose: str) -> torch.Generator:
-    """A generator for one purpose, independent of the other uses of the same round seed."""
-    words = np.random.SeedSequence([seed % (2**64), *purpose.encode()]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(words[0]) | (int(words[1]) << 32))
+def finite_rows(logits: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(logits with every non-finite row replaced by zeros, how many rows were replaced).
+
+    `torch.where` passes an exact zero gradient to the replaced rows, so a record whose forward
+    pass overflowed gets no gradient from the loss at all, whatever the coordinator's weights.
+    """
+    ok = torch.isfinite(logits).all(dim=1, keepdim=True)
+    return torch.where(ok, logits, torch.zeros_like(logits)), int((~ok).sum())
 
 
-def site_engine(seed: int, history: AccountantHistory | None) -> SiteSecretPrivacyEngine:
-    """The round's engine: noise and sampling from the round seed, the accountant from the site's `history`."""
-    engine = SiteSecretPrivacyEngine(derived_generator(seed, "dp-noise-and-sampling"))
-    engine.accountant.load_state_dict({"history": list(history or []), "mechanism": "rdp"})
-    return engine
+def zero_nonfinite_records(rows: list[torch.Tensor]) -> int:
+    """Zero, in place, every record (row index) whose gradient is not finite in any parameter.
 
-
-def accountant_history(engine: PrivacyEngine) -> AccountantHistory:
-    """The accountant's history after training, as plain numbers for the site's ledger."""
-    return [(float(s), float(q), int(n)) for s, q, n in engine.accountant.state_dict()["history"]]
+    `rows` holds one (records, ...) tensor per parameter, as Opacus' `grad_sample`. Returns how
+    many records were zeroed. A zero row clips to zero: the record contributes nothing.
+    """
+    if not rows or rows[0].shape[0] == 0:
+        return 0
+    bad = torch.zeros(rows[0].shape[0], dtype=torch.bool, device=rows[0].device)
+    for r in rows:
+        bad |= ~torch.isfinite(r.reshape(r.shape[0], -1)).all(dim=1)
+    count = int(bad.sum())
+    if count:
+        for r in rows:
+            r[bad] = 0
+    return count

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from common.data.imageset import ImageSet
+from common.dp_randomness import SecretStream
 
 # torchvision's ImageNet statistics: what pretrained backbones expect as input.
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -33,11 +34,14 @@ def normalise(batch: torch.Tensor) -> torch.Tensor:
     return (batch.float().div_(255.0) - IMAGENET_MEAN.to(batch.device)) / IMAGENET_STD.to(batch.device)
 
 
-def random_dihedral(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample random flips and 90-degree rotation: tissue has no canonical orientation."""
+def random_dihedral(batch: torch.Tensor, stream: SecretStream) -> torch.Tensor:
+    """Per-sample random flips and 90-degree rotation: tissue has no canonical orientation.
+
+    The draws come from the round's secret stream (`stream`), like every random draw of training.
+    """
     if batch.shape[0] == 0:
         return batch
-    flags = torch.rand(3, batch.shape[0], generator=generator) < 0.5
+    flags = stream.rand(3, batch.shape[0]) < 0.5
     pick = lambda mask, a, b: torch.where(mask.view(-1, 1, 1, 1).to(a.device), a, b)  # noqa: E731
     batch = pick(flags[0], batch.flip(3), batch)
     batch = pick(flags[1], batch.flip(2), batch)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from common.dp_randomness import RoundRandomness
 from common.patient_dp import DEFAULT_MAX_PATCHES_PER_PATIENT, PATCH, PRIVACY_UNITS
 
 # (trainable parameters, Poisson rate of the step) -> summed canary gradients per parameter, or None
@@ -24,7 +25,9 @@ class TrainSettings:
     batch_size: int
     lr: float
     momentum: float
-    seed: int  # at a site: the round's secret seed (common.dp_randomness), never the run config's
+    # The round's secret key (common.dp_randomness): every random draw of training comes from its streams.
+    # At a site: fresh OS randomness or the site's own dp-seed, never anything from the run config.
+    randomness: RoundRandomness
     dp: bool
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
@@ -59,3 +62,6 @@ class TrainOutcome:
     history: list[tuple[float, float, int]] | None  # accountant history after training (DP only)
     privacy_unit: str = PATCH  # the unit the history is about ("patch" also for non-DP training)
     num_patients: int | None = None  # patient unit: patients in the training set
+    # Records (patients or patches) whose logits or gradient were not finite and so contributed nothing:
+    # a local diagnostic for the site's own log, never sent (it depends on the data without DP).
+    nonfinite_records: int = 0

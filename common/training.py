@@ -1,14 +1,14 @@
-"""Local training (with or without Opacus DP-SGD) and evaluation of a model on an ImageSet.
+"""Local training (with or without DP-SGD) and evaluation of a model on an ImageSet.
 
-Under DP the unit of privacy is a patch (`privacy_unit="patch"`: Opacus' `make_private`, Poisson
-sampling over patches) or a patient (`privacy_unit="patient"`: `common.patient_training`, Poisson
-sampling over patients, each patient's summed gradient clipped). What both paths share lives in
-`common.training_loop`; the DP randomness comes only from `common.dp_engine` (the round's secret).
+Under DP the unit of privacy is a patch or a patient (`settings.privacy_unit`); both run through
+`common.private_training` (Poisson sampling over records, per-record clipping, noise from the site's
+secret stream). Without DP the batches are a secret-stream shuffle. What every path shares lives in
+`common.training_loop`; every random draw comes from the round's key (`settings.randomness`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 
 from common.data.imageset import ImageSet
 from common.data.stain_handling import StainAugmenter
-from common.dp_engine import AccountantHistory, SiteSecretPrivacyEngine, accountant_history, site_engine
+from common.dp_engine import AccountantHistory
+from common.dp_randomness import SecretStream
 from common.image_tensors import as_tensor_dataset, device, normalise
-from common.patient_dp import PATIENT
-from common.patient_training import train_patient_level
+from common.private_training import train_private
 from common.train_settings import TrainOutcome, TrainSettings
 from common.training_loop import attach_gradient_canaries, detach_training, optimizer_for, run_epochs, stain_augmenter
 
@@ -40,78 +40,40 @@ def train_local(
     """
     if len(data) == 0:
         raise ValueError("no training examples")
-    if settings.dp and settings.privacy_unit == PATIENT:
-        return train_patient_level(model, data, settings, history, desc)
+    if settings.dp:
+        return train_private(model, data, settings, history, desc)
     model.to(device()).train()
-    generator = torch.Generator().manual_seed(settings.seed)  # shuffling and augmentation
-    stain = stain_augmenter(data, settings)
-    loader = DataLoader(
-        as_tensor_dataset(data, rows=stain is not None), batch_size=min(settings.batch_size, len(data)), shuffle=True,
-        generator=generator,
-    )
-    optimizer, proximal = optimizer_for(model, settings)  # FedProx's term before Opacus wraps the optimizer
-    engine, train_model, optimizer, criterion, loader = _private_or_plain(model, optimizer, loader, settings, history)
-    rate = float(loader.sample_rate) if engine is not None else 1.0 / len(loader)  # type: ignore[attr-defined]
-    canaries = attach_gradient_canaries(optimizer, settings, rate, loader.batch_size or settings.batch_size)
+    tensors = as_tensor_dataset(data).tensors
+    batches = _ShuffledBatches(tensors[0], tensors[1], min(settings.batch_size, len(data)),
+                               settings.randomness.stream("shuffle"), stain_augmenter(data, settings))
+    optimizer, proximal = optimizer_for(model, settings)
+    canaries = attach_gradient_canaries(optimizer, settings, 1.0 / len(batches), batches.batch_size)
     try:
-        steps, mean_loss = run_epochs(
-            train_model, optimizer, criterion, settings, generator, desc,
-            lambda: _PatchBatches(loader, stain),
-        )
+        steps, mean_loss, masked = run_epochs(model, optimizer, nn.CrossEntropyLoss(), settings,
+                                              settings.randomness.stream("augmentation"), desc, lambda: batches)
     finally:
-        detach_training(model, train_model if engine is not None else None, proximal, canaries)
+        detach_training(model, None, proximal, canaries)
     model.eval()
-    return TrainOutcome(
-        num_examples=len(data),
-        mean_loss=mean_loss,
-        steps=steps,
-        sample_rate=rate,
-        history=accountant_history(engine) if engine is not None else None,
-    )
+    return TrainOutcome(num_examples=len(data), mean_loss=mean_loss, steps=steps, sample_rate=1.0 / len(batches),
+                        history=None, nonfinite_records=masked)
 
 
-def _private_or_plain(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, settings: TrainSettings,
-    history: AccountantHistory | None,
-) -> tuple[SiteSecretPrivacyEngine | None, nn.Module, torch.optim.Optimizer, Any, DataLoader]:
-    """(engine, model, optimizer, criterion, loader) to train with: Opacus' patch-level DP-SGD, or as given.
+class _ShuffledBatches:
+    """Non-private epochs: a fresh secret-stream shuffle each epoch, cut into batches of `batch_size`."""
 
-    Under DP the loader becomes Opacus' Poisson sampler over patches, driven (like the noise) by the
-    round's secret seed; with ghost clipping the criterion is Opacus' too.
-    """
-    criterion: Any = nn.CrossEntropyLoss()
-    if not settings.dp:
-        return None, model, optimizer, criterion, loader
-    engine = site_engine(settings.seed, history)
-    private = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=loader,
-        noise_multiplier=settings.noise_multiplier,
-        max_grad_norm=settings.max_grad_norm,
-        poisson_sampling=True,
-        grad_sample_mode=settings.grad_sample_mode,
-        **({"criterion": criterion} if settings.grad_sample_mode == "ghost" else {}),
-    )
-    if settings.grad_sample_mode == "ghost":
-        train_model, optimizer, criterion, loader = private
-    else:
-        train_model, optimizer, loader = private
-    return engine, train_model, optimizer, criterion, loader
-
-
-class _PatchBatches:
-    """One epoch of a (DP or plain) DataLoader as (uint8 images, labels, None), stain-augmented if asked."""
-
-    def __init__(self, loader: Iterable[Any], stain: StainAugmenter | None = None) -> None:
-        self.loader, self.stain = loader, stain
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, stream: SecretStream,
+                 stain: StainAugmenter | None) -> None:
+        self.images, self.labels, self.batch_size, self.stream, self.stain = images, labels, batch_size, stream, stain
 
     def __len__(self) -> int:
-        return len(self.loader)  # type: ignore[arg-type]
+        return -(-len(self.labels) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
-        for images, labels, *rows in self.loader:
-            yield (self.stain(images, rows[0]) if self.stain else images), labels, None
+        order = self.stream.permutation(len(self.labels))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            images = self.images[rows]
+            yield (self.stain(images, rows) if self.stain else images), self.labels[rows], None
 
 
 @torch.no_grad()

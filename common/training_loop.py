@@ -18,7 +18,8 @@ from torch.utils.hooks import RemovableHandle
 
 from common.data.imageset import ImageSet
 from common.data.stain_handling import StainAugmenter
-from common.dp_engine import derived_generator
+from common.dp_engine import finite_rows
+from common.dp_randomness import SecretStream
 from common.image_tensors import device, normalise, random_dihedral
 from common.progress import progress
 from common.proximal import attach_proximal_term
@@ -39,16 +40,20 @@ def run_epochs(
     optimizer: torch.optim.Optimizer,
     criterion: Any,
     settings: TrainSettings,
-    generator: torch.Generator,
+    augmentation: SecretStream,
     desc: str,
     epoch_batches: Any,
     begin_step: Any = None,
-) -> tuple[int, float]:
-    """(steps, mean loss): `settings.epochs` passes over `epoch_batches()`, one optimizer step per batch.
+) -> tuple[int, float, int]:
+    """(steps, mean loss, records with non-finite logits): `settings.epochs` passes over `epoch_batches()`.
 
-    A batch is (uint8 images, labels, step info); `begin_step(info)` runs before its forward pass.
+    One optimizer step per batch. A batch is (uint8 images, labels, step info); `begin_step(info)`
+    runs before its forward pass. Dihedral augmentation draws from `augmentation` (a secret stream).
+    A record whose logits are not finite (e.g. under weights crafted to overflow on one patient)
+    gets an exact zero gradient (`common.dp_engine.finite_rows`), so the update stays finite and
+    does not reveal whether that record was there; the count stays local.
     """
-    total_loss, loss_batches, steps = 0.0, 0, 0
+    total_loss, loss_batches, steps, nonfinite = 0.0, 0, 0, 0
     dev = device()
     with warnings.catch_warnings():
         # Opacus' hooks on a network whose input needs no gradient make PyTorch warn that full
@@ -59,11 +64,12 @@ def run_epochs(
             for images, labels, info in progress(batches, desc=f"{desc} epoch {epoch + 1}/{settings.epochs}", unit="batch"):
                 images, labels = images.to(dev), labels.to(dev)
                 if settings.augment:
-                    images = random_dihedral(images, generator)
+                    images = random_dihedral(images, augmentation)
                 optimizer.zero_grad(set_to_none=True)
                 if begin_step is not None:
                     begin_step(info)
-                logits = train_model(normalise(images))
+                logits, masked = finite_rows(train_model(normalise(images)))
+                nonfinite += masked
                 if len(labels):
                     loss = criterion(logits, labels)
                     total_loss += float(loss.detach())
@@ -73,7 +79,7 @@ def run_epochs(
                     (logits.sum() * 0.0).backward()
                 optimizer.step()
                 steps += 1
-    return steps, total_loss / max(loss_batches, 1)
+    return steps, total_loss / max(loss_batches, 1), nonfinite
 
 
 def attach_gradient_canaries(optimizer: torch.optim.Optimizer, settings: TrainSettings, sample_rate: float,
@@ -135,11 +141,11 @@ def _detach_dp(model: nn.Module, train_model: nn.Module) -> None:
 def stain_augmenter(data: ImageSet, settings: TrainSettings) -> StainAugmenter | None:
     """Stain augmentation over `data` (stain matrices fitted once per image set, cached), or None.
 
-    Its draws come from the round's secret seed (a generator of their own), never from the run config.
+    Its draws come from the round's secret key (a stream of their own), never from the run config.
     """
     if not settings.stain_augment:
         return None
-    augmenter = StainAugmenter(data.images, derived_generator(settings.seed, "stain-augmentation"))
+    augmenter = StainAugmenter(data.images, settings.randomness.stream("stain-augmentation"))
     if augmenter.unusable:
         log.info("stain augmentation leaves %d of %d images as they are (no stain estimate)", augmenter.unusable,
                  len(data))

@@ -39,6 +39,7 @@ from common.atomic import atomic_file, atomic_write_json, atomic_write_text
 from common.config import ConfigError
 from common.data.imageset import DataError, ImageSet
 from common.data.partition import split_train_val
+from common.dp_randomness import public_randomness
 from common.image_tensors import as_tensor_dataset, device, normalise, random_dihedral
 from common.logging_setup import setup_logging
 from common.model import ARCHITECTURES, load_backbone
@@ -66,7 +67,8 @@ def pretrain(
     train, val = data.subset(train_idx), data.subset(val_idx)
     dev = device()
     net.to(dev)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # public data, public seed: reproducible by design
+    flips = public_randomness(f"pretrain-{seed}").stream("augmentation")
     loader = torch.utils.data.DataLoader(as_tensor_dataset(train), batch_size=batch_size, shuffle=True,
                                          generator=generator, drop_last=len(train) > batch_size)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -76,7 +78,7 @@ def pretrain(
         net.train()
         losses = []
         for images, labels in progress(loader, desc=f"pretrain epoch {epoch + 1}/{epochs}", unit="batch"):
-            images = random_dihedral(images.to(dev), generator)
+            images = random_dihedral(images.to(dev), flips)
             loss = nn.functional.cross_entropy(net(normalise(images)), labels.to(dev))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

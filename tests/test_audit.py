@@ -11,6 +11,7 @@ import pytest
 
 from common.audit_bound import audit_scores, epsilon_lower_bound, guess, p_value
 from common.mia import auc, mia_metrics, tpr_at_fpr
+from common.dp_randomness import public_randomness
 
 
 # -- the bound (Steinke, Nasr & Jagielski 2023) -------------------------------------------------
@@ -182,7 +183,7 @@ def test_gradient_canary_joins_one_step_as_a_record_of_its_own(dp: bool, unit: s
     def step(canaries: object) -> tuple[np.ndarray, object]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
-        settings = TrainSettings(epochs=1, batch_size=6, lr=lr, momentum=0.0, seed=5, dp=dp, noise_multiplier=0.0,
+        settings = TrainSettings(epochs=1, batch_size=6, lr=lr, momentum=0.0, randomness=public_randomness("5"), dp=dp, noise_multiplier=0.0,
                                  max_grad_norm=clip, privacy_unit=unit, audit_gradient_canaries=canaries)
         outcome = train_local(model, data, settings)
         return torch.cat([p.detach().flatten() for p in model.parameters()]).numpy(), outcome

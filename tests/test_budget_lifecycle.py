@@ -79,7 +79,7 @@ def test_budget_change_acknowledgement_is_parsed_and_checked() -> None:
 def test_the_run_config_cannot_set_a_deployed_sites_budget_cap_seed_or_split() -> None:
     node = {"data-path": "/d", "site-id": "s", "epsilon-budget": 8.0, "delta": 1e-5, "state-dir": "/s"}
     hostile = RunConfig.from_mapping({"epsilon": 1000.0, "site-epsilon-budget": 1e6, "site-epsilon-per-job": 1e6,
-                                      "site-dp-seed": "known", "site-share-diagnostics": True, "val-fraction": 0.9,
+                                      "site-dp-seed": "0f" * 16, "site-share-diagnostics": True, "val-fraction": 0.9,
                                       "strict": True, "site-accept-budget-change": "8->1000000"})
     identity = site_identity(node, hostile, 1)
     assert (identity.epsilon_budget, identity.job_cap, identity.dp_seed) == (8.0, 2.0, "")

@@ -57,3 +57,11 @@ def test_all_problems_are_reported_at_once() -> None:
 def test_auto_delta_is_one_over_site_records() -> None:
     assert RunConfig.from_mapping({"delta": 0.0}).site_delta(400) == pytest.approx(1 / 4000)  # 1/(10·n)
     assert RunConfig.from_mapping({"delta": 1e-5}).site_delta(400) == 1e-5
+
+
+@pytest.mark.parametrize(("key", "value"), [("lr", float("inf")), ("max-grad-norm", float("inf")),
+                                            ("noise-multiplier", float("nan")), ("epsilon", float("inf"))])
+def test_non_finite_numbers_are_refused_even_where_a_range_rule_would_pass_them(key: str, value: float) -> None:
+    """A malicious coordinator's `lr=inf` passes "lr > 0" and would make every site's update non-finite."""
+    with pytest.raises(ConfigError, match=f"{key} must be a finite number"):
+        RunConfig.from_mapping({key: value})

@@ -38,6 +38,9 @@ def _config(**extra: object) -> RunConfig:
     return RunConfig.from_mapping(tiny_run_config(**{**NOISY, **extra}))
 
 
+HOSPITAL_SEED, OTHER_SEED = "a1" * 32, "b2" * 32  # site-held dp-seeds: 256 bits of key material each
+
+
 def _site(state_dir: Path, dp_seed: str = "") -> SiteIdentity:
     return SiteIdentity(site_id="site-0", deployed=False, state_dir=state_dir, epsilon_budget=1000.0, delta=1e-4,
                         partition_id=0, num_partitions=2, epsilon_per_job=1000.0, dp_seed=dp_seed)
@@ -85,13 +88,13 @@ def test_a_site_held_dp_seed_makes_a_round_reproducible_and_a_repeat_still_fresh
     """The mode switch itself: only a seed the *site* holds reproduces a round."""
     config = _config()
     request = _request(config)
-    a = run_round(_site(tmp_path / "a", dp_seed="hospital-secret"), config, request)
-    b = run_round(_site(tmp_path / "b", dp_seed="hospital-secret"), config, request)
+    a = run_round(_site(tmp_path / "a", dp_seed=HOSPITAL_SEED), config, request)
+    b = run_round(_site(tmp_path / "b", dp_seed=HOSPITAL_SEED), config, request)
     assert a.reply.randomness == "site-seed"
     np.testing.assert_array_equal(_step(a, request), _step(b, request))
-    other = run_round(_site(tmp_path / "c", dp_seed="another-secret"), config, request)
+    other = run_round(_site(tmp_path / "c", dp_seed=OTHER_SEED), config, request)
     assert abs(_correlation(_step(a, request), _step(other, request))) < 0.3
-    again = run_round(_site(tmp_path / "a", dp_seed="hospital-secret"), config, request)  # same site, same request
+    again = run_round(_site(tmp_path / "a", dp_seed=HOSPITAL_SEED), config, request)  # same site, same request
     assert abs(_correlation(_step(a, request), _step(again, request))) < 0.3
 
 
@@ -99,9 +102,9 @@ def test_the_run_id_and_round_do_not_enter_the_noise(tmp_path: Path) -> None:
     """With the site's seed and state fixed, the coordinator's run id and round label change nothing."""
     config = _config()
     request = _request(config)
-    base = run_round(_site(tmp_path / "a", dp_seed="s"), config, request)
+    base = run_round(_site(tmp_path / "a", dp_seed=HOSPITAL_SEED), config, request)
     moved = RoundRequest(99, 5, request.arrays, request.classes, request.frozen_fingerprint)
-    same = run_round(_site(tmp_path / "b", dp_seed="s"), config, moved)
+    same = run_round(_site(tmp_path / "b", dp_seed=HOSPITAL_SEED), config, moved)
     np.testing.assert_array_equal(_step(base, request), _step(same, request))
 
 

@@ -14,6 +14,7 @@ from common.model import POLICIES, apply_policy, build_resnet, get_trainable_sta
 from common.step_planning import grad_sample_mode_for
 from common.train_settings import TrainSettings
 from common.training import train_local
+from common.dp_randomness import public_randomness
 
 
 @pytest.mark.parametrize(
@@ -60,7 +61,7 @@ def test_dp_training_with_empty_poisson_batches_takes_every_step(mode: str) -> N
     model = apply_policy(build_resnet("resnet18", 4, None, 0), "last-block")
     before = get_trainable_state(model)
     torch.manual_seed(1)
-    settings = TrainSettings(epochs=12, batch_size=2, lr=0.05, momentum=0.0, seed=1, dp=True,
+    settings = TrainSettings(epochs=12, batch_size=2, lr=0.05, momentum=0.0, randomness=public_randomness("1"), dp=True,
                              noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode)
     outcome = train_local(model, data, settings)
     assert outcome.steps == 12 * 3 and outcome.history == [(1.0, 1 / 3, 36)]
@@ -76,7 +77,7 @@ def test_ghost_and_hooks_clip_identically() -> None:
     for mode in ("hooks", "ghost"):
         model = apply_policy(build_resnet("resnet18", 4, None, 0), "full")
         torch.manual_seed(3)
-        settings = TrainSettings(epochs=1, batch_size=32, lr=0.1, momentum=0.0, seed=3, dp=True,
+        settings = TrainSettings(epochs=1, batch_size=32, lr=0.1, momentum=0.0, randomness=public_randomness("3"), dp=True,
                                  noise_multiplier=0.0, max_grad_norm=0.5, grad_sample_mode=mode, augment=False)
         train_local(model, data, settings)
         results[mode] = get_trainable_state(model)

@@ -13,7 +13,7 @@ from torch import nn
 
 from common.data.imageset import ImageSet
 from common.data.synthetic import make_synthetic
-from common.dp_engine import SiteSecretPrivacyEngine
+from common.dp_engine import site_accountant
 from common.dp_layers import ChannelAffine
 from common.group_norms import GROUP_NORM_SAMPLERS, PatchGroups
 from common.model import apply_policy, build_resnet, get_trainable_state
@@ -30,6 +30,7 @@ from common.patient_dp import (
 from common.step_planning import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
 from common.train_settings import TrainSettings
 from common.training import train_local
+from common.dp_randomness import public_randomness
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 
@@ -69,10 +70,10 @@ def mechanism_step(model: nn.Module, x, y, index, mode: str, max_grad_norm: floa
     """One patient-level DP step through the real Opacus objects: (per-patient norms, clipped sum before
     noise, p.grad after noise and scaling, expected patients)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    engine = SiteSecretPrivacyEngine(torch.Generator().manual_seed(5))
-    sampler = PatientPoissonSampler(index.numpy(), batch_size=4, max_patches_per_patient=64, generator=engine.secure_rng)
+    accountant, keys = site_accountant(None), public_randomness("5")
+    sampler = PatientPoissonSampler(index.numpy(), batch_size=4, max_patches_per_patient=64, stream=keys.stream("sampling"))
     private = make_private_per_patient(
-        engine, module=model, optimizer=torch.optim.SGD(params, lr=1.0), criterion=nn.CrossEntropyLoss(),
+        accountant, keys.stream("noise"), module=model, optimizer=torch.optim.SGD(params, lr=1.0), criterion=nn.CrossEntropyLoss(),
         sampler=sampler, noise_multiplier=sigma, max_grad_norm=max_grad_norm, grad_sample_mode=mode,
     )
     try:
@@ -90,7 +91,7 @@ def mechanism_step(model: nn.Module, x, y, index, mode: str, max_grad_norm: floa
             norms = torch.stack([p.grad_sample.reshape(len(p.grad_sample), -1).norm(dim=1) for p in params], 1).norm(dim=1)
         clipped = [p.summed_grad.detach().clone() for p in params]
         noised = [p.grad.detach().clone() for p in params]
-        return norms.detach(), clipped, noised, sampler.expected_patients, engine.accountant.history
+        return norms.detach(), clipped, noised, sampler.expected_patients, accountant.history
     finally:
         private.module.remove_hooks()
         for p in model.parameters():
@@ -212,13 +213,13 @@ def test_empty_step_is_pure_noise_of_sigma_c_over_expected_patients(mode: str) -
 def _empty_step(model: nn.Module, mode: str, sigma: float, c: float):
     """An empty step over 4 patients of 2 patches (q = 1/4: 1 patient, 2 patches per step expected)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    engine = SiteSecretPrivacyEngine(torch.Generator().manual_seed(6))
+    accountant, keys = site_accountant(None), public_randomness("6")
     sampler = PatientPoissonSampler(np.repeat(np.arange(4), 2), batch_size=2, max_patches_per_patient=2,
-                                    generator=engine.secure_rng)
+                                    stream=keys.stream("sampling"))
     assert (sampler.expected_patients, sampler.expected_patches) == (1.0, 2.0)
     private = make_private_per_patient(
-        engine, module=model, optimizer=torch.optim.SGD(params, lr=1.0), criterion=nn.CrossEntropyLoss(),
-        sampler=sampler, noise_multiplier=sigma, max_grad_norm=c, grad_sample_mode=mode,
+        accountant, keys.stream("noise"), module=model, optimizer=torch.optim.SGD(params, lr=1.0),
+        criterion=nn.CrossEntropyLoss(), sampler=sampler, noise_multiplier=sigma, max_grad_norm=c, grad_sample_mode=mode,
     )
     try:
         private.optimizer.zero_grad(set_to_none=True)
@@ -227,29 +228,33 @@ def _empty_step(model: nn.Module, mode: str, sigma: float, c: float):
         assert private.optimizer.pre_step()
         norms = torch.zeros(0) if mode == "ghost" else params[0].grad_sample.flatten(1).norm(dim=1)
         return (norms, [p.summed_grad.clone() for p in params], [p.grad.clone() for p in params],
-                sampler.expected_patients, engine.accountant.history)
+                sampler.expected_patients, accountant.history)
     finally:
         private.module.remove_hooks()
 
 
 def test_each_mode_uses_its_opacus_classes() -> None:
     model = tiny_model()
-    engine = SiteSecretPrivacyEngine(torch.Generator().manual_seed(0))
-    sampler = PatientPoissonSampler(np.arange(4), 2, 1, engine.secure_rng)
+    keys = public_randomness("0")
+    noise = keys.stream("noise")
+    sampler = PatientPoissonSampler(np.arange(4), 2, 1, keys.stream("sampling"))
     for mode, module_type, optimizer_type in [("hooks", None, PatientDPOptimizer), ("ghost", PatientGhostClippingModule, None)]:
         private = make_private_per_patient(
-            engine, module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            site_accountant(None), noise, module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
             criterion=nn.CrossEntropyLoss(), sampler=sampler, noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode,
         )
         assert (module_type is None) or isinstance(private.module, module_type)
         assert (optimizer_type is None) or isinstance(private.optimizer, optimizer_type)
-        assert private.optimizer.generator is engine.secure_rng and private.optimizer.secure_mode
+        assert private.optimizer.noise_stream is noise and private.optimizer.generator is None
         assert private.optimizer.expected_batch_size == sampler.expected_patients
+        private.remove_sanitizers()
         private.module.remove_hooks()
-    other = PatientPoissonSampler(np.arange(4), 2, 1, torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match="secret generator"):
-        make_private_per_patient(engine, module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                                 criterion=nn.CrossEntropyLoss(), sampler=other, noise_multiplier=1.0, max_grad_norm=1.0)
+    with pytest.raises(TypeError, match="secret stream"):  # a torch generator (Mersenne Twister) is refused
+        PatientPoissonSampler(np.arange(4), 2, 1, torch.Generator().manual_seed(0))
+    with pytest.raises(TypeError, match="secret stream"):
+        make_private_per_patient(site_accountant(None), torch.Generator(), module=model,
+                                 optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=nn.CrossEntropyLoss(),
+                                 sampler=sampler, noise_multiplier=1.0, max_grad_norm=1.0)
 
 
 # -- each policy on a real torchvision ResNet-18 -------------------------------------------------
@@ -274,7 +279,7 @@ def test_sampler_takes_whole_patients_up_to_the_cap() -> None:
     patient = patient_index(groups)
     cap = 4
     sampler = PatientPoissonSampler(patient, batch_size=8, max_patches_per_patient=cap,
-                                    generator=torch.Generator().manual_seed(1))
+                                    stream=public_randomness("1").stream("sampling"))
     assert patient_counts(groups, cap) == (6, 1 + 3 + 4 * 4)
     assert (sampler.steps, sampler.sample_rate) == patient_sample_rate(6, 20, 8) == (3, 1 / 3)
     seen_of_big = set()
@@ -330,7 +335,7 @@ def test_train_local_records_patient_level_history(policy: str, mode: str, monke
                         lambda self, p: sizes.append(len((st := step_for(self, p)).indices)) or st)
     model = resnet18(policy)
     before = get_trainable_state(model)
-    settings = TrainSettings(epochs=1, batch_size=2, lr=0.05, momentum=0.0, seed=13, dp=True, noise_multiplier=0.9,
+    settings = TrainSettings(epochs=1, batch_size=2, lr=0.05, momentum=0.0, randomness=public_randomness("13"), dp=True, noise_multiplier=0.9,
                              max_grad_norm=1.0, grad_sample_mode=mode, privacy_unit="patient", max_patches_per_patient=2)
     outcome = train_local(model, data, settings, history=[(2.0, 0.1, 7)])
     assert outcome.history == [(2.0, 0.1, 7), (0.9, q, steps)]
@@ -344,26 +349,26 @@ def test_train_local_records_patient_level_history(policy: str, mode: str, monke
 def test_same_secret_seed_reproduces_a_round_and_another_does_not() -> None:
     data = _patients(20, 1)
 
-    def run(seed: int, global_seed: int):
+    def run(seed: str, global_seed: int):
         torch.manual_seed(global_seed)  # the global RNG must play no part
         model = resnet18("head")
-        settings = TrainSettings(epochs=2, batch_size=4, lr=0.1, momentum=0.5, seed=seed, dp=True, noise_multiplier=1.0,
+        settings = TrainSettings(epochs=2, batch_size=4, lr=0.1, momentum=0.5, randomness=public_randomness(f"{seed}"), dp=True, noise_multiplier=1.0,
                                  max_grad_norm=1.0, privacy_unit="patient", max_patches_per_patient=2, augment=False)
         train_local(model, data, settings)
         return get_trainable_state(model)
 
-    first, again, other = run(123, 0), run(123, 99), run(124, 0)
+    first, again, other = run("123", 0), run("123", 99), run("124", 0)
     assert all(np.array_equal(first[k], again[k]) for k in first)
     assert any(not np.array_equal(first[k], other[k]) for k in first)
     # the sampler too: same generator seed, same patients and patches; another seed, others
     patient = patient_index(data.groups)
-    draw = lambda s: [st.indices.tolist() for st in PatientPoissonSampler(patient, 4, 2, torch.Generator().manual_seed(s))]  # noqa: E731
-    assert draw(5) == draw(5) and draw(5) != draw(6)
+    draw = lambda s: [st.indices.tolist() for st in PatientPoissonSampler(patient, 4, 2, public_randomness(s).stream("x"))]  # noqa: E731
+    assert draw("5") == draw("5") and draw("5") != draw("6")
 
 
 def test_settings_validate_the_unit() -> None:
-    assert TrainSettings(epochs=1, batch_size=1, lr=0.1, momentum=0.0, seed=0, dp=True).privacy_unit == "patch"
+    assert TrainSettings(epochs=1, batch_size=1, lr=0.1, momentum=0.0, randomness=public_randomness("0"), dp=True).privacy_unit == "patch"
     with pytest.raises(ValueError, match="privacy_unit"):
-        TrainSettings(epochs=1, batch_size=1, lr=0.1, momentum=0.0, seed=0, dp=True, privacy_unit="slide")
+        TrainSettings(epochs=1, batch_size=1, lr=0.1, momentum=0.0, randomness=public_randomness("0"), dp=True, privacy_unit="slide")
     with pytest.raises(ValueError, match="max_patches_per_patient"):
-        TrainSettings(epochs=1, batch_size=1, lr=0.1, momentum=0.0, seed=0, dp=True, max_patches_per_patient=0)
+        TrainSettings(epochs=1, batch_size=1, lr=0.1, momentum=0.0, randomness=public_randomness("0"), dp=True, max_patches_per_patient=0)

@@ -22,6 +22,7 @@ from common.factory import initial_model
 from common.model import frozen_fingerprint, get_trainable_state
 from common.train_settings import TrainSettings
 from common.training import train_local
+from common.dp_randomness import public_randomness
 
 CLASSES = ("lung_aca", "lung_n", "lung_scc")
 
@@ -112,16 +113,16 @@ def test_batched_augmentation_is_torchstains_augment(real_patches: np.ndarray) -
 def test_augmentation_is_random_per_call_keeps_shape_and_range(real_patches: np.ndarray) -> None:
     images = torch.from_numpy(real_patches).permute(0, 3, 1, 2).contiguous()
     rows = torch.arange(len(images))
-    augment = stain.StainAugmenter(real_patches, torch.Generator().manual_seed(1))
+    augment = stain.StainAugmenter(real_patches, public_randomness("1").stream("stain-augmentation"))
     a, b = augment(images, rows), augment(images, rows)
     assert a.shape == b.shape == images.shape and a.dtype == torch.uint8
     assert not torch.equal(a, b) and not torch.equal(a, images)  # new draws every call
     assert torch.equal(a[-1], images[-1])  # no stain estimate: left as it is
     # per sample: one image's result does not depend on which others share its batch
-    alone = stain.StainAugmenter(real_patches, torch.Generator().manual_seed(1))
+    alone = stain.StainAugmenter(real_patches, public_randomness("1").stream("stain-augmentation"))
     assert torch.equal(alone(images[:1], rows[:1])[0], stain.StainAugmenter(
-        real_patches, torch.Generator().manual_seed(1))(images, rows)[0])
-    assert 1 <= stain.StainAugmenter(real_patches, torch.Generator()).unusable <= 6
+        real_patches, public_randomness("1").stream("stain-augmentation"))(images, rows)[0])
+    assert 1 <= stain.StainAugmenter(real_patches, public_randomness().stream("stain-augmentation")).unusable <= 6
 
 
 def test_patient_level_dp_training_with_stain_augmentation(real_patches: np.ndarray) -> None:
@@ -132,12 +133,12 @@ def test_patient_level_dp_training_with_stain_augmentation(real_patches: np.ndar
     data = ImageSet(real_patches[:-1], np.repeat(np.arange(3), 8), np.arange(24) // 2, list(CLASSES))
     done = stain.BASES.computed_images
     model = apply_policy(build_resnet("resnet18", 3, None, 0), "norm-head")
-    settings = TrainSettings(epochs=1, batch_size=8, lr=0.05, momentum=0.9, seed=5, dp=True,
+    settings = TrainSettings(epochs=1, batch_size=8, lr=0.05, momentum=0.9, randomness=public_randomness("5"), dp=True,
                              noise_multiplier=1.0, privacy_unit="patient", stain_augment=True)
     outcome = train_local(model, data, settings)
     assert outcome.steps >= 1 and np.isfinite(outcome.mean_loss) and outcome.history
     assert outcome.privacy_unit == "patient"
-    stain.StainAugmenter(data.images, torch.Generator())  # the next round's augmenter: from the cache
+    stain.StainAugmenter(data.images, public_randomness().stream("stain-augmentation"))  # the next round's augmenter: from the cache
     assert stain.BASES.computed_images == done + 24
 
 

@@ -34,6 +34,7 @@ from common.records import from_array_record, to_array_record
 from common.strategies import describe_strategy
 from common.train_settings import TrainSettings
 from common.training import train_local
+from common.dp_randomness import public_randomness
 from server.screening import UpdateScreen
 from server.strategy import make_strategy
 from tests.conftest import tiny_run_config
@@ -197,7 +198,7 @@ def test_the_proximal_term_pulls_a_sites_update_toward_the_global_weights(dp: bo
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
         start = [p.detach().clone() for p in model.parameters()]
-        settings = TrainSettings(epochs=2, batch_size=16, lr=0.2, momentum=0.5, seed=11, dp=dp, noise_multiplier=1.0,
+        settings = TrainSettings(epochs=2, batch_size=16, lr=0.2, momentum=0.5, randomness=public_randomness("11"), dp=dp, noise_multiplier=1.0,
                                  max_grad_norm=1.0, privacy_unit=unit, max_patches_per_patient=4, proximal_mu=mu)
         outcome = train_local(model, _tiny_images(), settings)
         assert outcome.steps > 0

@@ -35,6 +35,7 @@ import torch
 from torchstain.torch.augmentors import TorchMacenkoAugmentor
 from torchstain.torch.normalizers import TorchMacenkoNormalizer
 
+from common.dp_randomness import SecretStream
 from common.stain_settings import (  # noqa: F401 - the settings' names, re-exported beside the work
     SIGMA_SCALE,
     SIGMA_SHIFT,
@@ -170,21 +171,21 @@ def recompose(images: torch.Tensor, he: torch.Tensor, scale: torch.Tensor, shift
 class StainAugmenter:
     """Random stain-concentration perturbation per sample and step, over one training set.
 
-    `generator` must be the site's own (derived from its secret round seed): the draws need no
+    `stream` must be the site's own (one of its round's secret streams): the draws need no
     secrecy for DP, but must not be predictable from anything the coordinator knows either.
     """
 
-    def __init__(self, images: np.ndarray, generator: torch.Generator) -> None:
+    def __init__(self, images: np.ndarray, stream: SecretStream) -> None:
         bases, usable = stain_bases(images)
         self.bases, self.usable = torch.from_numpy(bases), torch.from_numpy(usable)
-        self.generator = generator
+        self.stream = stream
         self.unusable = int((~usable).sum())
 
     def __call__(self, images: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) images of dataset rows `rows`, perturbed (unusable ones unchanged)."""
         if len(rows) == 0:
             return images
-        u = torch.rand(len(rows), 2, 2, generator=self.generator)  # per image: (scale, shift) x (H, E)
+        u = self.stream.rand(len(rows), 2, 2).float()  # per image: (scale, shift) x (H, E)
         scale, shift = 1 + SIGMA_SCALE * (2 * u[:, 0] - 1), SIGMA_SHIFT * (2 * u[:, 1] - 1)
         ok = self.usable[rows]
         if not bool(ok.any()):

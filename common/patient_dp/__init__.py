@@ -3,10 +3,9 @@
 One DP step:
 
 1. **Poisson-samples patients**: each patient is in the step independently with probability q
-   (Opacus' `UniformWithReplacementSampler` over patients, driven by the site's secret
-   generator);
+   (as Opacus' `UniformWithReplacementSampler` does, drawn from the site's secret stream);
 2. each sampled patient brings its patches, at most `max_patches_per_patient` of them, chosen
-   uniformly at random without replacement (same secret generator) where it has more;
+   uniformly at random without replacement (same secret stream) where it has more;
 3. the gradient **summed over that patient's patches** is clipped to L2 norm C;
 4. the clipped patient gradients are summed and Gaussian noise N(0, sigma^2 C^2) is added
    (Opacus' DPOptimizer), and the result is divided by the expected number of patients per
@@ -32,8 +31,10 @@ How clipping happens per patient, using Opacus' own classes:
   sum_patients clip(sum_i g_i) and DPOptimizerFastGradientClipping adds the noise.
 
 All randomness of a step (patient sampling, the per-patient patch subsampling and the noise)
-comes from one generator, the privacy engine's secret one (`SiteSecretPrivacyEngine`, seeded
-from the site's secret round seed); the global torch RNG is never used.
+comes from the round's secret ChaCha20 streams (`common.dp_randomness`), keyed with 256 secret
+bits of the site; no torch or NumPy generator is used. A patient whose summed gradient is not
+finite contributes nothing (`common.dp_engine`). Patch-level DP is the same machinery with every
+patch its own patient (cap 1).
 
 The package, by job: `planning` (units of privacy, patient counts, the sampling rate: what a
 site decides before training), `sampling` (which patients and patches make each step),

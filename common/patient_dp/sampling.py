@@ -1,8 +1,10 @@
 """Which patients, and which of their patches, make each patient-level DP step.
 
-Poisson sampling over patients (Opacus' sampler), then at most `max_patches_per_patient`
-patches of each, all from the site's secret generator, so that the sampled Gaussian
-mechanism the accountant analyses has patients as its records.
+Poisson sampling over patients (each in a step independently with probability q, as Opacus'
+`UniformWithReplacementSampler` does), then at most `max_patches_per_patient` patches of each,
+all from the site's secret stream (ChaCha20, `common.dp_randomness`), so that the sampled Gaussian
+mechanism the accountant analyses has patients as its records. Patch-level DP uses the same
+sampler with every patch its own patient.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
+from common.dp_randomness import SecretStream
 from common.group_norms import PatchGroups
 from common.patient_dp.planning import check_cap, patient_sample_rate
 
@@ -31,8 +33,8 @@ class PatientStep:
 class PatientPoissonSampler:
     """Poisson sampling over patients, each bringing at most `max_patches_per_patient` patches.
 
-    `generator` is the site's secret generator; it drives Opacus' patient sampler and the
-    per-patient patch subsampling (and, in `make_private_per_patient`, the noise).
+    `stream` is one of the round's secret streams; it draws which patients take part in each
+    step and which of their patches (the noise has a stream of its own).
     """
 
     def __init__(
@@ -40,7 +42,7 @@ class PatientPoissonSampler:
         patient_of_patch: np.ndarray,
         batch_size: int,
         max_patches_per_patient: int,
-        generator: torch.Generator,
+        stream: SecretStream,
     ) -> None:
         check_cap(max_patches_per_patient)
         patient_of_patch = np.asarray(patient_of_patch, dtype=np.int64).reshape(-1)
@@ -49,7 +51,9 @@ class PatientPoissonSampler:
         sizes = np.bincount(patient_of_patch)
         if (sizes == 0).any():
             raise ValueError("patient ids must be 0..patients-1, each with at least one patch")
-        self.generator = generator
+        if not isinstance(stream, SecretStream):
+            raise TypeError("patients must be sampled from the site's secret stream (common.dp_randomness.SecretStream)")
+        self.stream = stream
         self.cap = int(max_patches_per_patient)
         self.num_patients = int(len(sizes))
         self.usable_patches = int(np.minimum(sizes, self.cap).sum())
@@ -58,9 +62,6 @@ class PatientPoissonSampler:
         self._order = torch.from_numpy(np.argsort(patient_of_patch, kind="stable"))  # rows grouped by patient
         self._sizes = torch.from_numpy(sizes)
         self._starts = torch.cumsum(self._sizes, 0) - self._sizes
-        self._poisson = UniformWithReplacementSampler(
-            num_samples=self.num_patients, sample_rate=self.sample_rate, generator=generator, steps=self.steps
-        )
 
     @property
     def expected_patches(self) -> float:
@@ -71,8 +72,9 @@ class PatientPoissonSampler:
         return self.steps
 
     def __iter__(self) -> Iterator[PatientStep]:
-        for patients in self._poisson:
-            yield self.step_for(torch.as_tensor(patients, dtype=torch.int64))
+        for _ in range(self.steps):
+            taken = self.stream.bernoulli(self.num_patients, self.sample_rate)
+            yield self.step_for(torch.nonzero(taken).reshape(-1))
 
     def step_for(self, patients: torch.Tensor) -> PatientStep:
         """The rows of these sampled patients (a random `cap` of a patient's rows where it has more)."""
@@ -80,7 +82,7 @@ class PatientPoissonSampler:
         for patient in patients.tolist():
             start, size = int(self._starts[patient]), int(self._sizes[patient])
             if size > self.cap:
-                chosen = torch.randperm(size, generator=self.generator)[: self.cap].sort().values
+                chosen = self.stream.permutation(size)[: self.cap].sort().values
                 parts.append(self._order[start + chosen])
             else:
                 parts.append(self._order[start : start + size])

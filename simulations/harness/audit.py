@@ -50,13 +50,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from common.audit_bound import audit_scores
 from common.canaries import concat, per_example_loss, update_alignment
 from common.config import load_app_config
 from common.data.sources import dataset_classes
-from common.dp_randomness import fresh_randomness
+from common.dp_randomness import fresh_randomness, public_randomness
 from common.factory import initial_model
 from common.metrics import accuracy
 from common.mia import mia_metrics
@@ -165,11 +164,9 @@ def _train_site(run: _Federation, model: Any, k: int, rnd: int) -> int:
     config, plan = run.config, run.plan
     # DP: the site's secret round seed, never derived from the experiment seed. Non-private
     # rows are reproducible from the experiment seed (they promise nothing).
-    round_seed = (fresh_randomness().seed if run.dp
-                  else int(np.random.SeedSequence([run.seed, rnd, k]).generate_state(1)[0]))
-    torch.manual_seed(round_seed)
+    randomness = fresh_randomness() if run.dp else public_randomness(f"audit-{run.seed}-{rnd}-{k}")
     settings = TrainSettings(epochs=plan.local_epochs, batch_size=config.batch_size, lr=config.lr,
-                             momentum=config.momentum, seed=round_seed, dp=run.dp, noise_multiplier=run.sigmas[k],
+                             momentum=config.momentum, randomness=randomness, dp=run.dp, noise_multiplier=run.sigmas[k],
                              max_grad_norm=config.max_grad_norm,
                              grad_sample_mode=grad_sample_mode_for(config.policy, config.grad_sample_mode),
                              privacy_unit=run.unit, max_patches_per_patient=_cap(config),

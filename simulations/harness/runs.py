@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from common.atomic import atomic_write_json
 from common.data.imageset import ImageSet
 from common.data.sources import all_simulated_sites, central_test_set, dataset_classes
+from common.dp_randomness import public_randomness
 from common.factory import initial_model
 from common.metrics import full_evaluation
 from common.reply import largest_site_epsilon
@@ -94,8 +94,7 @@ def _central_model_and_data(scenario: Scenario) -> tuple[Any, Any, list[Any], An
 
 def _train_and_test(config: Any, model: Any, train: Any, test: Any, epochs: int, seed: int) -> dict[str, Any]:
     settings = TrainSettings(epochs=epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
-                             seed=seed, dp=False)
-    torch.manual_seed(seed)
+                             randomness=public_randomness(f"harness-{seed}"), dp=False)
     train_local(model, train, settings, desc="centralised training")
     probs, _ = predict(model, test, config.eval_batch_size)
     return full_evaluation(test.labels, probs, test.classes, bootstrap_samples=config.bootstrap_samples, seed=seed)

@@ -1,14 +1,16 @@
-"""What the model's size costs: bytes each site sends per round, and secure noise per DP step."""
+"""What the model's size costs: bytes each site sends per round, and the sites' noise per DP step."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from opacus.optimizers.optimizer import _generate_noise
 
+from common.dp_randomness import public_randomness
 from common.model import ARCHITECTURES, POLICIES, apply_policy, build_resnet, count_bytes, get_trainable_state
 from common.records import record_bytes, to_array_record
 from simulations.harness.bench.base import DEFAULT_POLICY, emit
@@ -30,30 +32,41 @@ def bench_communication(quick: bool, out: Path | None) -> None:
 
 
 def bench_secure_noise(quick: bool, out: Path | None) -> None:
-    """What Opacus' secure-mode noise (sites' default) costs per DP step, against plain noise.
+    """What the sites' noise costs per DP step: Opacus' draws (before) against the AES-CTR stream (now).
 
-    Secure mode draws four Gaussians per value (robust to floating-point attacks) where plain
-    mode draws one; both use the same generator. Timed on each policy's trainable tensors of
-    ResNet-18 (4 classes), median of repeats; compare with a DP step's time from `throughput`.
+    Before issue 21 sites drew Opacus' secure-mode noise (four Gaussians per value) from a torch
+    generator seeded with 64 secret bits, of which torch's Mersenne Twister keeps 32; now every value
+    is four Box-Muller Gaussians from the round key's AES-256-CTR stream (`common.dp_randomness`).
+    Timed on each policy's trainable tensors of ResNet-18 (4 classes), median of repeats; compare
+    with a DP step's time from `throughput`.
     """
     repeats = 5 if quick else 21
     for policy in POLICIES:
         model = apply_policy(build_resnet("resnet18", 4, None, 0), policy)
         params = [p for p in model.parameters() if p.requires_grad]
         generator = torch.Generator().manual_seed(0)
-        timings: dict[bool, float] = {}
-        for secure in (False, True):
-            samples = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                for p in params:
-                    _generate_noise(1.0, p, generator=generator, secure_mode=secure)
-                samples.append(time.perf_counter() - started)
-            timings[secure] = statistics.median(samples)
+        stream = public_randomness("bench-secure-noise").stream("dp-noise")
+        draws = {
+            "plain": lambda p: _generate_noise(1.0, p, generator=generator, secure_mode=False),
+            "opacus_secure": lambda p: _generate_noise(1.0, p, generator=generator, secure_mode=True),
+            "csprng": lambda p: stream.normal(p.shape, 1.0),
+        }
+        timings = {name: _median_seconds(lambda draw=draw: [draw(p) for p in params], repeats)
+                   for name, draw in draws.items()}
         emit({
             "bench": "secure_noise", "policy": policy, "trainable_values": int(sum(p.numel() for p in params)),
-            "plain_noise_ms_per_step": round(1000 * timings[False], 3),
-            "secure_noise_ms_per_step": round(1000 * timings[True], 3),
-            "extra_ms_per_step": round(1000 * (timings[True] - timings[False]), 3), "repeats": repeats,
+            "plain_noise_ms_per_step": round(1000 * timings["plain"], 3),
+            "secure_noise_ms_per_step": round(1000 * timings["opacus_secure"], 3),
+            "csprng_noise_ms_per_step": round(1000 * timings["csprng"], 3),
+            "extra_ms_per_step": round(1000 * (timings["csprng"] - timings["opacus_secure"]), 3), "repeats": repeats,
             "threads": torch.get_num_threads(),
         }, out)
+
+
+def _median_seconds(work: Callable[[], object], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)

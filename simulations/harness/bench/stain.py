@@ -15,6 +15,7 @@ import torch
 from common.data import stain_handling
 from common.data.folder import load_image_folder
 from common.data.stain_handling import StainAugmenter
+from common.dp_randomness import public_randomness
 from common.image_tensors import device
 from common.model import apply_policy, build_resnet
 from common.train_settings import TrainSettings
@@ -38,7 +39,7 @@ def _stain_images(per_class: int, image_size: int) -> tuple[Any, str]:
 
 def _stain_throughput(data: Any, unit: str, stain: bool, seed: int) -> float:
     model = apply_policy(build_resnet("resnet18", len(data.classes), None, seed), DEFAULT_POLICY)
-    settings = TrainSettings(epochs=1, batch_size=64, lr=0.05, momentum=0.9, seed=seed, dp=True,
+    settings = TrainSettings(epochs=1, batch_size=64, lr=0.05, momentum=0.9, randomness=public_randomness(f"bench-{seed}"), dp=True,
                              noise_multiplier=1.0, max_grad_norm=1.0, privacy_unit=unit, stain_augment=stain)
     started = time.perf_counter()
     outcome = train_local(model, data, settings, desc=f"stain {'on' if stain else 'off'}")

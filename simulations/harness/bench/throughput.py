@@ -10,6 +10,7 @@ import torch
 
 from common.choices import CONV_POLICIES, POLICIES
 from common.data.synthetic import make_synthetic
+from common.dp_randomness import public_randomness
 from common.image_tensors import device
 from common.model import apply_policy, build_resnet
 from common.patient_dp import DEFAULT_MAX_PATCHES_PER_PATIENT
@@ -30,7 +31,7 @@ def throughput_once(
     """
     data = cached_synthetic(images, image_size, seed)
     model = apply_policy(build_resnet("resnet18", len(data.classes), None, seed), policy)
-    settings = TrainSettings(epochs=1, batch_size=batch, lr=0.05, momentum=0.9, seed=seed, dp=dp,
+    settings = TrainSettings(epochs=1, batch_size=batch, lr=0.05, momentum=0.9, randomness=public_randomness(f"bench-{seed}"), dp=dp,
                              noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode,
                              privacy_unit=privacy_unit)
     warmup = make_synthetic(2 * batch, image_size, seed + 1)

@@ -60,9 +60,11 @@ BENCH_TABLES["throughput-units"] = ("throughput by unit of privacy: the default 
 ])
 
 
-BENCH_TABLES["secure-noise"] = ("secure noise: what Opacus' secure-mode noise (the sites' default) costs per DP step", [
+BENCH_TABLES["secure-noise"] = ("secure noise: what the sites' CSPRNG noise costs per DP step, before and after", [
     ("policy", "policy"), ("trainable values", "trainable_values"), ("plain noise ms/step", "plain_noise_ms_per_step"),
-    ("secure noise ms/step", "secure_noise_ms_per_step"), ("extra ms/step", "extra_ms_per_step"),
+    ("before: Opacus secure mode ms/step", "secure_noise_ms_per_step"),
+    ("now: AES-CTR stream ms/step", "csprng_noise_ms_per_step"), ("extra ms/step", "extra_ms_per_step"),
+    ("threads", "threads"),
 ])
 
 
@@ -101,13 +103,14 @@ BENCH_NOTES = {
         "level costs some throughput (grad samples summed per patient, capped patient batches) and stays above 0.7.\n"
     ),
     "secure-noise": (
-        "\nSites draw their DP noise in Opacus' secure mode (four Gaussian draws per value, robust to "
-        "floating-point attacks) from a generator seeded with 64 fresh bits of the OS CSPRNG each round "
-        "(docs/PRIVACY.md). Compare the extra milliseconds with a DP step's time in the throughput table "
-        "(64 images / DP img/s): for the default `norm-head` they are negligible; for `full` and `last-block` "
-        "(millions of trainable values) they are a visible share of a step, and the throughput table above "
-        "already includes them when it was measured after the switch (see its date). Secure noise is the "
-        "default for every policy: privacy is the product.\n"
+        "\nBefore: Opacus' secure mode (four torch Gaussians per value) from a torch generator seeded with 64 "
+        "secret bits, of which torch's Mersenne Twister keeps 32 (a seed could be recovered by 2^32 guesses, "
+        "issue 21). Now: four Box-Muller Gaussians per value from the round key's AES-256-CTR stream "
+        "(`common.dp_randomness`, 256-bit keys; the same four-draw hardening against floating-point attacks). "
+        "\"Extra\" is now minus before. Compare it with a DP step's time in the throughput table (64 images / "
+        "DP img/s): for the default `norm-head` it is a fraction of a millisecond; for `full` and `last-block` "
+        "(millions of trainable values) it is a visible share of a step. Measured with one torch thread "
+        "(`OMP_NUM_THREADS=1`) on a shared 2-core machine.\n"
     ),
     "scale": (
         "\nRounds after the first are timed (the first also starts Ray actors and loads data). Local training "
