@@ -38,6 +38,7 @@ from common.dp_randomness import RoundRandomness, round_randomness
 from common.model import get_trainable_state
 from common.patient_dp import PATCH, PATIENT, patient_counts
 from common.privacy.ledger import LedgerError, PrivacyLedger, site_lock
+from common.private_files import append_private
 from common.stain_settings import augments
 from common.step_planning import grad_sample_mode_for
 from common.strategies import proximal_mu_ok
@@ -119,9 +120,7 @@ def _local_diagnostics(data: SiteData, result: RoundResult) -> dict[str, Any]:
 
 def _append_site_log(identity: SiteIdentity, request: RoundRequest, record: dict[str, Any]) -> None:
     line = {"time": time.time(), "run_id": request.run_id, "round": request.server_round, **record}
-    identity.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(identity.state_dir / SITE_LOG, "a") as handle:
-        handle.write(json.dumps(line, default=str) + "\n")
+    append_private(identity.state_dir / SITE_LOG, json.dumps(line, default=str) + "\n")  # 0600 in a 0700 state-dir
 
 
 def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest, data: SiteData) -> RoundResult:

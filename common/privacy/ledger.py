@@ -29,6 +29,7 @@ from opacus.accountants import RDPAccountant
 
 from common.atomic import atomic_write_json
 from common.privacy.accounting import epsilon_of
+from common.private_files import open_private, private_dir
 
 FORMAT = "fedpath-privacy-ledger/1"
 LEDGER_FILE = "privacy-ledger.json"
@@ -168,7 +169,7 @@ class PrivacyLedger:
 
     def save(self) -> None:
         """Atomically replace the ledger file with the current state."""
-        atomic_write_json(self.path, self.to_json())
+        atomic_write_json(self.path, self.to_json(), private=True)  # 0600 in a 0700 state-dir
 
     # -- recording --------------------------------------------------------------------
     def commit_round(self, history: list[tuple[float, float, int]], record: dict[str, Any]) -> None:
@@ -226,8 +227,8 @@ def _read(path: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def site_lock(state_dir: Path) -> Iterator[None]:
     """Exclusive lock so two processes never train the same site at once."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / ".lock", "w") as handle:
+    private_dir(state_dir)
+    with os.fdopen(open_private(state_dir / ".lock", os.O_WRONLY), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
