@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from client.identity import SiteIdentity, parse_budget_change
-from client.job_planning import plan_job, planned_steps, round_over_budget
+from client.job_planning import plan_job, planned_steps, round_over_budget, spend_on_record
 from client.round_state import RoundState
 from client.round_types import RoundRequest, RoundResult
 from client.site_keys import site_split_key
@@ -37,7 +37,9 @@ from common.data.sources import SiteData, check_classes, deployed_site, simulate
 from common.dp_randomness import RoundRandomness, round_randomness
 from common.model import get_trainable_state
 from common.patient_dp import PATCH, PATIENT, patient_counts
+from common.privacy.accounting import epsilon_of
 from common.privacy.ledger import LedgerError, PrivacyLedger, site_lock
+from common.privacy.period import rounds_in_period
 from common.private_files import append_private
 from common.stain_settings import augments
 from common.step_planning import grad_sample_mode_for
@@ -105,7 +107,7 @@ def run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest) 
                                              "error": f"{type(err).__name__}: {err}"})
         raise
     _append_site_log(identity, request, {
-        "status": result.status, "reason": result.local_reason, "metrics": result.metrics,
+        "status": result.status, "reason": result.local_reason, "metrics": result.metrics, **result.local,
         "proximal_mu": request.proximal_mu,  # what the server's train config asked (FedProx), as received
         "diagnostics": _local_diagnostics(data, result),
         "skipped_files": data.train.report.skipped, "skipped_examples": data.train.report.skipped_examples,
@@ -150,8 +152,9 @@ def _open_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest
     unit = resolve_privacy_unit(identity.privacy_unit, data) if config.dp else PATCH
     records, usable = patient_counts(data.train.groups, config.max_patches_per_patient) if unit == PATIENT else (n, n)
     delta = identity.delta if identity.delta is not None else auto_delta(records)
+    epsilon, epsilon_in_period = spend_on_record(identity)
     state = RoundState(identity, config, request, data, delta, time.time(), unit=unit, records=records,
-                   epsilon=PrivacyLedger.spent_so_far(identity.state_dir))
+                       epsilon=epsilon, epsilon_in_period=epsilon_in_period)
     return state, usable
 
 
@@ -220,14 +223,26 @@ def _train_private(state: RoundState, model: torch.nn.Module, settings: TrainSet
         log.warning("site %s took %d steps, %d were planned", identity.site_id, outcome.steps, steps)
     # The spend is on disk before the update can leave this function.
     ledger.commit_round(outcome.history, {
-        "run_id": request.run_id, "round": request.server_round, "steps": outcome.steps,
+        "run_id": request.run_id, "round": request.server_round, "job": state.local.get("job"), "steps": outcome.steps,
         "noise_multiplier": sigma, "sample_rate": outcome.sample_rate, "num_examples": len(state.data.train),
         "privacy_records": state.records, "unit": state.unit, "randomness": randomness.mode,
+        **_period_use(state, ledger, (sigma, outcome.sample_rate, outcome.steps)),
     })
     state.epsilon = ledger.epsilon()
     log.info("site %s round %d: epsilon spent so far %.3f of %.3g (this job may reach %.3f)", identity.site_id,
              request.server_round, state.epsilon, identity.epsilon_budget, state.grant.limit)
     return _trained(state, model, outcome, sigma)
+
+
+def _period_use(state: RoundState, ledger: PrivacyLedger, spent: tuple[float, float, int]) -> dict[str, float]:
+    """With an allowance per period: the period's ε with this round's (σ, q, steps), for the reply and the ledger."""
+    identity = state.identity
+    if identity.epsilon_per_period <= 0:
+        return {}
+    window = rounds_in_period(ledger.rounds, identity.period_days) + [spent]
+    state.epsilon_in_period = epsilon_of(window, ledger.delta)
+    return {"epsilon_in_period": state.epsilon_in_period, "epsilon_per_period": identity.epsilon_per_period,
+            "period_days": identity.period_days}
 
 
 def _with_seed(settings: TrainSettings, randomness: RoundRandomness) -> TrainSettings:
@@ -241,4 +256,4 @@ def _trained(state: RoundState, model: torch.nn.Module, outcome: Any, sigma: flo
         val_accuracy = float(np.mean(probs.argmax(axis=1) == state.data.val.labels))
     reply = state.reply("trained", update=dict(get_trainable_state(model)), sigma=sigma, steps=outcome.steps,
                         sample_rate=outcome.sample_rate, train_loss=outcome.mean_loss, val_accuracy=val_accuracy)
-    return RoundResult(reply)
+    return RoundResult(reply, local=state.local)

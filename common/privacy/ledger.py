@@ -44,8 +44,9 @@ class PrivacyLedger:
     """Cumulative (epsilon, delta) spend of one site, backed by a JSON file.
 
     Besides the accountant history it keeps the site's audit trail: every job's grant
-    (`jobs`, keyed by run id), every round, every refusal, and every change of the lifetime
-    budget (`budget_changes`). The unit of privacy and δ are fixed once the site has a ledger.
+    (`jobs`, keyed by the run id that opened it), which job each run was charged to (`runs`, one
+    job per run: `common.privacy.jobs`), every round, every refusal, and every change of the
+    lifetime budget (`budget_changes`). The unit of privacy and δ are fixed once the site has a ledger.
     """
 
     path: Path
@@ -56,6 +57,7 @@ class PrivacyLedger:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, str] = field(default_factory=dict)  # Flower run id -> the job (key of `jobs`) it is bound to
     budget_changes: list[dict[str, Any]] = field(default_factory=list)
     unit: str = "patch"
     # True when `open` applied a new lifetime budget: the site (round or launcher) saves it, so the
@@ -115,6 +117,7 @@ class PrivacyLedger:
             rounds=list(data.get("rounds", [])),
             refusals=list(data.get("refusals", [])),
             jobs=dict(data.get("jobs", data.get("plans", {}))),
+            runs={str(k): str(v) for k, v in data.get("runs", {}).items()},
             budget_changes=list(data.get("budget_changes", [])),
             unit=recorded_unit,
         )
@@ -141,15 +144,11 @@ class PrivacyLedger:
         return True
 
     @staticmethod
-    def spent_so_far(state_dir: Path) -> float:
-        """The epsilon a site's ledger records (0.0 when it has never trained), without opening it
-        for writing: for replies that must state the site's spend before any round is planned."""
+    def recorded(state_dir: Path) -> dict[str, Any] | None:
+        """The ledger file's content, checked, read only (None when the site has never trained): for
+        replies that must state the site's spend before any round is planned."""
         path = Path(state_dir) / LEDGER_FILE
-        if not path.exists():
-            return 0.0
-        data = _read(path)
-        return epsilon_of([(float(s), float(q), int(n)) for s, q, n in data["accountant"]["history"]],
-                          float(data["delta"]))
+        return _read(path) if path.exists() else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,6 +161,7 @@ class PrivacyLedger:
             "rounds": self.rounds,
             "refusals": self.refusals,
             "jobs": self.jobs,
+            "runs": self.runs,
             "budget_changes": self.budget_changes,
             "unit": self.unit,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
