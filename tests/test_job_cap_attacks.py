@@ -27,7 +27,7 @@ from common.factory import initial_model
 from common.model import frozen_fingerprint, get_trainable_state
 from common.privacy.accounting import epsilon_of
 from common.privacy.jobs import bind_run, choose_job
-from common.privacy.ledger import LEDGER_FILE, PrivacyLedger
+from common.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
 from common.privacy.period import SECONDS_PER_DAY, rounds_in_period
 from tests.conftest import tiny_run_config
 
@@ -173,6 +173,15 @@ def test_a_small_fixed_noise_multiplier_cannot_pass_the_allowance(tmp_path: Path
     assert result.status == "refused" and result.reply.refusal == "period-allowance-exceeded"
     assert "beyond the site's allowance of 1 per 30 days" in result.reason
     assert PrivacyLedger.open(tmp_path / "site", "site-0", 1e-4, 100.0).history == []
+
+
+def test_the_window_holds_the_rounds_of_the_trailing_period_and_any_recorded_later() -> None:
+    now, day = 1.0e9, SECONDS_PER_DAY
+    record = lambda when, sigma: {"time": when, "noise_multiplier": sigma, "sample_rate": 0.1, "steps": 5}  # noqa: E731
+    rounds = [record(now - 31 * day, 1.0), record(now - 29 * day, 2.0), record(now + 2 * day, 3.0)]  # a clock set back
+    assert rounds_in_period(rounds, 30.0, now=now) == [(2.0, 0.1, 5), (3.0, 0.1, 5)]
+    with pytest.raises(LedgerError, match="lacks its time, noise multiplier, sample rate or steps"):
+        rounds_in_period([{"time": now, "steps": 5}], 30.0, now=now)
 
 
 def _composed(entries: list[tuple[float, float, int]], delta: float, cache: dict) -> float:
