@@ -11,8 +11,8 @@ the trailing window (now − period, now] (a round recorded later than now, afte
 counts too). Before a round trains, that composition *plus the round about to run* must stay
 within the allowance, or the round is refused (`period-allowance-exceeded`). Since a round is
 admitted only when it and every round of the window before it fit, the rounds of ANY window of
-`period-days` compose to at most the allowance (the last round of such a window was admitted with
-all the others in its own window). It is a bound on the composition of those rounds alone; the
+`period-days` compose to at most the allowance (of the rounds of such a window, the one admitted
+last was checked together with all the others, which were all in its trailing window). It is a bound on the composition of those rounds alone; the
 cumulative ε over the site's whole life (the ledger's ε) is what the lifetime budget bounds.
 """
 
