@@ -9,7 +9,7 @@ The same ClientApp serves both worlds:
   site, never from the coordinator, so no run config can move a site's ledger, raise its
   budget, point it at other data, choose which patients sit in its validation split,
   switch `strict` or read its DP randomness. Optional keys: `epsilon-per-job`,
-  `accept-budget-change`, `val-fraction`, `share-diagnostics`, `dp-seed`, `split-key`,
+  `epsilon-per-period`, `period-days`, `accept-budget-change`, `val-fraction`, `share-diagnostics`, `dp-seed`, `split-key`,
   `allow-non-private`, `strict` (docs/DEPLOYMENT.md).
 """
 
@@ -23,17 +23,18 @@ from typing import Any
 
 from common.booleans import parse_bool
 from common.config import ConfigError, RunConfig, resolve_path
-from common.config_checks import PRIVACY_UNIT_SETTINGS
+from common.config_checks import DEFAULT_PERIOD_DAYS, PRIVACY_UNIT_SETTINGS, period_problem
 from common.dp_seed import dp_seed_problem
 from common.paths import run_dir
 
 DEPLOYMENT_KEYS = ("data-path", "site-id", "epsilon-budget", "delta", "state-dir")
 OPTIONAL_DEPLOYMENT_KEYS = (
     "allow-non-private", "strict", "epsilon-per-job", "accept-budget-change", "val-fraction", "share-diagnostics",
-    "dp-seed", "split-key", "privacy-unit", "groups-csv",
+    "dp-seed", "split-key", "privacy-unit", "groups-csv", "epsilon-per-period", "period-days",
 )
-# A per-job cap of a quarter of the lifetime budget: a trial job can never spend more than a
-# quarter, and a site can take part in at least four jobs (a pilot, a study, two follow-ups).
+# A per-job cap of a quarter of the lifetime budget: one run (or one resumed job) spends at most a
+# quarter. It does not bound a coordinator that starts many runs: each opens a grant of its own, up to
+# the lifetime budget (common.privacy.jobs); the allowance per period (epsilon-per-period) bounds those.
 DEFAULT_JOB_SHARE = 0.25
 DEFAULT_VAL_FRACTION = 0.15
 
@@ -53,6 +54,8 @@ class SiteIdentity:
     allow_non_private: bool = False
     strict: bool = False
     epsilon_per_job: float = 0.0  # 0: DEFAULT_JOB_SHARE of the lifetime budget
+    epsilon_per_period: float = 0.0  # 0: no allowance per period (common.privacy.period)
+    period_days: float = DEFAULT_PERIOD_DAYS
     accept_budget_change: str = ""  # "OLD->NEW": the operator's acknowledgement of a budget raise
     val_fraction: float = DEFAULT_VAL_FRACTION
     share_diagnostics: bool = False
@@ -105,6 +108,10 @@ def check_deployment_node_config(node_config: Mapping[str, Any]) -> tuple[float,
     per_job = _number(node_config, "epsilon-per-job", 0.0)
     if not (math.isfinite(per_job) and per_job >= 0):
         raise ConfigError(f"epsilon-per-job in --node-config must be >= 0 (0 = a quarter of epsilon-budget), got {per_job}")
+    period = period_problem(_number(node_config, "epsilon-per-period", 0.0),
+                            _number(node_config, "period-days", DEFAULT_PERIOD_DAYS))
+    if period:
+        raise ConfigError(f"{period} in --node-config")
     val = _number(node_config, "val-fraction", DEFAULT_VAL_FRACTION)
     if not 0 <= val < 1:
         raise ConfigError(f"val-fraction in --node-config must be in [0, 1), got {val}")
@@ -149,6 +156,8 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
             num_partitions=num,
             strict=config.strict,
             epsilon_per_job=config.site_epsilon_per_job,
+            epsilon_per_period=config.site_epsilon_per_period,
+            period_days=config.site_period_days,
             accept_budget_change=config.site_accept_budget_change,
             val_fraction=config.val_fraction,
             share_diagnostics=config.site_share_diagnostics,
@@ -166,6 +175,8 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
         allow_non_private=truthy(node_config, "allow-non-private"),
         strict=truthy(node_config, "strict"),
         epsilon_per_job=_number(node_config, "epsilon-per-job", 0.0),
+        epsilon_per_period=_number(node_config, "epsilon-per-period", 0.0),
+        period_days=_number(node_config, "period-days", DEFAULT_PERIOD_DAYS),
         accept_budget_change=str(node_config.get("accept-budget-change", "")),
         val_fraction=_number(node_config, "val-fraction", DEFAULT_VAL_FRACTION),
         share_diagnostics=truthy(node_config, "share-diagnostics"),

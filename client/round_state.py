@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,8 @@ class RoundState:
     randomness: str = "secure"
     epsilon: float = 0.0
     grant: JobGrant | None = None
+    epsilon_in_period: float = 0.0  # ε of the site's rounds in its trailing period (0 when it sets no allowance)
+    local: dict[str, Any] = field(default_factory=dict)  # for the site's own log only (e.g. an ignored job id)
 
     def reply(self, status: str, refusal: str = "", update: dict[str, np.ndarray] | None = None,
               sigma: float = 0.0, steps: int = 0, sample_rate: float = 0.0, train_loss: float = float("nan"),
@@ -50,6 +53,9 @@ class RoundState:
             "epsilon-budget": self.identity.epsilon_budget,
             "epsilon-asked": self.config.epsilon,
             "epsilon-granted": self.grant.granted if self.grant else 0.0,
+            "epsilon-per-period": self.identity.epsilon_per_period,
+            "period-days": self.identity.period_days if self.identity.epsilon_per_period > 0 else 0.0,
+            "epsilon-in-period": self.epsilon_in_period,
             "delta": self.delta if self.config.dp else 0.0,
             "noise-multiplier": sigma,
             "max-grad-norm": self.config.max_grad_norm,
@@ -73,4 +79,4 @@ class RoundState:
 
     def refuse(self, code: str, detail: str) -> RoundResult:
         log.warning("site %s refuses round %d: %s", self.identity.site_id, self.request.server_round, detail)
-        return RoundResult(self.reply("refused", refusal=code), local_reason=detail)
+        return RoundResult(self.reply("refused", refusal=code), local_reason=detail, local=self.local)

@@ -8,7 +8,7 @@ by `common.reply`) and the full local reason, which stays in the site's own log.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,15 +25,13 @@ class RoundRequest:
     arrays: Mapping[str, np.ndarray]
     classes: list[str]
     frozen_fingerprint: str
-    job_id: int | None = None  # the job a resumed run continues (its first run's id); None = this run
+    # the job id the server's train config names (a resumed run names its first run's id); None = none named.
+    # A claim only: the site charges the round to a job it can verify (common.privacy.jobs.choose_job).
+    job_id: int | None = None
     # FedProx's mu, as the server's train config sent it (checked before use: common.strategies.proximal_mu_ok)
     proximal_mu: Any = 0.0
     # bn-statistics=public: the BatchNorm statistics the server estimated on its public share (bytes, common.bn_statistics)
     bn_statistics: Any = None
-
-    @property
-    def job(self) -> str:
-        return str(self.job_id if self.job_id is not None else self.run_id)
 
 
 @dataclass
@@ -42,9 +40,7 @@ class RoundResult:
 
     reply: SiteReplyContent
     local_reason: str = ""
-    # Records whose logits or gradient were not finite and contributed nothing: the site's own log only
-    # (a count over its data without DP, so it never goes on the wire).
-    nonfinite_records: int = 0
+    local: dict[str, Any] = field(default_factory=dict)  # facts for the site's own log only (the job charged, ...)
 
     @property
     def status(self) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from client.identity import SiteIdentity, parse_budget_change
-from client.job_planning import plan_job, planned_steps, round_over_budget
+from client.job_planning import plan_job, planned_steps, round_over_budget, spend_on_record
 from client.round_state import RoundState
 from client.round_types import RoundRequest, RoundResult
 from client.server_input import ServerInputError, check_server_input
@@ -38,7 +38,10 @@ from common.data.sources import SiteData, check_classes, deployed_site, simulate
 from common.dp_randomness import RoundRandomness, round_randomness
 from common.model import get_trainable_state
 from common.patient_dp import PATCH, PATIENT, patient_counts
+from common.privacy.accounting import epsilon_of
 from common.privacy.ledger import LedgerError, PrivacyLedger, site_lock
+from common.privacy.period import rounds_in_period
+from common.private_files import append_private
 from common.stain_settings import augments
 from common.step_planning import grad_sample_mode_for
 from common.strategies import proximal_mu_ok
@@ -108,12 +111,11 @@ def run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest) 
                                              "error": f"{type(err).__name__}: {err}"})
         raise
     _append_site_log(identity, request, {
-        "status": result.status, "reason": result.local_reason, "metrics": result.metrics,
+        "status": result.status, "reason": result.local_reason, "metrics": result.metrics, **result.local,
         "proximal_mu": request.proximal_mu,  # what the server's train config asked (FedProx), as received
         "diagnostics": _local_diagnostics(data, result),
         "skipped_files": data.train.report.skipped, "skipped_examples": data.train.report.skipped_examples,
         "stain_fallbacks": data.train.report.stain_fallbacks,  # stays here: counts of images, never names
-        "nonfinite_records": result.nonfinite_records,  # stays here: a count over the data without DP
     })
     return result
 
@@ -124,9 +126,7 @@ def _local_diagnostics(data: SiteData, result: RoundResult) -> dict[str, Any]:
 
 def _append_site_log(identity: SiteIdentity, request: RoundRequest, record: dict[str, Any]) -> None:
     line = {"time": time.time(), "run_id": request.run_id, "round": request.server_round, **record}
-    identity.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(identity.state_dir / SITE_LOG, "a") as handle:
-        handle.write(json.dumps(line, default=str) + "\n")
+    append_private(identity.state_dir / SITE_LOG, json.dumps(line, default=str) + "\n")  # 0600 in a 0700 state-dir
 
 
 def _run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest, data: SiteData) -> RoundResult:
@@ -155,8 +155,9 @@ def _open_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest
     unit = resolve_privacy_unit(identity.privacy_unit, data) if config.dp else PATCH
     records, usable = patient_counts(data.train.groups, config.max_patches_per_patient) if unit == PATIENT else (n, n)
     delta = identity.delta if identity.delta is not None else auto_delta(records)
+    epsilon, epsilon_in_period = spend_on_record(identity)
     state = RoundState(identity, config, request, data, delta, time.time(), unit=unit, records=records,
-                   epsilon=PrivacyLedger.spent_so_far(identity.state_dir))
+                       epsilon=epsilon, epsilon_in_period=epsilon_in_period)
     return state, usable
 
 
@@ -224,14 +225,26 @@ def _train_private(state: RoundState, model: torch.nn.Module, steps: int, sample
         log.warning("site %s took %d steps, %d were planned", identity.site_id, outcome.steps, steps)
     # The spend is on disk before the update can leave this function.
     ledger.commit_round(outcome.history, {
-        "run_id": request.run_id, "round": request.server_round, "steps": outcome.steps,
+        "run_id": request.run_id, "round": request.server_round, "job": state.local.get("job"), "steps": outcome.steps,
         "noise_multiplier": sigma, "sample_rate": outcome.sample_rate, "num_examples": len(state.data.train),
         "privacy_records": state.records, "unit": state.unit, "randomness": randomness.mode,
+        **_period_use(state, ledger, (sigma, outcome.sample_rate, outcome.steps)),
     })
     state.epsilon = ledger.epsilon()
     log.info("site %s round %d: epsilon spent so far %.3f of %.3g (this job may reach %.3f)", identity.site_id,
              request.server_round, state.epsilon, identity.epsilon_budget, state.grant.limit)
     return _trained(state, model, outcome, sigma)
+
+
+def _period_use(state: RoundState, ledger: PrivacyLedger, spent: tuple[float, float, int]) -> dict[str, float]:
+    """With an allowance per period: the period's ε with this round's (σ, q, steps), for the reply and the ledger."""
+    identity = state.identity
+    if identity.epsilon_per_period <= 0:
+        return {}
+    window = rounds_in_period(ledger.rounds, identity.period_days) + [spent]
+    state.epsilon_in_period = epsilon_of(window, ledger.delta)
+    return {"epsilon_in_period": state.epsilon_in_period, "epsilon_per_period": identity.epsilon_per_period,
+            "period_days": identity.period_days}
 
 
 def _trained(state: RoundState, model: torch.nn.Module, outcome: Any, sigma: float) -> RoundResult:
@@ -249,4 +262,5 @@ def _trained(state: RoundState, model: torch.nn.Module, outcome: Any, sigma: flo
     if outcome.nonfinite_records:
         log.warning("site %s: %d records had non-finite logits or gradients and contributed nothing this round "
                     "(the server's weights may be crafted or diverged)", state.identity.site_id, outcome.nonfinite_records)
-    return RoundResult(reply, nonfinite_records=outcome.nonfinite_records)
+    # A count over the data without DP: the site's own log only, never the reply.
+    return RoundResult(reply, local={**state.local, "nonfinite_records": outcome.nonfinite_records})

@@ -16,6 +16,7 @@ import secrets
 from pathlib import Path
 
 from client.identity import SiteIdentity
+from common.private_files import PRIVATE_FILE_MODE, open_private, private_dir
 
 SPLIT_KEY_FILE = "split-key"
 
@@ -30,10 +31,10 @@ def site_split_key(identity: SiteIdentity) -> bytes:
 def load_or_create_key(path: Path) -> bytes:
     """Read a hex key, or create it atomically: written to a temp file, then linked into place
     (link fails if another process got there first, whose key is then used)."""
+    private_dir(path.parent)  # the state-dir: 0700
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_bytes(32).hex() + "\n")
             handle.flush()
@@ -44,6 +45,8 @@ def load_or_create_key(path: Path) -> bytes:
             pass
         finally:
             tmp.unlink()
+    if path.stat().st_mode & 0o077:  # a key file from before state-dir files were private: tighten it
+        path.chmod(PRIVATE_FILE_MODE)
     try:
         key = bytes.fromhex(path.read_text().strip())
     except ValueError:

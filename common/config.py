@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.booleans import parse_bool
-from common.config_checks import MAX_DELTA_FACTOR, config_problems
+from common.config_checks import DEFAULT_PERIOD_DAYS, MAX_DELTA_FACTOR, config_problems
 from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 
 
@@ -47,6 +47,8 @@ class RunConfig:
     # Simulation only: the node config of simulated sites (deployed sites use their own node config).
     site_epsilon_budget: float = 32.0
     site_epsilon_per_job: float = 0.0
+    site_epsilon_per_period: float = 0.0  # 0 = no allowance per period (common.privacy.period)
+    site_period_days: float = DEFAULT_PERIOD_DAYS
     site_accept_budget_change: str = ""
     site_share_diagnostics: bool = False
     site_dp_seed: str = ""

@@ -25,6 +25,9 @@ GRAD_SAMPLE_MODES = ("auto", "hooks", "ghost")
 # auto: patient where the data names patients (groups.csv, synthetic slides), patch otherwise.
 PRIVACY_UNIT_SETTINGS = ("auto", "patient", "patch")
 
+# A site's ε allowance per period (common.privacy.period): the period's default length, in days.
+DEFAULT_PERIOD_DAYS = 30.0
+
 # The one-run bound's δ term is 2·m·δ: far more canaries than 1/(2δ) would drown it, and each
 # canary is an image the audited site trains on.
 MAX_AUDIT_CANARIES = 10_000
@@ -33,6 +36,19 @@ MAX_AUDIT_CANARIES = 10_000
 # δ must be well below 1/n: a mechanism that publishes one random record in the clear has
 # δ = 1/n. fedpath requires δ <= 1/(10·n), and the automatic δ is exactly that bound.
 MAX_DELTA_FACTOR = 0.1
+
+
+def period_problem(epsilon: float, days: float, prefix: str = "") -> str:
+    """'' when an allowance of `epsilon` per `days` days is a valid setting, else why not.
+
+    One rule for a deployed site's node config (`epsilon-per-period`, `period-days`) and a
+    simulation's run config (`site-` + the same names): `prefix` says which.
+    """
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        return f"{prefix}epsilon-per-period must be a finite number >= 0 (0 = no allowance per period), got {epsilon}"
+    if not (math.isfinite(days) and days > 0):
+        return f"{prefix}period-days must be a finite number > 0, got {days}"
+    return ""
 
 
 class _Problems(list[str]):
@@ -121,6 +137,8 @@ def _check_privacy(config: RunConfig, problems: _Problems) -> None:
                   f"{config.site_epsilon_per_job}")
     seed_problem = dp_seed_problem(config.site_dp_seed)
     problems.need(seed_problem is None, f"site-{seed_problem}")
+    period = period_problem(config.site_epsilon_per_period, config.site_period_days, prefix="site-")
+    problems.need(not period, period)
     problems.need(config.privacy_unit in PRIVACY_UNIT_SETTINGS,
                   f"privacy-unit {config.privacy_unit!r} is unknown; "
                   f"valid values: {', '.join(PRIVACY_UNIT_SETTINGS)}")

@@ -62,7 +62,14 @@ FIELDS: tuple[ReplyField, ...] = (
     ReplyField("epsilon-budget", METRICS, float, CONFIGURED, "the site's lifetime ε budget"),
     ReplyField("epsilon-asked", METRICS, float, CONFIGURED, "the ε this job asked each site for"),
     ReplyField("epsilon-granted", METRICS, float, ACCOUNTING,
-               "the ε the site granted this job: min(asked, its per-job cap, what remains)"),
+               "the ε the site granted the job this run is charged to (the run itself, or a job in the site's "
+               "ledger it resumes): min(asked, its per-job cap, what remains)"),
+    ReplyField("epsilon-per-period", METRICS, float, CONFIGURED,
+               "the site's allowance: the most ε its rounds of any trailing period may compose to (0 = none)"),
+    ReplyField("period-days", METRICS, float, CONFIGURED, "the length of that period in days"),
+    ReplyField("epsilon-in-period", METRICS, float, ACCOUNTING,
+               "ε of the composition of the site's rounds in its trailing period, after this round (0 when it "
+               "sets no allowance)"),
     ReplyField("delta", METRICS, float, ACCOUNTING, "the site's δ"),
     ReplyField("noise-multiplier", METRICS, float, ACCOUNTING, "σ of this round"),
     ReplyField("max-grad-norm", METRICS, float, CONFIGURED, "C, the clipping norm"),
@@ -91,6 +98,8 @@ REFUSALS: dict[str, str] = {
     "audit-canaries-not-allowed": "the run asks for audit canaries (audit-canaries > 0), which only simulated "
                                   "sites train with",
     "invalid-proximal-mu": "the server's proximal-mu (FedProx) is not a finite number >= 0",
+    "period-allowance-exceeded": "this round would take the ε of the site's rounds in its trailing period beyond "
+                                 "its allowance per period (epsilon-per-period)",
 }
 # Fixed failure codes: an exception at a site crosses the wire only as one of these.
 FAILURES: dict[str, str] = {

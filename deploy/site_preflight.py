@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.private_files import private_dir
 from deploy.site_node_config import SiteConfigError
 
 
@@ -32,7 +33,7 @@ def check_site_files(node_config: Mapping[str, Any], classes: list[str] | None =
             "ledger and decoded-image cache must not be read as training data, nor patient data backed up with state"
         )
     try:
-        state.mkdir(parents=True, exist_ok=True)
+        private_dir(state)  # 0700: the ledger, the site's log, its split key and decoded images live there
     except OSError as err:
         raise SiteConfigError(f"state-dir {state} cannot be created: {err}") from None
     if not os.access(state, os.W_OK | os.X_OK):

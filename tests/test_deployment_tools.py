@@ -94,6 +94,8 @@ def test_launcher_fails_at_once_naming_the_missing_key(site_files: dict[str, Pat
     ({"partition-id": 0}, "partition-id, which are for simulation"),
     ({"epsilon_budget": 8.0}, r"unknown keys \['epsilon_budget'\]"),
     ({"allow-non-private": "maybe"}, "allow-non-private must be true or false"),
+    ({"epsilon-per-period": -1.0}, "epsilon-per-period must be a finite number >= 0"),
+    ({"epsilon-per-period": 2.0, "period-days": 0.0}, "period-days must be a finite number > 0"),
 ])
 def test_bad_node_config_values_are_refused(site_files: dict[str, Path], override: dict, message: str) -> None:
     with pytest.raises(SiteConfigError, match=message):
@@ -156,9 +158,12 @@ def test_valid_site_plan(site_files: dict[str, Path]) -> None:
 
 def test_optional_node_config_keys_reach_the_supernode(site_files: dict[str, Path]) -> None:
     """Every site setting the ClientApp reads must be in the node config flower-supernode gets."""
-    site = plan(site_files, config=node_config(site_files, **{"epsilon-per-job": 2.0, "val-fraction": 0.2}))
+    site = plan(site_files, config=node_config(site_files, **{"epsilon-per-job": 2.0, "val-fraction": 0.2,
+                                                              "epsilon-per-period": 3.0, "period-days": 7.0}))
     passed = parse_config_args([site.command[site.command.index("--node-config") + 1]])
     assert passed["epsilon-per-job"] == 2.0 and passed["val-fraction"] == 0.2
+    assert passed["epsilon-per-period"] == 3.0 and passed["period-days"] == 7.0
+    assert site_files["state"].stat().st_mode & 0o777 == 0o700  # the launcher creates state-dir private
 
 
 # -- the site's data, through the ClientApp's own loader -----------------------------------

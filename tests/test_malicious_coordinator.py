@@ -190,7 +190,7 @@ def test_in_range_weights_that_overflow_every_record_still_give_a_finite_update(
     result = run_round(identity, config, _request(config, arrays))
     assert result.status == "trained"
     assert all(np.isfinite(v).all() for v in result.update.values())
-    assert result.nonfinite_records > 0  # in the site's own log, never in the reply
+    assert result.local["nonfinite_records"] > 0  # in the site's own log, never in the reply
     assert "nonfinite" not in repr(result.reply.metrics) and result.reply.diagnostics is None
 
 

@@ -276,7 +276,7 @@ def _load_cache(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], LoadRepo
 
 def _save_cache(path: Path, images: np.ndarray, labels: np.ndarray, paths: list[str], report: LoadReport) -> None:
     try:
-        with atomic_file(path, "wb") as handle:
+        with atomic_file(path, "wb", private=True) as handle:  # decoded patient images: 0600 in a 0700 directory
             np.savez(
                 handle,
                 images=images,

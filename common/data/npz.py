@@ -9,6 +9,7 @@ pixel scales stated, oversized images refused.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -58,6 +59,20 @@ def _to_rgb_batch(images: np.ndarray, image_size: int, name: str, path: Path, ma
     return np.stack([to_rgb_array(Image.fromarray(img), image_size)[0] for img in images])
 
 
+def record_ids(images: np.ndarray) -> np.ndarray:
+    """A stable identity per record: BLAKE2b-128 of its stored bytes (as in the file, before any conversion).
+
+    Positions are not identities: with `pool-<i>`, removing record 3 renamed every later record,
+    and a keyed train/validation split (`common.data.partition.keyed_train_val`) then moved about
+    `val-fraction` of them across. A record's own bytes name it whatever else the file holds, so
+    its side depends only on itself and the site's key; identical images share a name and so a
+    side (a duplicate never straddles the split).
+    """
+    rows = np.ascontiguousarray(images).reshape(len(images), -1)
+    header = f"{images.dtype.str}{images.shape[1:]}".encode()
+    return np.asarray([f"img-{hashlib.blake2b(header + row.tobytes(), digest_size=16).hexdigest()}" for row in rows])
+
+
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of the file, never unpickling (a pickle can run code)."""
     check_npz_container(path)
@@ -92,8 +107,9 @@ def load_npz(
     Class names are not stored in MedMNIST files. Given `classes` (the federation's, at a
     deployed site), labels must fit them. Otherwise a file named `pathmnist*` gets
     PathMNIST's names when its labels fit them; any other file's labels must run 0..K-1
-    without gaps (`class-0..class-K-1`). Each image is its own group because MedMNIST
-    publishes no patient ids (a known limitation of that benchmark).
+    without gaps (`class-0..class-K-1`). MedMNIST publishes no patient ids (a known limitation
+    of that benchmark), so each image is its own group, named by its content (`record_ids`):
+    removing or adding a record moves no other record across a keyed split.
     """
     if not path.exists():
         raise DataError(f"dataset file {path} does not exist")
@@ -113,7 +129,7 @@ def load_npz(
         np.concatenate([_to_rgb_batch(parts[f"{s}_images"], image_size, f"{s}_images", path, max_pixels)
                         for s in pool_splits]),
         np.concatenate([labels[s] for s in pool_splits]),
-        np.asarray([f"pool-{i}" for i in range(sum(len(labels[s]) for s in pool_splits))]),
+        np.concatenate([record_ids(parts[f"{s}_images"]) for s in pool_splits]),
         list(classes),
     )
     test = ImageSet(

@@ -4,6 +4,9 @@
   job's grant, whether a round fits, the per-job grant rule. Pure functions, no files.
 * `ledger`     — the site's one persistent history: atomic, locked, never reset silently, with
   its jobs, budget changes and unit of privacy.
+* `jobs`       — which job a round is charged to: one per run, a named job id only if the ledger
+  holds its grant (the coordinator cannot relabel a run into new grants).
+* `period`     — the ε of the rounds in a site's trailing period, against its allowance per period.
 * `units`      — what a run at one unit of privacy guarantees for the other (patients of a
   patch-level run, patches of a patient-level run).
 """

@@ -29,6 +29,7 @@ from opacus.accountants import RDPAccountant
 
 from common.atomic import atomic_write_json
 from common.privacy.accounting import epsilon_of
+from common.private_files import open_private, private_dir
 
 FORMAT = "fedpath-privacy-ledger/1"
 LEDGER_FILE = "privacy-ledger.json"
@@ -43,8 +44,9 @@ class PrivacyLedger:
     """Cumulative (epsilon, delta) spend of one site, backed by a JSON file.
 
     Besides the accountant history it keeps the site's audit trail: every job's grant
-    (`jobs`, keyed by run id), every round, every refusal, and every change of the lifetime
-    budget (`budget_changes`). The unit of privacy and δ are fixed once the site has a ledger.
+    (`jobs`, keyed by the run id that opened it), which job each run was charged to (`runs`, one
+    job per run: `common.privacy.jobs`), every round, every refusal, and every change of the
+    lifetime budget (`budget_changes`). The unit of privacy and δ are fixed once the site has a ledger.
     """
 
     path: Path
@@ -55,6 +57,7 @@ class PrivacyLedger:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    runs: dict[str, str] = field(default_factory=dict)  # Flower run id -> the job (key of `jobs`) it is bound to
     budget_changes: list[dict[str, Any]] = field(default_factory=list)
     unit: str = "patch"
     # True when `open` applied a new lifetime budget: the site (round or launcher) saves it, so the
@@ -114,6 +117,7 @@ class PrivacyLedger:
             rounds=list(data.get("rounds", [])),
             refusals=list(data.get("refusals", [])),
             jobs=dict(data.get("jobs", data.get("plans", {}))),
+            runs={str(k): str(v) for k, v in data.get("runs", {}).items()},
             budget_changes=list(data.get("budget_changes", [])),
             unit=recorded_unit,
         )
@@ -140,15 +144,11 @@ class PrivacyLedger:
         return True
 
     @staticmethod
-    def spent_so_far(state_dir: Path) -> float:
-        """The epsilon a site's ledger records (0.0 when it has never trained), without opening it
-        for writing: for replies that must state the site's spend before any round is planned."""
+    def recorded(state_dir: Path) -> dict[str, Any] | None:
+        """The ledger file's content, checked, read only (None when the site has never trained): for
+        replies that must state the site's spend before any round is planned."""
         path = Path(state_dir) / LEDGER_FILE
-        if not path.exists():
-            return 0.0
-        data = _read(path)
-        return epsilon_of([(float(s), float(q), int(n)) for s, q, n in data["accountant"]["history"]],
-                          float(data["delta"]))
+        return _read(path) if path.exists() else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -161,6 +161,7 @@ class PrivacyLedger:
             "rounds": self.rounds,
             "refusals": self.refusals,
             "jobs": self.jobs,
+            "runs": self.runs,
             "budget_changes": self.budget_changes,
             "unit": self.unit,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -168,7 +169,7 @@ class PrivacyLedger:
 
     def save(self) -> None:
         """Atomically replace the ledger file with the current state."""
-        atomic_write_json(self.path, self.to_json())
+        atomic_write_json(self.path, self.to_json(), private=True)  # 0600 in a 0700 state-dir
 
     # -- recording --------------------------------------------------------------------
     def commit_round(self, history: list[tuple[float, float, int]], record: dict[str, Any]) -> None:
@@ -226,8 +227,8 @@ def _read(path: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def site_lock(state_dir: Path) -> Iterator[None]:
     """Exclusive lock so two processes never train the same site at once."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / ".lock", "w") as handle:
+    private_dir(state_dir)
+    with os.fdopen(open_private(state_dir / ".lock", os.O_WRONLY), "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

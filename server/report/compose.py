@@ -98,6 +98,7 @@ def _new_site(site_id: str, config: dict[str, Any]) -> dict[str, Any]:
         "failed_rounds": [], "rejected_rounds": [], "reasons": [], "skipped_files": None,
         "dp": bool(config.get("dp", True)), "val_examples": None, "steps": 0, "randomness": None,
         "privacy_unit": None, "shares_diagnostics": False,
+        "epsilon_per_period": None, "period_days": None, "epsilon_in_period": None,
     }
 
 
@@ -119,7 +120,8 @@ def _add_reply(site: dict[str, Any], reply: dict[str, Any], round_number: int) -
         if not site["dp"]:
             site["epsilon"] = None
     for key, name in (("epsilon-budget", "epsilon_budget"), ("max-grad-norm", "max_grad_norm"),
-                      ("epsilon-asked", "epsilon_asked")):
+                      ("epsilon-asked", "epsilon_asked"), ("epsilon-per-period", "epsilon_per_period"),
+                      ("period-days", "period_days"), ("epsilon-in-period", "epsilon_in_period")):
         if _finite(metrics.get(key)) is not None:
             site[name] = metrics[key]
     if _finite(metrics.get("epsilon-granted")):

@@ -144,12 +144,22 @@ def privacy_header(sites: list[dict[str, Any]], config: dict[str, Any]) -> str:
             f"asked each site for ε = {asked}; the sites granted: {granted}; their lifetime budgets: {lifetime}")
 
 
+def period_text(site: dict[str, Any]) -> str:
+    """'; its allowance: ...' when the site bounds the ε of its trailing period ('' when it reported none)."""
+    allowance, days, used = site.get("epsilon_per_period"), site.get("period_days"), site.get("epsilon_in_period")
+    if not (is_number(allowance) and allowance > 0):
+        return ""
+    return (f"; its allowance: ε ≤ {short(allowance)} for the rounds of any {short(days)} days, of every run "
+            f"(ε = {eps(used)} of it in its trailing period at its last reply)")
+
+
 def privacy_statement(site: dict[str, Any]) -> str:
     """One plain sentence: what this site spent, of what budget, and what it guarantees.
 
     Written for a hospital's data-protection officer: the cumulative spend against the site's
-    own lifetime budget and this job's grant, delta, which rounds of this run it covers, the
-    unit of privacy (one patch), where its noise came from, and what else it sent outside DP.
+    own lifetime budget and this job's grant (and its allowance per period, if it sets one), delta,
+    which rounds of this run it covers, the unit of privacy it reported, where its noise came from,
+    and what else it sent outside DP.
     A site that trained without DP is told so, never given a number.
     """
     name = site.get("site_id", "?")
@@ -166,6 +176,7 @@ def privacy_statement(site: dict[str, Any]) -> str:
         "no update in this run"
     granted = site.get("epsilon_granted")
     grant = f"; this job was granted ε = {short(granted)}" if is_number(granted) and granted else ""
+    grant += period_text(site)
     randomness = RANDOMNESS_TEXT.get(site.get("randomness") or "", "noise source not reported")
     extra = ("it also sent opt-in diagnostics (training loss, local validation accuracy, class counts, timings, "
              "skipped files) that are NOT differentially private" if site.get("shares_diagnostics") else

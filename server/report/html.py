@@ -21,6 +21,7 @@ from common.strategies import describe_strategy
 from server import privacy_audit
 from server.report import plots as report_plots
 from server.report.format import config_value, duration, pct, privacy_header, timestamp, unit_text
+from server.report.officer import officer_text
 from server.report.tables import (
     METRICS,
     baseline_rows,
@@ -155,6 +156,7 @@ def _run_view(run: dict[str, Any], config: dict[str, Any], sites: list[dict[str,
                         "none: this run trained WITHOUT differential privacy (dp = false)",
         "no_site_trained": bool(run.get("no_site_trained")),
         "unit_line": unit_text([s for s in sites if s.get("dp")] or sites),
+        "officer_text": officer_text(sites),
         "wire_rows": [{**row, "protection": PROTECTIONS[row["protection"]]} for row in wire_table()],
         "diagnostics_sites": ", ".join(s["site_id"] for s in sites if s.get("shares_diagnostics")) or "no site",
     }

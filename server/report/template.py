@@ -366,13 +366,7 @@ TEMPLATE = """<!DOCTYPE html>
       would plausibly take on another test set of the same size. The confusion matrix and the per-class table show
       which tissue types are confused; a low recall means that class is often missed.</dd>
     <dt>For the data-protection officer</dt>
-    <dd>No image left any hospital. Each site sent its DP-SGD model update (clipped and noised so that it reveals
-      almost nothing about any single patch) together with the values listed under "What each site sent", each with
-      how it is protected; values marked opt-in are NOT differentially private and were sent only by sites whose
-      operator chose to. ε measures the remaining risk (smaller is safer; it adds up over rounds and jobs), δ is the
-      small probability the guarantee may fail. Each site grants each job at most its own per-job cap of its lifetime
-      budget and refuses any round that would exceed it. The guarantee protects single patches; a patient with many
-      patches is protected less per patient.</dd>
+    <dd>{{ officer_text }}</dd>
     <dt>For the ML engineer</dt>
     <dd>Flower's {{ strategy_text }} over the screened updates of the trainable tensors of the chosen policy
       (updates weighted by examples); Opacus RDP accounting per site,
