@@ -60,9 +60,15 @@ class SecretNoise:
         std = self.noise_multiplier * self.max_grad_norm
         for p in self.params:
             _check_processed_flag(p.summed_grad)  # type: ignore[attr-defined]
+        # One draw for all parameters (dozens of small tensors for norm-head): the per-call cost of the
+        # cipher and of torch's ops is paid once per step, not once per tensor.
+        noise = stream.normal((sum(p.summed_grad.numel() for p in self.params),), std)  # type: ignore[attr-defined]
+        offset = 0
+        for p in self.params:
             summed: torch.Tensor = p.summed_grad  # type: ignore[attr-defined]
-            noise = stream.normal(summed.shape, std).to(dtype=summed.dtype, device=summed.device)
-            p.grad = (summed + noise).view_as(p)
+            part = noise[offset:offset + summed.numel()].view(summed.shape)
+            offset += summed.numel()
+            p.grad = (summed + part.to(dtype=summed.dtype, device=summed.device)).view_as(p)
             _mark_as_processed(p.summed_grad)  # type: ignore[attr-defined]
 
 
