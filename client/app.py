@@ -10,12 +10,12 @@ from flwr.clientapp import ClientApp
 from client.identity import site_identity
 from client.round_types import RoundRequest
 from client.site import failure_code, run_round
-from common import reply as wire
-from common.bn_statistics import TRAIN_CONFIG_KEY as BN_STATISTICS_KEY
-from common.config import RunConfig
+from common.config.run_config import RunConfig
+from common.config.strategies import PROXIMAL_MU_KEY
 from common.logging_setup import setup_logging
-from common.records import from_array_record, to_array_record
-from common.strategies import PROXIMAL_MU_KEY
+from common.model.bn_statistics import TRAIN_CONFIG_KEY as BN_STATISTICS_KEY
+from common.wire import reply as wire
+from common.wire.records import from_array_record, to_array_record
 
 app = ClientApp()
 log = logging.getLogger("fedpath.client")
@@ -26,13 +26,13 @@ class SiteError(RuntimeError):
 
     Flower sends the text of a ClientApp's exception to the coordinator; data errors name
     files (patient identifiers in many hospitals) and counts. The full error stays in the
-    site's own log; only `common.reply.failure_text(code)` crosses the wire.
+    site's own log; only `common.wire.reply.failure_text(code)` crosses the wire.
     """
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train on this site's private data and reply with what `common.reply` declares."""
+    """Train on this site's private data and reply with what `common.wire.reply` declares."""
     setup_logging()
     try:
         return _train(msg, context)

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.booleans import parse_bool
-from common.config import ConfigError, RunConfig, resolve_path
-from common.config_checks import DEFAULT_PERIOD_DAYS, PRIVACY_UNIT_SETTINGS, period_problem
-from common.dp_seed import dp_seed_problem
+from common.config.booleans import parse_bool
+from common.config.checks import DEFAULT_PERIOD_DAYS, PRIVACY_UNIT_SETTINGS, period_problem
+from common.config.run_config import ConfigError, RunConfig, resolve_path
 from common.paths import run_dir
+from common.privacy.dp_seed import dp_seed_problem
 
 DEPLOYMENT_KEYS = ("data-path", "site-id", "epsilon-budget", "delta", "state-dir")
 OPTIONAL_DEPLOYMENT_KEYS = (

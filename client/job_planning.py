@@ -1,7 +1,7 @@
 """A round's privacy plan at a site, decided before it trains: steps, the job's grant and σ, the budget check.
 
 Everything here runs before training, under the site lock: the plan uses the steps training will
-really take (`common.step_planning`); the round is charged to a job the site can verify
+really take (`common.training.steps`); the round is charged to a job the site can verify
 (`common.privacy.jobs`: the run's own, or a job in the ledger it resumes; one per run); on a job's
 first round the site grants the job min(asked, per-job cap, what remains) and calibrates σ so that
 all the job's remaining planned rounds fit that grant and the site's allowance per period (kept in
@@ -18,12 +18,12 @@ import time
 from client.identity import SiteIdentity
 from client.round_state import RoundState
 from client.round_types import RoundResult
-from common.patient_dp import PATIENT
 from common.privacy.accounting import BudgetExhausted, JobGrant, calibrate_noise, check_round, epsilon_of, grant_job
 from common.privacy.jobs import bind_run, choose_job
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.period import PeriodAllowance, epsilon_in_period, rounds_in_period
-from common.step_planning import patient_steps_per_epoch, steps_per_epoch
+from common.training.patient_dp import PATIENT
+from common.training.steps import patient_steps_per_epoch, steps_per_epoch
 
 log = logging.getLogger("fedpath.site")
 

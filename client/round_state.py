@@ -1,7 +1,7 @@
 """What one round at a site knows as it goes, and the one place its reply is assembled.
 
 Every outcome of a round (trained, refused at any step) answers with the same accounting values,
-so the reply is built from this state alone (`RoundState.reply`, through `common.reply`), never
+so the reply is built from this state alone (`RoundState.reply`, through `common.wire.reply`), never
 field by field at each exit.
 """
 
@@ -16,11 +16,11 @@ import numpy as np
 
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest, RoundResult
-from common.config import RunConfig
+from common.config.run_config import RunConfig
 from common.data.sources import SiteData
-from common.patient_dp import PATCH
 from common.privacy.accounting import JobGrant
-from common.reply import SiteReplyContent
+from common.training.patient_dp import PATCH
+from common.wire.reply import SiteReplyContent
 
 log = logging.getLogger("fedpath.site")
 

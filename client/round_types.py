@@ -2,7 +2,7 @@
 
 The ClientApp translates Flower's Message into a request and a result into a Message; tests and the
 experiments build requests directly. The result keeps apart what goes on the wire (the reply, built
-by `common.reply`) and the full local reason, which stays in the site's own log.
+by `common.wire.reply`) and the full local reason, which stays in the site's own log.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from common.reply import SiteReplyContent
+from common.wire.reply import SiteReplyContent
 
 
 @dataclass
@@ -28,9 +28,9 @@ class RoundRequest:
     # the job id the server's train config names (a resumed run names its first run's id); None = none named.
     # A claim only: the site charges the round to a job it can verify (common.privacy.jobs.choose_job).
     job_id: int | None = None
-    # FedProx's mu, as the server's train config sent it (checked before use: common.strategies.proximal_mu_ok)
+    # FedProx's mu, as the server's train config sent it (checked before use: common.config.strategies.proximal_mu_ok)
     proximal_mu: Any = 0.0
-    # bn-statistics=public: the BatchNorm statistics the server estimated on its public share (bytes, common.bn_statistics)
+    # bn-statistics=public: the BatchNorm statistics the server estimated on its public share (bytes, common.model.bn_statistics)
     bn_statistics: Any = None
 
 

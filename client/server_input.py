@@ -2,7 +2,7 @@
 
 A malicious coordinator can craft the tensors it sends (weights so large that one patient's logits
 overflow, NaN statistics) hoping the reply differs with one patient present. Training already gives
-any record whose values are not finite a zero gradient (`common.dp_engine`); this module is the
+any record whose values are not finite a zero gradient (`common.training.dp_engine`); this module is the
 first line: non-finite or absurd values are refused *before* the data is loaded, so the refusal
 depends only on what the server sent and reveals nothing about the site's records.
 """

@@ -5,7 +5,7 @@ frozen layers, data size, delta, the job's grant, the round's budget) is checked
 training happens only when the whole round fits; and the ledger records the round's spend
 before the update is handed back to Flower, so a crash can only over-count.
 
-What leaves the site is built by `common.reply` alone: the DP update, accounting values and
+What leaves the site is built by `common.wire.reply` alone: the DP update, accounting values and
 fixed codes. Free text (refusal details, file names, exception messages) stays in the site's
 own log, `state-dir/site-rounds.jsonl`.
 
@@ -31,22 +31,22 @@ from client.round_types import RoundRequest, RoundResult
 from client.server_input import ServerInputError, check_server_input
 from client.site_keys import site_split_key
 from client.site_model import ModelMismatch, start_model
-from common.canaries import AUDITED_PARTITION, with_run_canaries
-from common.config import ConfigError, RunConfig, auto_delta, check_delta
+from common.audit.canaries import AUDITED_PARTITION, with_run_canaries
+from common.config.run_config import ConfigError, RunConfig, auto_delta, check_delta
+from common.config.stain_settings import augments
+from common.config.strategies import proximal_mu_ok
 from common.data.imageset import DataError
 from common.data.sources import SiteData, check_classes, deployed_site, simulated_site, stain_handled
-from common.dp_randomness import RoundRandomness, round_randomness
-from common.model import get_trainable_state
-from common.patient_dp import PATCH, PATIENT, patient_counts
+from common.files import append_private
+from common.model.network import get_trainable_state
 from common.privacy.accounting import epsilon_of
 from common.privacy.ledger import LedgerError, PrivacyLedger, site_lock
 from common.privacy.period import rounds_in_period
-from common.private_files import append_private
-from common.stain_settings import augments
-from common.step_planning import grad_sample_mode_for
-from common.strategies import proximal_mu_ok
-from common.train_settings import TrainSettings
-from common.training import predict, train_local
+from common.privacy.randomness import RoundRandomness, round_randomness
+from common.training.local import predict, train_local
+from common.training.patient_dp import PATCH, PATIENT, patient_counts
+from common.training.settings import TrainSettings
+from common.training.steps import grad_sample_mode_for
 
 log = logging.getLogger("fedpath.site")
 
@@ -67,7 +67,7 @@ def resolve_privacy_unit(setting: str, data: SiteData) -> str:
 
 
 def failure_code(err: BaseException) -> str:
-    """The fixed code (common.reply.FAILURES) under which a site's exception crosses the wire."""
+    """The fixed code (common.wire.reply.FAILURES) under which a site's exception crosses the wire."""
     if isinstance(err, DataError):
         return "data"
     if isinstance(err, ConfigError):

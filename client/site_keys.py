@@ -16,7 +16,7 @@ import secrets
 from pathlib import Path
 
 from client.identity import SiteIdentity
-from common.private_files import PRIVATE_FILE_MODE, open_private, private_dir
+from common.files import PRIVATE_FILE_MODE, open_private, private_dir
 
 SPLIT_KEY_FILE = "split-key"
 

@@ -11,10 +11,10 @@ import torch
 
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
-from common.bn_statistics import unpack as unpack_statistics
-from common.config import RunConfig
-from common.factory import initial_model
-from common.model import frozen_fingerprint, set_trainable_state
+from common.config.run_config import RunConfig
+from common.model.bn_statistics import unpack as unpack_statistics
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, set_trainable_state
 
 
 class ModelMismatch(RuntimeError):

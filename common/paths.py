@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.config import RunConfig, resolve_path
+from common.config.run_config import RunConfig, resolve_path
 
 # The checkout: the Flower app's root (pyproject.toml), beside which ../shared/ holds the data.
 REPO: Path = Path(__file__).resolve().parent.parent

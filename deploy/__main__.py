@@ -11,7 +11,7 @@ COMMANDS = {
     "register": ("deploy.register", "main_register", "register a site's public key with the SuperLink"),
     "sites": ("deploy.register", "main_sites", "which node is which site: id, registered name, status, key fingerprint"),
     "superlink": ("deploy.superlink", "main", "start the SuperLink (TLS + SuperNode authentication)"),
-    "site": ("deploy.site", "main", "check a site's configuration and start its SuperNode"),
+    "site": ("deploy.site.command", "main", "check a site's configuration and start its SuperNode"),
 }
 
 

@@ -10,21 +10,20 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from common.bn_statistics import TRAIN_CONFIG_KEY as BN_STATISTICS_KEY
-from common.config import RunConfig
+from common.config.run_config import RunConfig
+from common.config.strategies import describe_strategy
 from common.data.sources import central_test_set, dataset_classes
-from common.factory import initial_model
 from common.logging_setup import setup_logging
-from common.model import frozen_fingerprint, get_trainable_state, trainable_names
+from common.model.bn_statistics import TRAIN_CONFIG_KEY as BN_STATISTICS_KEY
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, get_trainable_state, trainable_names
 from common.paths import run_dir
-from common.records import from_array_record, to_array_record
-from common.reply import largest_site_epsilon
-from common.strategies import describe_strategy
 from common.versions import versions
+from common.wire.records import from_array_record, to_array_record
+from common.wire.reply import largest_site_epsilon
 from server.evaluation import CentralEvaluator
 from server.privacy_audit import AUDIT_FILE, RunAudit
 from server.report import write_report

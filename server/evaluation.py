@@ -10,8 +10,8 @@ from torch import nn
 
 from common.data.imageset import ImageSet
 from common.metrics import full_evaluation, headline_metrics
-from common.model import set_trainable_state
-from common.training import predict
+from common.model.network import set_trainable_state
+from common.training.local import predict
 
 
 @dataclass

@@ -35,18 +35,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.atomic import atomic_file, atomic_write_json, atomic_write_text
-from common.config import ConfigError
+from common.config.run_config import ConfigError
+from common.config.stain_settings import stain_problems
 from common.data.imageset import DataError, ImageSet
 from common.data.partition import split_train_val
-from common.dp_randomness import public_randomness
-from common.image_tensors import as_tensor_dataset, device, normalise, random_dihedral
+from common.files import atomic_file, atomic_write_json, atomic_write_text
 from common.logging_setup import setup_logging
-from common.model import ARCHITECTURES, load_backbone
+from common.model.inputs import as_tensor_dataset, device, normalise, random_dihedral
+from common.model.network import ARCHITECTURES, load_backbone
+from common.model.weights import WeightsError, resolve_weights, sha256_of
+from common.privacy.randomness import public_randomness
 from common.progress import progress
-from common.stain_settings import stain_problems
 from common.versions import versions
-from common.weights import WeightsError, resolve_weights, sha256_of
 from server.public_data import add_public_data_arguments, load_public_data, stain_normalised
 
 log = logging.getLogger("fedpath.pretrain")

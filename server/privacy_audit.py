@@ -1,14 +1,14 @@
 """The report's "Privacy audit": what the coordinator can prove about a site from its updates.
 
 Simulation only (`audit-canaries = m`): simulated site 0 trains with the run's canaries
-(`common.canaries.run_canaries`), each included with probability ½. The coordinator sees the
+(`common.audit.canaries.run_canaries`), each included with probability ½. The coordinator sees the
 global model it sends and the model each site sends back; per round it scores every canary
 by how far that site's update moved the model along the canary's own descent direction
-(`common.canaries.update_alignment`), summed over rounds: the `gradient` score of the audit
+(`common.audit.canaries.update_alignment`), summed over rounds: the `gradient` score of the audit
 experiment (`simulations.harness.audit`). Those scores are fixed before anyone
 looks at the coin flips; only the evaluation (`summarise`) compares them with the flips and
 turns the correct guesses into an empirical lower bound on the site's ε (Steinke, Nasr &
-Jagielski 2023, `common.audit_bound`), next to the ε the site claims.
+Jagielski 2023, `common.audit.bound`), next to the ε the site claims.
 
 Scores are kept in `audit.json` in the run directory after every round, so the report can
 be re-made from the run directory alone.
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from common.audit_bound import audit_scores
-from common.canaries import run_canaries, run_coin_flips, update_alignment
-from common.mia import mia_metrics
+from common.audit.bound import audit_scores
+from common.audit.canaries import run_canaries, run_coin_flips, update_alignment
+from common.audit.mia import mia_metrics
 
 AUDIT_FILE = "audit.json"
 AUDITED_SITE = "site-0"  # the simulated site (partition 0) that holds the canaries

@@ -12,13 +12,13 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import RunConfig, load_app_config
+from common.config.run_config import RunConfig, load_app_config
+from common.config.stain_settings import parse_reference
 from common.data.folder import load_image_folder
 from common.data.imageset import ImageSet
 from common.data.sources import public_share
 from common.data.stain_handling import normalise_images
 from common.paths import REPO
-from common.stain_settings import parse_reference
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@
 
 Per-round checkpoints hold only the trainable tensors (what changes); together with the
 weights source recorded in run.json they rebuild the model exactly, and `final.pt` is a
-complete, self-contained state dict, which `weights=` accepts (common/weights.py), so the
+complete, self-contained state dict, which `weights=` accepts (common/model/weights.py), so the
 next job of a consortium can start from it; its `.sha256` sidecar is checked on load.
 """
 
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.atomic import atomic_file, atomic_write_json, atomic_write_text
-from common.weights import FEDPATH_CHECKPOINT_FORMAT, sha256_of
+from common.files import atomic_file, atomic_write_json, atomic_write_text
+from common.model.weights import FEDPATH_CHECKPOINT_FORMAT, sha256_of
 
 CHECKPOINT_FORMAT = FEDPATH_CHECKPOINT_FORMAT
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.config import ConfigError
+from common.config.run_config import ConfigError
 from common.data.imageset import DataError
 from common.data.stain_handling import fit_reference
 from server.public_data import add_public_data_arguments, load_public_data
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,10 +28,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
 
-from common import reply as wire
-from common.config import RunConfig
-from common.records import from_array_record, record_bytes, to_array_record
-from common.strategies import FEDOPT, strategy_settings
+from common.config.run_config import RunConfig
+from common.config.strategies import FEDOPT, strategy_settings
+from common.wire import reply as wire
+from common.wire.records import from_array_record, record_bytes, to_array_record
 from server.screening import UpdateScreen
 
 log = logging.getLogger("fedpath.server")
@@ -39,7 +39,7 @@ log = logging.getLogger("fedpath.server")
 
 @dataclass
 class SiteReply:
-    """One site's answer in one round, as recorded for the report (decoded by `common.reply`)."""
+    """One site's answer in one round, as recorded for the report (decoded by `common.wire.reply`)."""
 
     node_id: int
     site_id: str
@@ -97,7 +97,7 @@ def failure_reason(reason: str) -> str:
     says what went wrong is the last `SomethingError: message` line.
     """
     fixed = _SITE_FAILURE.search(reason)
-    if fixed:  # a fedpath site sends only a code; its sentence is fixed (common.reply.failure_text)
+    if fixed:  # a fedpath site sends only a code; its sentence is fixed (common.wire.reply.failure_text)
         return wire.failure_text(fixed.group(1))
     found = [m for m in _EXCEPTION_LINE.finditer(reason) if "RayTaskError" not in m.group(1)]
     return f"{found[-1].group(1)}: {found[-1].group(2).strip()}" if found else reason.strip()
@@ -239,7 +239,7 @@ class FedPathFedAvg(FedPathStrategy, FedAvg):
 
 
 class FedPathFedProx(FedPathStrategy, FedProx):
-    """Flower FedProx: FedAvg that sends `proximal-mu`; each site adds the proximal term (common.proximal)."""
+    """Flower FedProx: FedAvg that sends `proximal-mu`; each site adds the proximal term (common.training.proximal)."""
 
 
 class FedPathFedAdam(FedPathStrategy, FedAdam):

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.atomic import atomic_file
-from common.bn_statistics import estimate_statistics, pack, unpack
-from common.config import RunConfig
+from common.config.run_config import RunConfig
 from common.data.sources import public_share_as_trained
-from common.image_tensors import normalise
+from common.files import atomic_file
+from common.model.bn_statistics import estimate_statistics, pack, unpack
+from common.model.inputs import normalise
 
 log = logging.getLogger("fedpath.server")
 

@@ -18,8 +18,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from common.config import ConfigError, auto_delta, check_delta, load_app_config, resolve_path
-from common.config_checks import NAMED_DATASETS
+from common.config.checks import NAMED_DATASETS
+from common.config.run_config import ConfigError, auto_delta, check_delta, load_app_config, resolve_path
 from common.paths import REPO
 from deploy.flower import flower_bin
 from simulations.local_superlink import LocalSuperLink

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.atomic import atomic_file, atomic_write_json, atomic_write_text
+from common.files import atomic_file, atomic_write_json, atomic_write_text
 
 
 def test_a_write_that_fails_halfway_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from common.audit_bound import audit_scores, epsilon_lower_bound, guess, p_value
-from common.mia import auc, mia_metrics, tpr_at_fpr
-from common.dp_randomness import public_randomness
+from common.audit.bound import audit_scores, epsilon_lower_bound, guess, p_value
+from common.audit.mia import auc, mia_metrics, tpr_at_fpr
+from common.privacy.randomness import public_randomness
 
 
 # -- the bound (Steinke, Nasr & Jagielski 2023) -------------------------------------------------
@@ -166,8 +166,8 @@ def test_gradient_canary_joins_one_step_as_a_record_of_its_own(dp: bool, unit: s
     from torch import nn
 
     from common.data.imageset import ImageSet
-    from common.train_settings import TrainSettings
-    from common.training import train_local
+    from common.training.local import train_local
+    from common.training.settings import TrainSettings
 
     rng = np.random.default_rng(0)
     data = ImageSet(rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8), rng.integers(0, 3, 6),

@@ -10,10 +10,10 @@ import pytest
 
 from client.identity import site_identity
 from client.site import load_site_data, run_round
-from common import reply as wire
-from common.canaries import run_canaries, run_coin_flips
-from common.config import ConfigError, RunConfig
+from common.audit.canaries import run_canaries, run_coin_flips
+from common.config.run_config import ConfigError, RunConfig
 from common.privacy.ledger import LEDGER_FILE
+from common.wire import reply as wire
 from server.privacy_audit import AUDITED_SITE, summarise, view
 from tests.conftest import tiny_run_config
 from tests.test_bad_site_input import _config, _deployed, _request, _site_tree
@@ -78,10 +78,10 @@ def test_update_alignment_is_the_step_along_each_records_own_gradient() -> None:
     """An update of one SGD step on canary 0: its score is lr·‖∇ℓ₀‖; another's, lr·⟨∇ℓ₀, ∇ℓ₁⟩/‖∇ℓ₁‖."""
     import torch
 
-    from common.canaries import update_alignment
-    from common.factory import initial_model
-    from common.model import get_trainable_state
-    from common.image_tensors import normalise
+    from common.audit.canaries import update_alignment
+    from common.model.factory import initial_model
+    from common.model.inputs import normalise
+    from common.model.network import get_trainable_state
 
     config = RunConfig.from_mapping(tiny_run_config(**{"image-size": 16, "weights": "none", "policy": "head"}))
     model, _ = initial_model(config, 3)

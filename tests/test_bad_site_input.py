@@ -12,13 +12,13 @@ from PIL import Image
 from client.identity import site_identity
 from client.round_types import RoundRequest
 from client.site import SITE_LOG, run_round
-from common import reply as wire
-from common.config import ConfigError, RunConfig
+from common.config.run_config import ConfigError, RunConfig
 from common.data.imageset import DataError
 from common.data.synthetic import make_synthetic
-from common.factory import initial_model
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, get_trainable_state
 from common.privacy.ledger import LEDGER_FILE
-from common.model import frozen_fingerprint, get_trainable_state
+from common.wire import reply as wire
 
 CLASSES = ["benign", "tumour"]
 

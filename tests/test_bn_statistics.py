@@ -12,11 +12,11 @@ from torch import nn
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
 from client.site import run_round
-from common.bn_statistics import estimate_statistics, frozen_batchnorms, pack, unpack
-from common.config import ConfigError, RunConfig
+from common.config.run_config import ConfigError, RunConfig
 from common.data.sources import public_share
-from common.image_tensors import normalise
-from common.model import frozen_fingerprint, make_dp_compatible
+from common.model.bn_statistics import estimate_statistics, frozen_batchnorms, pack, unpack
+from common.model.inputs import normalise
+from common.model.network import frozen_fingerprint, make_dp_compatible
 from server.app import _starting_point, _train_config
 from server.run_store import RunStore
 from server.target_statistics import STATISTICS_FILE
@@ -141,7 +141,7 @@ def test_the_report_says_where_the_statistics_came_from_and_when_a_backbone_is_a
 def test_the_statistics_sent_count_in_the_bytes_each_site_receives(flower_process: None) -> None:
     from flwr.app import ConfigRecord
 
-    from common.records import record_bytes, to_array_record
+    from common.wire.records import record_bytes, to_array_record
     from server.screening import UpdateScreen
     from server.strategy import make_strategy
     from tests.test_strategies import BOUND, REFERENCE, START, _replies, _ThreeNodes

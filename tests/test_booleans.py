@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from client.identity import site_identity
-from common.booleans import FALSE_WORDS, TRUE_WORDS, parse_bool
-from common.config import ConfigError, RunConfig
-from deploy.site_node_config import SiteConfigError, check_node_config
+from common.config.booleans import FALSE_WORDS, TRUE_WORDS, parse_bool
+from common.config.run_config import ConfigError, RunConfig
+from deploy.site.node_config import SiteConfigError, check_node_config
 from tests.conftest import tiny_run_config
 
 SPELLINGS = [(w, True) for w in (*TRUE_WORDS, "YES", " True ", True, 1)] + \

@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 
 from client.identity import DEFAULT_JOB_SHARE, SiteIdentity, parse_budget_change, site_identity
-from common.config import RunConfig
-from common.privacy.accounting import epsilon_of
+from common.config.run_config import RunConfig
+from common.privacy.accounting import BudgetExhausted, calibrate_noise, epsilon_of, grant_job
 from common.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
-from common.privacy.accounting import BudgetExhausted, calibrate_noise, grant_job
 from server.report.compose import NO_SITE_TRAINED, _status, any_site_trained
 
 
@@ -118,7 +117,7 @@ def test_the_launcher_fails_with_each_sites_reason_when_no_site_trained(tmp_path
 
 
 def test_the_launcher_refuses_a_delta_no_simulated_site_could_accept() -> None:
-    from common.config import ConfigError
+    from common.config.run_config import ConfigError
     from simulations.run import preflight_privacy
 
     with pytest.raises(ConfigError, match=r"delta=0.01 is too large for 3 of 3 simulated sites.*1/\(10·n\)"):
@@ -135,8 +134,8 @@ def test_two_consecutive_simulated_jobs_at_default_settings_both_train(tmp_path:
     from client.round_types import RoundRequest
     from client.site import run_round
     from common.data.sources import dataset_classes
-    from common.factory import initial_model
-    from common.model import frozen_fingerprint, get_trainable_state
+    from common.model.factory import initial_model
+    from common.model.network import frozen_fingerprint, get_trainable_state
     from tests.conftest import tiny_run_config
 
     values = tiny_run_config(**{"num-server-rounds": 1, "ledger-dir": str(tmp_path / "ledgers")})

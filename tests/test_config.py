@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from common.config import ConfigError, RunConfig
+from common.config.run_config import ConfigError, RunConfig
 from tests.conftest import REPO
 
 
@@ -15,7 +15,7 @@ def test_pyproject_defaults_match_the_code_and_validate() -> None:
     app_config = toml["tool"]["flwr"]["app"]["config"]
     config = RunConfig.from_mapping(app_config)
     assert config.extra == {}, f"keys in pyproject.toml unknown to RunConfig: {sorted(config.extra)}"
-    assert config == RunConfig(), "pyproject.toml defaults drifted from common/config.py"
+    assert config == RunConfig(), "pyproject.toml defaults drifted from common/config/run_config.py"
     required = {"num-server-rounds", "dataset", "image-size", "arch", "weights", "policy", "local-epochs",
                 "batch-size", "lr", "dp", "epsilon", "delta", "max-grad-norm", "partitioning",
                 "dirichlet-alpha", "seed", "output-dir"}

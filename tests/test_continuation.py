@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from common.config import RunConfig
-from common.factory import initial_model
-from common.model import frozen_fingerprint, get_trainable_state
-from common.weights import WeightsError, resolve_weights
+from common.config.run_config import RunConfig
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, get_trainable_state
+from common.model.weights import WeightsError, resolve_weights
 from server.run_store import RunStore
 from tests.conftest import tiny_run_config
 
@@ -57,7 +57,7 @@ def test_next_job_starts_from_the_last_jobs_final_model(weights_file: Path, tmp_
     assert differs == []  # frozen layers, statistics and every trained BatchNorm scale/shift carry over
     trained = [name for name in get_trainable_state(model) if not name.startswith("fc.")]
     assert trained and all(torch.equal(before[name], after[name]) for name in trained)
-    # The classification head is new in every job: build_resnet never loads `fc.*` (common/model.py).
+    # The classification head is new in every job: build_resnet never loads `fc.*` (common/model/network.py).
 
 
 def test_wrong_hash_and_altered_checkpoint_are_refused(weights_file: Path, tmp_path: Path) -> None:

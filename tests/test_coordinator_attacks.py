@@ -20,13 +20,13 @@ import client.app as client_app
 from client.identity import SiteIdentity, site_identity
 from client.round_types import RoundRequest
 from client.site import load_site_data, run_round
-from common import reply as wire
-from common.config import RunConfig
+from common.config.run_config import RunConfig
 from common.data.partition import keyed_train_val
 from common.data.sources import dataset_classes
-from common.factory import initial_model
-from common.model import frozen_fingerprint, get_trainable_state
-from common.records import to_array_record
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, get_trainable_state
+from common.wire import reply as wire
+from common.wire.records import to_array_record
 from tests.conftest import tiny_run_config, write_image_tree
 
 # Large noise, tiny clipping: the update is almost all noise, so equal noise shows as equal updates.
@@ -198,7 +198,7 @@ def test_a_data_error_crosses_the_wire_as_a_fixed_code_without_the_file_name(tmp
 
 
 def test_privacy_doc_table_is_the_reply_schema() -> None:
-    """docs/PRIVACY.md's 'what crosses the wire' table is generated from common/reply.py, not written by hand."""
+    """docs/PRIVACY.md's 'what crosses the wire' table is generated from common/wire/reply.py, not written by hand."""
     doc = (Path(__file__).resolve().parent.parent / "docs" / "PRIVACY.md").read_text()
     start, end = doc.index(wire.WIRE_TABLE_BEGIN), doc.index(wire.WIRE_TABLE_END) + len(wire.WIRE_TABLE_END)
-    assert doc[start:end] == wire.wire_markdown(), "regenerate with: python -m common.reply"
+    assert doc[start:end] == wire.wire_markdown(), "regenerate with: python -m common.wire.reply"

@@ -47,9 +47,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common import reply as wire
 from common.data.synthetic import make_synthetic
 from common.privacy.ledger import LEDGER_FILE
+from common.wire import reply as wire
 from deploy.flower import flower_bin, flower_env
 from simulations.local_superlink import free_port
 from simulations.processes import kill_processes_with_env

@@ -26,9 +26,9 @@ from client.identity import DEPLOYMENT_KEYS
 from common.privacy.ledger import PrivacyLedger
 from deploy import link_check, pki
 from deploy.flower import is_loopback, split_address, write_connection
-from deploy.site import SiteConfigError, build_parser, plan_site
-from deploy.site import main as site_main
-from deploy.site_node_config import format_node_config
+from deploy.site.command import SiteConfigError, build_parser, plan_site
+from deploy.site.command import main as site_main
+from deploy.site.node_config import format_node_config
 from deploy.superlink import SuperLinkConfigError, plan_superlink
 from deploy.superlink import build_parser as superlink_parser
 from simulations.local_superlink import free_port

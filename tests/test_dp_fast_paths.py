@@ -9,12 +9,12 @@ from opacus import GradSampleModule
 from torch import nn
 
 from common.data.synthetic import make_synthetic
-from common.dp_layers import ChannelAffine, channel_affine_norm_sample, conv2d_norm_sample
-from common.model import POLICIES, apply_policy, build_resnet, get_trainable_state
-from common.step_planning import grad_sample_mode_for
-from common.train_settings import TrainSettings
-from common.training import train_local
-from common.dp_randomness import public_randomness
+from common.model.dp_layers import ChannelAffine, channel_affine_norm_sample, conv2d_norm_sample
+from common.model.network import POLICIES, apply_policy, build_resnet, get_trainable_state
+from common.privacy.randomness import public_randomness
+from common.training.local import train_local
+from common.training.settings import TrainSettings
+from common.training.steps import grad_sample_mode_for
 
 
 @pytest.mark.parametrize(

@@ -77,11 +77,11 @@ from pathlib import Path
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
 from client.site import run_round
-from common.config import RunConfig
+from common.config.run_config import RunConfig
 from common.data.sources import dataset_classes
-from common.factory import initial_model
+from common.model.factory import initial_model
 from common.logging_setup import setup_logging
-from common.model import frozen_fingerprint, get_trainable_state
+from common.model.network import frozen_fingerprint, get_trainable_state
 setup_logging()
 config = RunConfig.from_mapping({{"synthetic-images": 400, "image-size": 32, "batch-size": 8, "num-server-rounds": 4,
                                   "local-epochs": {epochs}, "seed": 5, "delta": 1e-4}})

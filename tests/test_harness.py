@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ConfigError
-from common.reply import largest_site_epsilon
+from common.config.run_config import ConfigError
+from common.wire.reply import largest_site_epsilon
 from simulations.harness import bench, experiment
 from simulations.harness.bench.model_cost import bench_communication
 from simulations.harness.bench.throughput import throughput_once
-from simulations.harness.runs import federated
-from simulations.harness.scenario import DEFAULTS, Scenario
+from simulations.harness.cross_domain import cross_domain_targets
 from simulations.harness.publish.experiments import reading
 from simulations.harness.results import markdown_table
-from simulations.harness.cross_domain import cross_domain_targets
+from simulations.harness.runs import federated
+from simulations.harness.scenario import DEFAULTS, Scenario
 from simulations.harness.stain_strategy import stain_strategy_targets
 
 

@@ -20,15 +20,15 @@ import pytest
 from client.identity import SiteIdentity, site_identity
 from client.round_types import RoundRequest
 from client.site import SITE_LOG, run_round
-from common import reply as wire
-from common.config import ConfigError, RunConfig
+from common.config.run_config import ConfigError, RunConfig
 from common.data.sources import dataset_classes
-from common.factory import initial_model
-from common.model import frozen_fingerprint, get_trainable_state
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, get_trainable_state
 from common.privacy.accounting import epsilon_of
 from common.privacy.jobs import bind_run, choose_job
 from common.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
 from common.privacy.period import SECONDS_PER_DAY, rounds_in_period
+from common.wire import reply as wire
 from tests.conftest import tiny_run_config
 
 CAP = 1.0

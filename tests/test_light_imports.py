@@ -12,7 +12,7 @@ HEAVY = ("torch", "torchvision", "opacus", "flwr", "torchstain")
 
 
 def test_config_validation_imports_nothing_heavy() -> None:
-    probe = ("import sys; from common.config import RunConfig; RunConfig.from_mapping({}); "
+    probe = ("import sys; from common.config.run_config import RunConfig; RunConfig.from_mapping({}); "
              f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
                           check=True)

@@ -24,17 +24,17 @@ from client.identity import SiteIdentity, check_deployment_node_config
 from client.round_types import RoundRequest
 from client.server_input import MAX_ABS_WEIGHT, ServerInputError
 from client.site import run_round
-from common.config import ConfigError, RunConfig
+from common.config.run_config import ConfigError, RunConfig
 from common.data.imageset import ImageSet
 from common.data.sources import dataset_classes
 from common.data.synthetic import make_synthetic
-from common.dp_randomness import KEY_BYTES, RoundRandomness, SecretStream, public_randomness, seeded_randomness
-from common.factory import initial_model
-from common.image_tensors import normalise
-from common.model import apply_policy, build_resnet, frozen_fingerprint, get_trainable_state
-from common.step_planning import grad_sample_mode_for
-from common.train_settings import TrainSettings
-from common.training import train_local
+from common.model.factory import initial_model
+from common.model.inputs import normalise
+from common.model.network import apply_policy, build_resnet, frozen_fingerprint, get_trainable_state
+from common.privacy.randomness import KEY_BYTES, RoundRandomness, SecretStream, public_randomness, seeded_randomness
+from common.training.local import train_local
+from common.training.settings import TrainSettings
+from common.training.steps import grad_sample_mode_for
 from tests.conftest import tiny_run_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,8 +234,8 @@ def test_a_dp_seed_needs_128_bits_and_all_of_them_count() -> None:
 
 # The site's training path: every random draw there must come from a SecretStream.
 TRAINING_PATH = [
-    "common/training.py", "common/training_loop.py", "common/private_training.py", "common/dp_engine.py",
-    "common/image_tensors.py", "common/data/stain_handling.py", *sorted(str(p.relative_to(REPO)) for p in
+    "common/training/local.py", "common/training/loop.py", "common/training/private.py", "common/training/dp_engine.py",
+    "common/model/inputs.py", "common/data/stain_handling.py", *sorted(str(p.relative_to(REPO)) for p in
                                                                        (REPO / "common" / "patient_dp").glob("*.py")),
 ]
 FORBIDDEN_CALLS = {"rand", "randn", "randint", "randperm", "normal", "bernoulli", "multinomial", "Generator",

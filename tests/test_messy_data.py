@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.config import ConfigError
+from common.config.run_config import ConfigError
 from common.data import sources
 from common.data.checks import check_splittable
 from common.data.folder import cache_dir, load_image_folder
@@ -408,7 +408,7 @@ def test_preflight_decodes_once_for_the_server_and_sites(tmp_path: Path, caplog:
     preflight(run_config, sites=2)
     assert len(set(cache_dir().glob("imagefolder-*.npz")) - before) == 1
     hits = sources.load_source.cache_info().hits
-    from common.config import RunConfig
+    from common.config.run_config import RunConfig
 
     config = RunConfig.from_mapping({"dataset": str(root), "image-size": SIZE, "test-fraction": 0.3})
     assert len(sources.central_test_set(config)) > 0  # what the ServerApp calls: answered from memory

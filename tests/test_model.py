@@ -8,8 +8,8 @@ import torch
 from opacus import PrivacyEngine
 from torch import nn
 
-from common.dp_layers import ChannelAffine, FrozenBatchNorm2d, FrozenStatsBatchNorm
-from common.model import (
+from common.model.dp_layers import ChannelAffine, FrozenBatchNorm2d, FrozenStatsBatchNorm
+from common.model.network import (
     POLICIES,
     apply_policy,
     build_resnet,

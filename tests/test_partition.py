@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.config import RunConfig
+from common.config.run_config import RunConfig
 from common.data.folder import read_groups_csv
 from common.data.partition import holdout_test, partition_sites, split_train_val
 from common.data.sources import all_simulated_sites, central_test_set

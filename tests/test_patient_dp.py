@@ -1,4 +1,4 @@
-"""Patient-level DP-SGD (common.patient_dp): whole patients sampled, per-patient clipping, exact norms."""
+"""Patient-level DP-SGD (common.training.patient_dp): whole patients sampled, per-patient clipping, exact norms."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from torch import nn
 
 from common.data.imageset import ImageSet
 from common.data.synthetic import make_synthetic
-from common.dp_engine import site_accountant
-from common.dp_layers import ChannelAffine
-from common.group_norms import GROUP_NORM_SAMPLERS, PatchGroups
-from common.model import apply_policy, build_resnet, get_trainable_state
-from common.patient_dp import (
+from common.model.dp_layers import ChannelAffine
+from common.model.network import apply_policy, build_resnet, get_trainable_state
+from common.privacy.randomness import public_randomness
+from common.training.dp_engine import site_accountant
+from common.training.local import train_local
+from common.training.patient_dp import (
     PatientDPOptimizer,
     PatientGhostClippingModule,
     PatientPoissonSampler,
@@ -27,10 +28,9 @@ from common.patient_dp import (
     patient_index,
     patient_sample_rate,
 )
-from common.step_planning import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
-from common.train_settings import TrainSettings
-from common.training import train_local
-from common.dp_randomness import public_randomness
+from common.training.patient_dp.group_norms import GROUP_NORM_SAMPLERS, PatchGroups
+from common.training.settings import TrainSettings
+from common.training.steps import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 

@@ -11,14 +11,14 @@ from opacus.accountants import PRVAccountant
 from client.identity import SiteIdentity, site_identity
 from client.round_types import RoundRequest
 from client.site import run_round
-from common.config import ConfigError, RunConfig
+from common.config.run_config import ConfigError, RunConfig
 from common.data.sources import dataset_classes, simulated_site
-from common.factory import initial_model
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, get_trainable_state
 from common.privacy.accounting import epsilon_of
 from common.privacy.ledger import LEDGER_FILE
-from common.model import frozen_fingerprint, get_trainable_state
-from common.patient_dp import patient_counts
-from common.step_planning import patient_steps_per_epoch
+from common.training.patient_dp import patient_counts
+from common.training.steps import patient_steps_per_epoch
 from tests.conftest import tiny_run_config, write_image_tree
 
 

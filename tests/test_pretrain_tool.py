@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.weights import sha256_of
+from common.model.weights import sha256_of
 from server.pretrain import main
 from tests.conftest import write_image_tree
 

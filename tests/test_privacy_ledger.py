@@ -15,14 +15,13 @@ from opacus.accountants import RDPAccountant
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
 from client.site import run_round
-from common.config import RunConfig
+from common.config.run_config import RunConfig
 from common.data.sources import dataset_classes, simulated_site
-from common.factory import initial_model
-from common.privacy.accounting import epsilon_of
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, get_trainable_state
+from common.privacy.accounting import calibrate_noise, epsilon_of
 from common.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
-from common.model import frozen_fingerprint, get_trainable_state
-from common.privacy.accounting import calibrate_noise
-from common.step_planning import steps_per_epoch
+from common.training.steps import steps_per_epoch
 from tests.conftest import tiny_run_config
 
 

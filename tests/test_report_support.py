@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from common.config import RunConfig
+from common.config.run_config import RunConfig
 from common.metrics import full_evaluation, headline_metrics
 from server.run_store import RunStore
 from server.strategy import SiteReply

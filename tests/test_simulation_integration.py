@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import reply as wire
 from common.privacy.ledger import LEDGER_FILE
+from common.wire import reply as wire
 
 pytestmark = pytest.mark.integration
 

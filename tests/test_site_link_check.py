@@ -29,7 +29,7 @@ from deploy import link_check, pki
 from deploy.flower import flower_env, write_connection
 from deploy.pki import openssh_fingerprint
 from deploy.register import list_sites, register_site
-from deploy.site import main as site_main
+from deploy.site.command import main as site_main
 from simulations.local_superlink import free_port
 from simulations.processes import kill_processes_with_env
 

@@ -15,14 +15,14 @@ from torchstain.torch.normalizers import TorchMacenkoNormalizer
 from client.identity import site_identity
 from client.round_types import RoundRequest
 from client.site import SITE_LOG, load_site_data, run_round
-from common.config import ConfigError, RunConfig
+from common.config.run_config import ConfigError, RunConfig
 from common.data import stain_handling as stain
 from common.data.folder import load_image_folder
-from common.factory import initial_model
-from common.model import frozen_fingerprint, get_trainable_state
-from common.train_settings import TrainSettings
-from common.training import train_local
-from common.dp_randomness import public_randomness
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, get_trainable_state
+from common.privacy.randomness import public_randomness
+from common.training.local import train_local
+from common.training.settings import TrainSettings
 
 CLASSES = ("lung_aca", "lung_n", "lung_scc")
 
@@ -128,7 +128,7 @@ def test_augmentation_is_random_per_call_keeps_shape_and_range(real_patches: np.
 def test_patient_level_dp_training_with_stain_augmentation(real_patches: np.ndarray) -> None:
     """The patient path (the patch path trains in the site round below); stain matrices are fitted once."""
     from common.data.imageset import ImageSet
-    from common.model import apply_policy, build_resnet
+    from common.model.network import apply_policy, build_resnet
 
     data = ImageSet(real_patches[:-1], np.repeat(np.arange(3), 8), np.arange(24) // 2, list(CLASSES))
     done = stain.BASES.computed_images
@@ -171,7 +171,7 @@ def test_stain_config_is_validated(values: dict[str, str], message: str) -> None
 
 
 def test_the_default_reference_is_torchstains() -> None:
-    library = TorchMacenkoNormalizer()  # common.stain_settings keeps its numbers torch-free
+    library = TorchMacenkoNormalizer()  # common.config.stain_settings keeps its numbers torch-free
     assert stain.default_reference().he == pytest.approx(library.HERef.reshape(-1).tolist())
     assert stain.default_reference().max_c == pytest.approx(library.maxCRef.tolist())
     augmentor = TorchMacenkoAugmentor()

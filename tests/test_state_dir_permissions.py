@@ -18,8 +18,8 @@ import pytest
 from client.identity import SiteIdentity
 from client.site import SITE_LOG, run_round
 from client.site_keys import SPLIT_KEY_FILE, site_split_key
-from common.atomic import atomic_write_text
 from common.data.folder import cache_dir, load_image_folder
+from common.files import atomic_write_text
 from common.privacy.ledger import LEDGER_FILE, PrivacyLedger, site_lock
 from tests.conftest import write_image_tree
 
@@ -45,9 +45,9 @@ def _deployed(state: Path, data: Path) -> SiteIdentity:
 
 def test_every_state_dir_file_of_a_real_round_is_private(tmp_path: Path, open_umask: None) -> None:
     from client.round_types import RoundRequest
-    from common.config import RunConfig
-    from common.factory import initial_model
-    from common.model import frozen_fingerprint, get_trainable_state
+    from common.config.run_config import RunConfig
+    from common.model.factory import initial_model
+    from common.model.network import frozen_fingerprint, get_trainable_state
     from tests.conftest import tiny_run_config
 
     data = write_image_tree(tmp_path / "data", per_class=20)

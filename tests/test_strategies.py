@@ -23,18 +23,18 @@ from torch.utils.data import DataLoader, TensorDataset
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
 from client.site import run_round
-from common import reply as wire
-from common.config import ConfigError, RunConfig
+from common.config.run_config import ConfigError, RunConfig
+from common.config.strategies import describe_strategy
 from common.data.imageset import ImageSet
 from common.data.sources import dataset_classes
-from common.factory import initial_model
-from common.model import frozen_fingerprint, get_trainable_state
-from common.proximal import attach_proximal_term
-from common.records import from_array_record, to_array_record
-from common.strategies import describe_strategy
-from common.train_settings import TrainSettings
-from common.training import train_local
-from common.dp_randomness import public_randomness
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, get_trainable_state
+from common.privacy.randomness import public_randomness
+from common.training.local import train_local
+from common.training.proximal import attach_proximal_term
+from common.training.settings import TrainSettings
+from common.wire import reply as wire
+from common.wire.records import from_array_record, to_array_record
 from server.screening import UpdateScreen
 from server.strategy import make_strategy
 from tests.conftest import tiny_run_config

@@ -12,12 +12,12 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
 from client.site import run_round
-from common import reply as wire
-from common.config import RunConfig
+from common.config.run_config import RunConfig
 from common.data.sources import dataset_classes
-from common.factory import initial_model
-from common.model import frozen_fingerprint, get_trainable_state
-from common.records import from_array_record, to_array_record
+from common.model.factory import initial_model
+from common.model.network import frozen_fingerprint, get_trainable_state
+from common.wire import reply as wire
+from common.wire.records import from_array_record, to_array_record
 from server.app import _round_summary
 from server.report.compose import site_summaries
 from server.screening import TrainingBound, UpdateScreen, dp_update_norm_bound

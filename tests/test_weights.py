@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.model import build_resnet
-from common.weights import WeightsError, imagenet_file, resolve_weights, sha256_of
+from common.model.network import build_resnet
+from common.model.weights import WeightsError, imagenet_file, resolve_weights, sha256_of
 from tests.conftest import randomised_torchvision
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from common.atomic import atomic_file
 from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_KEY, FileProblem, check_pixels
 from common.data.groups_csv import GroupRows, read_group_rows, report_unmatched_rows
 from common.data.imageset import DataError, ImageSet, LoadReport
 from common.data.tree_checks import aliases_error, check_class_folders, is_hidden, seen_before
+from common.files import atomic_file
 from common.progress import progress
 
 log = logging.getLogger("fedpath.data")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import RunConfig, resolve_path
+from common.config.run_config import RunConfig, resolve_path
+from common.config.stain_settings import normalises, parse_reference
 from common.data.checks import check_splittable
 from common.data.folder import DEFAULT_MAX_IMAGE_PIXELS, load_image_folder
 from common.data.imageset import DataError, ImageSet
@@ -31,7 +32,6 @@ from common.data.partition import (
 from common.data.stain import apply_stain_shift
 from common.data.stain_handling import normalise_images
 from common.data.synthetic import make_synthetic
-from common.stain_settings import normalises, parse_reference
 
 log = logging.getLogger("fedpath.data")
 

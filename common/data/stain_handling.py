@@ -35,8 +35,7 @@ import torch
 from torchstain.torch.augmentors import TorchMacenkoAugmentor
 from torchstain.torch.normalizers import TorchMacenkoNormalizer
 
-from common.dp_randomness import SecretStream
-from common.stain_settings import (  # noqa: F401 - the settings' names, re-exported beside the work
+from common.config.stain_settings import (  # noqa: F401 - the settings' names, re-exported beside the work
     SIGMA_SCALE,
     SIGMA_SHIFT,
     STAIN_SETTINGS,
@@ -47,6 +46,7 @@ from common.stain_settings import (  # noqa: F401 - the settings' names, re-expo
     normalises,
     parse_reference,
 )
+from common.privacy.randomness import SecretStream
 
 log = logging.getLogger("fedpath.stain")
 

@@ -27,9 +27,8 @@ from typing import Any
 
 from opacus.accountants import RDPAccountant
 
-from common.atomic import atomic_write_json
+from common.files import atomic_write_json, open_private, private_dir
 from common.privacy.accounting import epsilon_of
-from common.private_files import open_private, private_dir
 
 FORMAT = "fedpath-privacy-ledger/1"
 LEDGER_FILE = "privacy-ledger.json"

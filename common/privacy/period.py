@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from common.config_checks import DEFAULT_PERIOD_DAYS
+from common.config.checks import DEFAULT_PERIOD_DAYS
 from common.privacy.accounting import History, epsilon_of
 from common.privacy.ledger import LedgerError
 

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from common.reply import largest_site_epsilon
+from common.wire.reply import largest_site_epsilon
 from server.report.compose import compose_report
 from server.run_store import RunStore
 

@@ -15,9 +15,9 @@ from typing import Any
 import jinja2
 import markupsafe
 
-from common.reply import PROTECTIONS, wire_table
-from common.stain_settings import describe_stain
-from common.strategies import describe_strategy
+from common.config.stain_settings import describe_stain
+from common.config.strategies import describe_strategy
+from common.wire.reply import PROTECTIONS, wire_table
 from server import privacy_audit
 from server.report import plots as report_plots
 from server.report.format import config_value, duration, pct, privacy_header, timestamp, unit_text

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.reply import largest_site_epsilon
+from common.wire.reply import largest_site_epsilon
 from server.report.format import (
     budget_fraction,
     bytes_text,

@@ -351,7 +351,7 @@ TEMPLATE = """<!DOCTYPE html>
 <section id="what-sites-sent">
   <h2>What each site sent</h2>
   <p class="lead">Every value a site may send, from the reply schema the sites and this server share
-    (common/reply.py); nothing else is accepted. Opt-in diagnostics sent by: {{ diagnostics_sites }}.</p>
+    (common/wire/reply.py); nothing else is accepted. Opt-in diagnostics sent by: {{ diagnostics_sites }}.</p>
   <table><thead><tr><th>value</th><th>protection</th><th>meaning</th></tr></thead>
     <tbody>{% for f in wire_rows %}<tr><td class="mono">{{ f.key }}</td><td>{{ f.protection }}</td>
       <td>{{ f.meaning }}</td></tr>{% endfor %}</tbody></table>

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.atomic import atomic_write_text
+from common.files import atomic_write_text
 from server.report import baselines as report_baselines
 from server.report.compose import compose_report
 from server.run_store import RunStore

@@ -8,7 +8,7 @@ audited site (site 0) of a small FedAvg federation:
   on by anyone), class-matched. Scores, higher = "member":
   `gradient` (the coordinator's white-box view): per round, how far the site's update moved
   the model along the record's own descent direction at the model it was sent
-  (`common.canaries.update_alignment`), summed over rounds; `update` (calibrated loss): per
+  (`common.audit.canaries.update_alignment`), summed over rounds; `update` (calibrated loss): per
   round, the record's loss under the global model the site started from minus its loss under
   the model the site sent back, summed over rounds; `final-global` (anyone holding the final global model): minus the loss;
   `last-update`: minus the loss under the site's last returned model.
@@ -21,7 +21,7 @@ audited site (site 0) of a small FedAvg federation:
   labels; `blocks`; `mislabelled`: patches of groups no participating site holds, with wrong
   labels) join the site's training data and are scored by `CANARY_SCORE` (fixed from pilot runs
   on another seed). The top/bottom k are guessed in/out for a fixed grid of k with a Bonferroni
-  correction, and `common.audit_bound` turns the correct guesses into a lower bound on ε at the
+  correction, and `common.audit.bound` turns the correct guesses into a lower bound on ε at the
   run's δ.
 
 The training is fedpath's own site code path, called in process: `train_local` with the
@@ -34,8 +34,8 @@ each canary is a made-up patient of its own). Only data selection, canaries and 
 derive from the experiment seed. Deployed sites never hold canaries: this module is for
 simulations only.
 
-A run's report (`audit-canaries = m`) audits with the same pieces (`common.canaries`,
-`common.audit_bound`, `common.mia`): see `server.privacy_audit`.
+A run's report (`audit-canaries = m`) audits with the same pieces (`common.audit.canaries`,
+`common.audit.bound`, `common.audit.mia`): see `server.privacy_audit`.
 """
 
 
@@ -51,20 +51,20 @@ from typing import Any
 
 import numpy as np
 
-from common.audit_bound import audit_scores
-from common.canaries import concat, per_example_loss, update_alignment
-from common.config import load_app_config
+from common.audit.bound import audit_scores
+from common.audit.canaries import concat, per_example_loss, update_alignment
+from common.audit.mia import mia_metrics
+from common.config.run_config import load_app_config
 from common.data.sources import dataset_classes
-from common.dp_randomness import fresh_randomness, public_randomness
-from common.factory import initial_model
 from common.metrics import accuracy
-from common.mia import mia_metrics
-from common.model import get_trainable_state, set_trainable_state
-from common.patient_dp import PATCH, PATIENT, patient_counts
+from common.model.factory import initial_model
+from common.model.network import get_trainable_state, set_trainable_state
 from common.privacy.accounting import calibrate_noise, epsilon_of
-from common.step_planning import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
-from common.train_settings import TrainSettings
-from common.training import predict, train_local
+from common.privacy.randomness import fresh_randomness, public_randomness
+from common.training.local import predict, train_local
+from common.training.patient_dp import PATCH, PATIENT, patient_counts
+from common.training.settings import TrainSettings
+from common.training.steps import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
 from simulations.harness import gradient_canaries
 from simulations.harness.audit_data import AuditData, AuditPlan, prepare, privacy_unit
 from simulations.harness.scenario import PYPROJECT, Scenario

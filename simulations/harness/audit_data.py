@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from common.canaries import coin_flips, concat, make_canaries, noise_canaries
+from common.audit.canaries import coin_flips, concat, make_canaries, noise_canaries
 from common.data.sources import central_test_set, simulated_site
-from common.patient_dp import PATCH, PATIENT
+from common.training.patient_dp import PATCH, PATIENT
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class AuditPlan:
     site_records: int = 0  # > 0: each site keeps only this many records (whole groups of at most per_group)
     canaries: int = 300
     # "gradient" (simulations.harness.gradient_canaries: Dirac canaries in gradient space), "noise", "blocks"
-    # (common.canaries.noise_canaries) or "mislabelled" (real patches)
+    # (common.audit.canaries.noise_canaries) or "mislabelled" (real patches)
     canary_kind: str = "gradient"
     delta: float = 1e-5  # the sites' δ; must be far below 1/m for the canary bound (its δ term is 2·m·δ)
     privacy_unit: str = "auto"  # "patch", "patient", or "auto" = the run config's setting, as a site resolves it

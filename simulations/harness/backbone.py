@@ -12,10 +12,10 @@ import logging
 import time
 from pathlib import Path
 
+from common.config.stain_settings import normalises
 from common.data.sources import public_share_as_trained
+from common.model.weights import imagenet_file, resolve_weights
 from common.paths import REPO
-from common.stain_settings import normalises
-from common.weights import imagenet_file, resolve_weights
 from server.pretrain import pretrain, write_weights
 from simulations.harness.scenario import Scenario, base_scenario
 

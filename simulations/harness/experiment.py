@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from common.choices import POLICIES
+from common.config.choices import POLICIES
 from common.logging_setup import log_levels, setup_logging
 from common.paths import REPO
 from common.versions import machine, versions

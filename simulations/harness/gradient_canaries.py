@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.image_tensors import as_tensor_dataset, normalise
+from common.model.inputs import as_tensor_dataset, normalise
 
 
 def trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

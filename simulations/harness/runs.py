@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import atomic_write_json
 from common.data.imageset import ImageSet
 from common.data.sources import all_simulated_sites, central_test_set, dataset_classes
-from common.dp_randomness import public_randomness
-from common.factory import initial_model
+from common.files import atomic_write_json
 from common.metrics import full_evaluation
-from common.reply import largest_site_epsilon
-from common.train_settings import TrainSettings
-from common.training import predict, train_local
+from common.model.factory import initial_model
+from common.privacy.randomness import public_randomness
+from common.training.local import predict, train_local
+from common.training.settings import TrainSettings
+from common.wire.reply import largest_site_epsilon
 from simulations.harness.scenario import Scenario
 from simulations.run import run_simulation
 

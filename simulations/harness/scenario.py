@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.choices import CONV_POLICIES
-from common.config import RunConfig, load_app_config
+from common.config.choices import CONV_POLICIES
+from common.config.run_config import RunConfig, load_app_config
 from common.paths import REPO
 
 LC25000 = REPO.parent / "shared" / "data" / "lc25000-lung"
@@ -52,7 +52,7 @@ class Scenario:
     stain: str = DEFAULTS.stain
     strategy: str = DEFAULTS.strategy
     server_lr: float = DEFAULTS.server_lr  # 0 = Flower's default for the adaptive strategies
-    bn_statistics: str = DEFAULTS.bn_statistics  # or "public": re-estimated on the public share (common.bn_statistics)
+    bn_statistics: str = DEFAULTS.bn_statistics  # or "public": re-estimated on the public share (common.model.bn_statistics)
 
     def run_config(self) -> str:
         """The `--run-config` overrides: every field, and sites that need not all answer each round."""

@@ -18,7 +18,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from common.stain_settings import normalises
+from common.config.stain_settings import normalises
 from simulations.harness.backbone import experiments_backbone, heterogeneity_base
 from simulations.harness.runs import federated
 

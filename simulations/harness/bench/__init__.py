@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common.choices import POLICIES
+from common.config.choices import POLICIES
 from common.logging_setup import log_levels
 from common.versions import machine, versions
 from simulations.harness.bench.model_cost import bench_communication, bench_secure_noise

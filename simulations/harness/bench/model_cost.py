@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from opacus.optimizers.optimizer import _generate_noise
 
-from common.dp_randomness import public_randomness
-from common.model import ARCHITECTURES, POLICIES, apply_policy, build_resnet, count_bytes, get_trainable_state
-from common.records import record_bytes, to_array_record
+from common.model.network import ARCHITECTURES, POLICIES, apply_policy, build_resnet, count_bytes, get_trainable_state
+from common.privacy.randomness import public_randomness
+from common.wire.records import record_bytes, to_array_record
 from simulations.harness.bench.base import DEFAULT_POLICY, emit
 
 
@@ -36,7 +36,7 @@ def bench_secure_noise(quick: bool, out: Path | None) -> None:
 
     Before issue 21 sites drew Opacus' secure-mode noise (four Gaussians per value) from a torch
     generator seeded with 64 secret bits, of which torch's Mersenne Twister keeps 32; now every value
-    is four Box-Muller Gaussians from the round key's AES-256-CTR stream (`common.dp_randomness`).
+    is four Box-Muller Gaussians from the round key's AES-256-CTR stream (`common.privacy.randomness`).
     Timed on each policy's trainable tensors of ResNet-18 (4 classes), median of repeats; compare
     with a DP step's time from `throughput`.
     """
@@ -52,7 +52,7 @@ def bench_secure_noise(quick: bool, out: Path | None) -> None:
         }
         timings = {name: _median_seconds(lambda draw=draw: [draw(p) for p in params], repeats)
                    for name, draw in draws.items()}
-        # the sites draw one stream of all trainable values per step (common.dp_engine.SecretNoise)
+        # the sites draw one stream of all trainable values per step (common.training.dp_engine.SecretNoise)
         total = sum(p.numel() for p in params)
         timings["csprng"] = _median_seconds(lambda: stream.normal((total,), 1.0), repeats)
         emit({

@@ -15,11 +15,11 @@ import torch
 from common.data import stain_handling
 from common.data.folder import load_image_folder
 from common.data.stain_handling import StainAugmenter
-from common.dp_randomness import public_randomness
-from common.image_tensors import device
-from common.model import apply_policy, build_resnet
-from common.train_settings import TrainSettings
-from common.training import train_local
+from common.model.inputs import device
+from common.model.network import apply_policy, build_resnet
+from common.privacy.randomness import public_randomness
+from common.training.local import train_local
+from common.training.settings import TrainSettings
 from simulations.harness.bench.base import DEFAULT_POLICY, cached_synthetic, emit
 from simulations.harness.scenario import LC25000
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from common.choices import CONV_POLICIES, POLICIES
+from common.config.choices import CONV_POLICIES, POLICIES
 from common.data.synthetic import make_synthetic
-from common.dp_randomness import public_randomness
-from common.image_tensors import device
-from common.model import apply_policy, build_resnet
-from common.patient_dp import DEFAULT_MAX_PATCHES_PER_PATIENT
-from common.step_planning import grad_sample_mode_for
-from common.train_settings import TrainSettings
-from common.training import train_local
+from common.model.inputs import device
+from common.model.network import apply_policy, build_resnet
+from common.privacy.randomness import public_randomness
+from common.training.local import train_local
+from common.training.patient_dp import DEFAULT_MAX_PATCHES_PER_PATIENT
+from common.training.settings import TrainSettings
+from common.training.steps import grad_sample_mode_for
 from simulations.harness.bench.base import DEFAULT_POLICY, cached_synthetic, emit
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.audit_bound import epsilon_lower_bound
+from common.audit.bound import epsilon_lower_bound
 
 
 def audit_setup(result: dict[str, Any]) -> str:
@@ -13,13 +13,13 @@ def audit_setup(result: dict[str, Any]) -> str:
     first = result["rows"][0]
     score = result.get("canary_score", "update")
     kind = plan.get("canary_kind", "mislabelled")
-    canaries = {"noise": "images of uniform noise, each with a random label; `common.canaries`",
-                "blocks": "images of coarse random colour blocks, each with a random label; `common.canaries`",
+    canaries = {"noise": "images of uniform noise, each with a random label; `common.audit.canaries`",
+                "blocks": "images of coarse random colour blocks, each with a random label; `common.audit.canaries`",
                 "gradient": "gradient-space Dirac canaries, `simulations.harness.gradient_canaries`: each owns one trainable "
                             "coordinate j (the m with the smallest real-data gradient on records no site holds) and, "
                             "when Poisson-sampled into a DP step at the real records' rate q, adds the clipped "
                             "gradient C·e_j before the noise, as a record (at the patient unit a patient) of its own"}.get(
-        kind, "patches of groups no site holds, each with a random wrong label; `common.canaries`")
+        kind, "patches of groups no site holds, each with a random wrong label; `common.audit.canaries`")
     canary_score = ("the canary's own coordinate, −Σ_rounds (θ_returned − θ_sent)[j] (the coordinator's view)"
                     if kind == "gradient" else f"the *{score}* score (chosen from pilot runs on another seed)")
     return (
@@ -28,18 +28,18 @@ def audit_setup(result: dict[str, Any]) -> str:
         f"{result['image_size']} px{_audit_size_note(result)}, policy `{result['policy']}`, δ = {plan['delta']:g} per site, "
         f"DP unit of privacy: {audit_units(result)}, audit seeds "
         f"{', '.join(map(str, seeds))}. FedAvg runs in process through the sites' own training function "
-        "(`common.training.train_local`, Opacus DP-SGD with noise from `calibrate_noise` for all planned rounds and a "
+        "(`common.training.local.train_local`, Opacus DP-SGD with noise from `calibrate_noise` for all planned rounds and a "
         f"fresh secret seed per site and round). {plan['canaries']} canaries ({canaries}) each "
         "join site 0's training data with probability ½. MIA: site 0's real "
         "training patches vs class-matched patches of held-out groups (the central test set); 95% CIs resample "
         "whole groups. Scores (higher = member): *gradient* = how far each round's update moved the model along the "
         "record's own descent direction at the model the site was sent, ⟨θ_returned − θ_sent, −∇ℓ⟩ / ‖∇ℓ‖ over the "
         "non-convolution trainable tensors, summed over rounds (the coordinator's white-box view; "
-        "`common.canaries.update_alignment`); *update* = the loss drop each round between the global model "
+        "`common.audit.canaries.update_alignment`); *update* = the loss drop each round between the global model "
         "the site received and the model it sent back, summed over rounds; "
         "*final global* = minus the loss under the final global model (what anyone with the model sees); "
         "*last update* = minus the loss under the site's last returned model. The canary bound (Steinke, Nasr & "
-        f"Jagielski, NeurIPS 2023; `common.audit_bound`) scores each canary by {canary_score}, guesses the "
+        f"Jagielski, NeurIPS 2023; `common.audit.bound`) scores each canary by {canary_score}, guesses the "
         "top/bottom k canaries "
         "for k in 5/10/20/40/100% of m with a Bonferroni correction, 95% confidence, at the run's δ. TPR at 0.1% "
         "FPR rests on fewer than 1,000 non-members, i.e. it is the TPR at zero false positives. Audit cost / run = "

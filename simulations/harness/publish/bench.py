@@ -106,7 +106,7 @@ BENCH_NOTES = {
         "\nBefore: Opacus' secure mode (four torch Gaussians per value) from a torch generator seeded with 64 "
         "secret bits, of which torch's Mersenne Twister keeps 32 (a seed could be recovered by 2^32 guesses, "
         "issue 21). Now: four Box-Muller Gaussians per value from the round key's AES-256-CTR stream "
-        "(`common.dp_randomness`, 256-bit keys; the same four-draw hardening against floating-point attacks). "
+        "(`common.privacy.randomness`, 256-bit keys; the same four-draw hardening against floating-point attacks). "
         "\"Extra\" is now minus before. Compare it with a DP step's time in the throughput table (64 images / "
         "DP img/s): for the default `norm-head` it is a fraction of a millisecond; for `full` and `last-block` "
         "(millions of trainable values) it is a visible share of a step. Measured with one torch thread "
