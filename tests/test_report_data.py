@@ -10,7 +10,7 @@ import pytest
 from server.report import baselines as report_baselines
 from server.report import main, write_report
 from server.report.compose import communication, compose_report, site_summaries
-from tests.test_report_support import BUDGET, DELTA, build_run_dir, check_schema, site_reply
+from tests.helpers.report_support import BUDGET, DELTA, build_run_dir, check_schema, site_reply
 
 
 def test_a_finished_run_has_every_key(tmp_path: Path) -> None:

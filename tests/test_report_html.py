@@ -13,7 +13,7 @@ from server.report import write_report
 from server.report.compose import compose_report
 from server.report.format import config_value
 from server.report.html import SECTIONS, build_view, render_html
-from tests.test_report_support import SECTION_IDS, Page, assert_self_contained, build_run_dir, png_sizes
+from tests.helpers.report_support import SECTION_IDS, Page, assert_self_contained, build_run_dir, png_sizes
 
 
 @pytest.fixture

@@ -7,15 +7,11 @@ Flower strategy gives on the updates that pass screening, and keep fedpath's boo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
-from flwr.supercore.task_identity import TaskIdentity
 from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -23,7 +19,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
 from client.site import run_round
-from common import reply as wire
 from common.config import ConfigError, RunConfig
 from common.data.imageset import ImageSet
 from common.data.sources import dataset_classes
@@ -37,38 +32,9 @@ from common.training import train_local
 from server.screening import UpdateScreen
 from server.strategy import make_strategy
 from tests.conftest import tiny_run_config
-from tests.test_update_screening import BOUND, REFERENCE, _reply, flower_process  # noqa: F401 - fixture
+from tests.helpers.flower_messages import BOUND, REFERENCE, START, ThreeNodes, mixed_replies
 
 FLOWER = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}
-START = {k: np.full_like(v, 0.5) for k, v in REFERENCE.items()}  # the global model sent this round
-
-
-class _ThreeNodes(Grid):
-    """The part of a Grid that configure_train reads: which nodes are connected (nodes 1-3)."""
-
-    def get_node_ids(self) -> Iterable[int]:
-        return [1, 2, 3]
-
-    def set_run(self, run):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    @property
-    def run(self):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def push_messages(self, messages):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def send_and_receive(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-
 def _config(**overrides: object) -> RunConfig:
     return RunConfig.from_mapping({"min-train-nodes": 1, "min-available-nodes": 1, **overrides})
 
@@ -107,41 +73,16 @@ def test_the_factory_builds_flowers_strategy_with_the_run_configs_settings(name:
     assert describe_strategy({}) == "fedavg"  # runs recorded before strategies existed
 
 
-def _replies() -> list[Message]:
-    nan = {k: np.full_like(v, 0.6) for k, v in REFERENCE.items()}
-    nan["b"][1] = np.nan
-    return [
-        _reply(1, {k: np.full_like(v, 0.6) for k, v in REFERENCE.items()}, examples=10),
-        _reply(2, {k: np.full_like(v, 0.3) for k, v in REFERENCE.items()}, examples=30),
-        _reply(3, nan),
-        _reply(4, {k: np.full_like(v, 1e4) for k, v in REFERENCE.items()}),  # beyond the DP bound
-        _reply(5, None, error="site crashed"),
-        _refused(6),
-    ]
-
-
-def _refused(node: int) -> Message:
-    """A site's refusal, as `client.app` encodes it: no arrays, a fixed code."""
-    TaskIdentity.node_id = 0
-    instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
-    TaskIdentity.node_id = node
-    metrics = {f.key: 0 for f in wire.FIELDS if f.record == wire.METRICS}
-    records = wire.encode(wire.SiteReplyContent(f"site-{node}", "refused", "budget-exhausted", "secure", "patch",
-                                                metrics))
-    return Message(RecordDict({"metrics": MetricRecord(records[wire.METRICS]),
-                               "site": ConfigRecord(records[wire.SITE])}), reply_to=instruction)
-
-
 @pytest.mark.parametrize("name", FLOWER)
 def test_each_strategy_aggregates_exactly_the_screened_updates(name: str, flower_process: None) -> None:
     config = _config(strategy=name, **{"proximal-mu": 0.2})
     strategy = make_strategy(config, UpdateScreen(REFERENCE, dp_bound=BOUND), round_offset=3)
-    messages = list(strategy.configure_train(1, to_array_record(START), ConfigRecord({"classes": ["a"]}), _ThreeNodes()))
+    messages = list(strategy.configure_train(1, to_array_record(START), ConfigRecord({"classes": ["a"]}), ThreeNodes()))
     sent = messages[0].content["config"]
     assert sent["server-round"] == 4  # the job's round, after the 3 a resumed run had completed
     assert (sent.get("proximal-mu") == 0.2) == (name == "fedprox")
 
-    arrays, metrics = strategy.aggregate_train(1, _replies())
+    arrays, metrics = strategy.aggregate_train(1, mixed_replies())
     assert arrays is not None and metrics["sites-aggregated"] == 2
     status = {r.site_id: r.status for r in strategy.replies[4]}
     assert status == {"site-1": "trained", "site-2": "trained", "site-3": "rejected", "site-4": "rejected",
@@ -150,8 +91,8 @@ def test_each_strategy_aggregates_exactly_the_screened_updates(name: str, flower
 
     # The same Flower strategy, given only the two updates that passed, in its own round 1.
     plain = FLOWER[name](**_flower_kwargs(strategy))
-    list(plain.configure_train(1, to_array_record(START), ConfigRecord({}), _ThreeNodes()))
-    expected, _ = plain.aggregate_train(1, _replies()[:2])
+    list(plain.configure_train(1, to_array_record(START), ConfigRecord({}), ThreeNodes()))
+    expected, _ = plain.aggregate_train(1, mixed_replies()[:2])
     got, want = from_array_record(arrays), from_array_record(expected)
     for key in REFERENCE:
         assert got[key].dtype == np.float32  # what was sent, whatever dtype Flower's update produced
@@ -171,11 +112,11 @@ def _flower_kwargs(strategy: object) -> dict:
 def test_a_round_with_too_few_updates_leaves_the_server_optimizer_as_it_was(name: str, flower_process: None) -> None:
     strategy = make_strategy(_config(strategy=name, **{"min-accepted-updates": 2}),
                              UpdateScreen(REFERENCE, dp_bound=BOUND))
-    list(strategy.configure_train(1, to_array_record(START), ConfigRecord({}), _ThreeNodes()))
-    first, _ = strategy.aggregate_train(1, _replies())
+    list(strategy.configure_train(1, to_array_record(START), ConfigRecord({}), ThreeNodes()))
+    first, _ = strategy.aggregate_train(1, mixed_replies())
     moments = {k: v.copy() for k, v in strategy.m_t.items()}, {k: v.copy() for k, v in strategy.v_t.items()}
-    list(strategy.configure_train(2, first, ConfigRecord({}), _ThreeNodes()))
-    assert strategy.aggregate_train(2, _replies()[1:]) == (None, None)  # one usable update, two needed
+    list(strategy.configure_train(2, first, ConfigRecord({}), ThreeNodes()))
+    assert strategy.aggregate_train(2, mixed_replies()[1:]) == (None, None)  # one usable update, two needed
     for before, after in zip(moments, (strategy.m_t, strategy.v_t)):
         for key in before:
             np.testing.assert_array_equal(before[key], after[key])
