@@ -12,7 +12,6 @@ import pytest
 import torch
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
-from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -22,6 +21,7 @@ from client.site import run_round
 from common.config import ConfigError, RunConfig
 from common.data.imageset import ImageSet
 from common.data.sources import dataset_classes
+from common.dp_engine import site_engine
 from common.factory import initial_model
 from common.model import frozen_fingerprint, get_trainable_state
 from common.proximal import attach_proximal_term
@@ -146,8 +146,42 @@ def test_the_proximal_term_pulls_a_sites_update_toward_the_global_weights(dp: bo
     assert 0 < distances[2.0] < 0.95 * distances[0.0], distances
 
 
-def test_the_proximal_gradient_is_added_after_clipping_and_noise() -> None:
-    """Clipping to C = 1e-9 removes the data's gradient; the proximal pull stays whole: w' - w_g = (1 - lr·mu)(w - w_g)."""
+@pytest.mark.parametrize("unit", ["patch", "patient"])
+def test_the_proximal_gradient_is_added_after_clipping_and_noise(unit: str) -> None:
+    """fedpath's own DP training (`train_local`: the site's engine, sigma > 0, noise and sampling from the seed).
+
+    Two steps with q = 1 (every record in every step, so sampling cannot differ): step 1 is the same with and
+    without mu (w = w_global, the pull is 0); step 2 starts from the same w_1 and draws the same noise from the
+    same seed. So the update with mu minus the update without mu is exactly -lr·mu·(w_1 - w_global): the pull
+    neither clipped with the records' gradients (C = 1 clips them here), nor noised, nor divided by the
+    expected batch size, as it would be if it were added anywhere before Opacus' step ends.
+    """
+    lr, mu, momentum = 0.5, 1.5, 0.5  # with momentum too: step 2's velocity differs by the pull alone
+    data = _tiny_images()  # 64 patches, 16 patients of 4
+
+    def train(epochs: int, mu: float, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        torch.manual_seed(0)  # the same starting weights each time (the global RNG enters nothing else)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+        start = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().copy()
+        settings = TrainSettings(epochs=epochs, batch_size=64, lr=lr, momentum=momentum, seed=11, dp=True,
+                                 noise_multiplier=sigma, max_grad_norm=1.0, privacy_unit=unit,
+                                 max_patches_per_patient=4, proximal_mu=mu)
+        outcome = train_local(model, data, settings)
+        assert (outcome.steps, outcome.sample_rate, outcome.privacy_unit) == (epochs, 1.0, unit)
+        return start, torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
+
+    w_global, w_1 = train(1, 0.0)
+    _, w_2 = train(2, 0.0)
+    _, w_2_mu = train(2, mu)
+    assert not np.array_equal(w_1, train(1, 0.0, sigma=0.0)[1])  # there is noise in these steps
+    pull = mu * (w_1 - w_global)
+    assert np.abs(pull).max() > 1e-3  # large against float32 rounding at these weights (~1e-8)
+    np.testing.assert_allclose(w_2_mu - w_2, -lr * pull, rtol=1e-4, atol=1e-6)
+
+
+def test_with_a_vanishing_clipping_norm_only_the_proximal_pull_moves_the_weights() -> None:
+    """fedpath's engine (sigma > 0) with C = 1e-9: the data's gradient and the noise (sigma·C) are gone, the
+    proximal pull stays whole: w' - w_g = (1 - lr·mu)(w - w_g)."""
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -157,8 +191,9 @@ def test_the_proximal_gradient_is_added_after_clipping_and_noise() -> None:
         for p in model.parameters():
             p.add_(1.0)  # as after earlier local steps
     data = DataLoader(TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,))), batch_size=32)
-    private_model, private_optimizer, loader = PrivacyEngine().make_private(
-        module=model, optimizer=optimizer, data_loader=data, noise_multiplier=0.0, max_grad_norm=1e-9)
+    private_model, private_optimizer, loader = site_engine(7, None).make_private(
+        module=model, optimizer=optimizer, data_loader=data, noise_multiplier=1.0, max_grad_norm=1e-9,
+        poisson_sampling=True)
     inputs, labels = next(iter(loader))
     nn.functional.cross_entropy(private_model(inputs), labels).backward()
     private_optimizer.step()
