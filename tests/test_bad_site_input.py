@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_class_mismatch_is_an_error_before_any_training(tmp_path: Path) -> None:
     data = site_tree(tmp_path / "data", classes=["benign", "necrosis"])
     config = site_config()
     identity = site_identity(deployed_node(tmp_path, data), config, run_id=1)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=re.escape("unexpected classes ['necrosis']")) as info:
         run_round(identity, config, round_request(config))
     assert "unexpected classes ['necrosis']" in str(info.value) and "missing classes ['tumour']" in str(info.value)
     assert not (tmp_path / "state" / LEDGER_FILE).exists()  # nothing was trained or spent
@@ -70,7 +71,7 @@ def test_empty_site_is_an_error_naming_its_empty_folders(tmp_path: Path) -> None
     for name in CLASSES:
         (data / name).mkdir(parents=True)
     config = site_config()
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match="hold no files") as info:
         run_round(site_identity(deployed_node(tmp_path, data), config, 1), config, round_request(config))
     assert all(str(data / name) in str(info.value) for name in CLASSES) and "hold no files" in str(info.value)
     assert not (tmp_path / "state" / LEDGER_FILE).exists()  # nothing was trained or spent

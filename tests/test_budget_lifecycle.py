@@ -106,7 +106,7 @@ def test_the_launcher_fails_with_each_sites_reason_when_no_site_trained(tmp_path
         {"site_id": "site-1", "rounds_participated": [], "rejected_rounds": [],
          "reasons": [{"round": 1, "status": "failed", "reason": "fedpath site failure [data]: ..."}]}]}
     (tmp_path / "report.json").write_text(json.dumps(report))
-    with pytest.raises(NoSiteTrained) as caught:
+    with pytest.raises(NoSiteTrained, match="no site trained") as caught:
         check_outcome(tmp_path)
     lines = str(caught.value).splitlines()
     assert "no site trained" in lines[0]

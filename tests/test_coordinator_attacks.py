@@ -10,6 +10,7 @@ wire that the reply schema does not declare (file paths in error texts included)
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +185,7 @@ def test_a_data_error_crosses_the_wire_as_a_fixed_code_without_the_file_name(tmp
     }), metadata=Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1, reply_to_message_id="",
                           group_id="", created_at=0.0, ttl=3600.0, message_type="train"))
     context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=run_config)
-    with pytest.raises(client_app.SiteError) as caught:
+    with pytest.raises(client_app.SiteError, match=re.escape(wire.failure_text("data"))) as caught:
         client_app.train(msg, context)
     text = str(caught.value)
     assert text == wire.failure_text("data")

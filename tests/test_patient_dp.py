@@ -304,7 +304,7 @@ def test_patient_sampling_rate_rule() -> None:
     assert patient_sample_rate(10, 10, 64) == (1, 1.0)
     assert patient_sample_rate(93, 93, 1)[0] == 92  # int(1/q), as Opacus' sampler takes it
     assert patient_steps_per_epoch(50, 1000, 64) == patient_sample_rate(50, 1000, 64)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs at least one patient"):
         patient_sample_rate(0, 0, 64)
 
 

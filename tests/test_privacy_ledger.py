@@ -108,7 +108,7 @@ def test_corrupt_ledger_stops_the_site_instead_of_resetting(tmp_path: Path) -> N
     with pytest.raises(LedgerError, match="corrupt.*never reset"):
         PrivacyLedger.open(state, "site-0", 1e-4, 8.0)
     config = RunConfig.from_mapping(tiny_run_config())
-    with pytest.raises(LedgerError):
+    with pytest.raises(LedgerError, match="corrupt.*never reset"):
         run_round(_site(state), config, _request(config, 1))
     assert "hist" in (state / LEDGER_FILE).read_text()  # left untouched for the operator
 
