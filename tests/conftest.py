@@ -108,6 +108,9 @@ def tiny_simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:  # real processes and browsers take minutes: never part of the fast loop (-m "not slow")
+        if "integration" in item.keywords or "browser" in item.keywords:
+            item.add_marker(pytest.mark.slow)
     if os.environ.get("FEDPATH_SKIP_INTEGRATION") == "1":
         skip = pytest.mark.skip(
             reason="real-process integration test skipped because FEDPATH_SKIP_INTEGRATION=1 is set; unset it to run"

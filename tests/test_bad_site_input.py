@@ -22,6 +22,7 @@ from tests.helpers.site_inputs import CLASSES, deployed_node, round_request, sit
 _site_tree, _config, _deployed, _request = site_tree, site_config, deployed_node, round_request
 
 
+@pytest.mark.slow  # a site round, sigma calibrated
 def test_unreadable_files_are_skipped_counted_and_kept_on_site(tmp_path: Path) -> None:
     data = site_tree(tmp_path / "data")
     (data / "benign" / "zero.png").write_bytes(b"")

@@ -130,6 +130,7 @@ def test_a_small_ask_from_a_large_budget_is_granted() -> None:
     assert grant_job(asked=1.0, cap=250.0, budget=1000.0, spent_before=0.0).granted == 1.0
 
 
+@pytest.mark.slow  # two simulated jobs
 def test_two_consecutive_simulated_jobs_at_default_settings_both_train(tmp_path: Path) -> None:
     """Simulation takes the same path as deployment: with ledger-dir, budgets persist across jobs."""
     from client.round_types import RoundRequest

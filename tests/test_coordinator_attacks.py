@@ -58,6 +58,7 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+@pytest.mark.slow  # two site rounds, sigma calibrated
 def test_coordinator_replay_of_a_round_does_not_reproduce_the_noise(tmp_path: Path) -> None:
     """Attack 1: replay the site's round with everything the coordinator knows (here even the
     site's own images), then subtract. Before the fix the replay was identical bit for bit."""
@@ -69,6 +70,7 @@ def test_coordinator_replay_of_a_round_does_not_reproduce_the_noise(tmp_path: Pa
     assert abs(_correlation(site, replay)) < 0.3, "the coordinator regenerated the site's noise"
 
 
+@pytest.mark.slow  # two site rounds, sigma calibrated
 def test_two_identical_requests_get_fresh_noise_and_are_both_charged(tmp_path: Path) -> None:
     """Attack 2: send the same request twice and difference the answers to cancel the noise."""
     config = _config()
@@ -82,6 +84,7 @@ def test_two_identical_requests_get_fresh_noise_and_are_both_charged(tmp_path: P
     assert len(ledger["rounds"]) == 2 and {r["randomness"] for r in ledger["rounds"]} == {"secure"}
 
 
+@pytest.mark.slow  # four site rounds, sigma calibrated
 def test_a_site_held_dp_seed_makes_a_round_reproducible_and_a_repeat_still_fresh(tmp_path: Path) -> None:
     """The mode switch itself: only a seed the *site* holds reproduces a round."""
     config = _config()
@@ -96,6 +99,7 @@ def test_a_site_held_dp_seed_makes_a_round_reproducible_and_a_repeat_still_fresh
     assert abs(_correlation(_step(a, request), _step(again, request))) < 0.3
 
 
+@pytest.mark.slow  # two site rounds, sigma calibrated
 def test_the_run_id_and_round_do_not_enter_the_noise(tmp_path: Path) -> None:
     """With the site's seed and state fixed, the coordinator's run id and round label change nothing."""
     config = _config()

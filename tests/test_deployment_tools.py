@@ -71,6 +71,7 @@ def test_each_missing_node_config_key_is_named(site_files: dict[str, Path], miss
         plan(site_files, config=node_config(site_files, **{missing: None}))
 
 
+@pytest.mark.slow  # a Python subprocess
 def test_launcher_fails_at_once_naming_the_missing_key(site_files: dict[str, Path]) -> None:
     """The real command, as an operator or systemd runs it: exit 2 in seconds, nothing started."""
     started = time.monotonic()
@@ -342,6 +343,7 @@ def test_addresses() -> None:
     assert not is_loopback("10.0.0.1") and not is_loopback("link.example.org")
 
 
+@pytest.mark.slow  # a Python subprocess
 def test_deploy_usage_lists_commands() -> None:
     done = subprocess.run([sys.executable, "-m", "deploy"], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=False)

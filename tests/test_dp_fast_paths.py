@@ -53,6 +53,7 @@ def test_auto_mode_uses_ghost_clipping_only_where_convolutions_train() -> None:
     assert grad_sample_mode_for("full", "hooks") == "hooks"
 
 
+@pytest.mark.slow  # 45 secure-noise steps over layer4's 8.4 M values
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_dp_training_with_empty_poisson_batches_takes_every_step(mode: str) -> None:
     """Tiny data make empty Poisson batches likely; each still steps.
@@ -73,6 +74,7 @@ def test_dp_training_with_empty_poisson_batches_takes_every_step(mode: str) -> N
     assert any(not np.array_equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow  # DP steps on a full ResNet-18, twice
 def test_ghost_and_hooks_clip_identically() -> None:
     """Without noise, one DP step is the same update in both modes (same clipping)."""
     data = make_synthetic(32, 16, seed=2)

@@ -18,6 +18,7 @@ from simulations.run import run_simulation
 from tests.conftest import REPO
 
 PYTHON = sys.executable
+pytestmark = pytest.mark.slow  # every test here starts and kills real processes
 
 
 def _spawn(code: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -323,6 +323,7 @@ def _patients(n: int, seed: int, per_patient: int | None = None) -> ImageSet:
     return data
 
 
+@pytest.mark.slow  # DP training of ResNet-18 layers
 @pytest.mark.parametrize(("policy", "mode"), [("head", "hooks"), ("last-block", "ghost")])
 def test_train_local_records_patient_level_history(policy: str, mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """6 patients x 3 patches, cap 2, batch 2: q = 1/6 per patient (1/9 per patch); this seed has empty steps."""

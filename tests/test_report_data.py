@@ -151,6 +151,7 @@ def test_another_run_directory_as_a_baseline(tmp_path: Path) -> None:
         report_baselines.load(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.slow  # renders the report several times
 def test_command_adds_keeps_and_clears_baselines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = build_run_dir(tmp_path / "fed")
     pooled = tmp_path / "pooled.json"

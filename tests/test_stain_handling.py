@@ -183,6 +183,7 @@ def test_patient_level_dp_training_with_stain_augmentation(real_patches: np.ndar
     assert stain.BASES.computed_images == done + 24
 
 
+@pytest.mark.slow  # a site round with Macenko fits
 def test_site_round_trains_under_dp_with_normalize_and_augment(lc25000: Path, tmp_path: Path) -> None:
     node = {"data-path": str(_real_tree(lc25000, tmp_path / "site", 8)), "site-id": "h", "epsilon-budget": 8.0,
             "delta": 1e-3, "state-dir": str(tmp_path / "state"), "privacy-unit": "patch"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
@@ -68,6 +69,7 @@ def test_round_keeps_the_model_when_too_few_updates_remain(flower_process: None)
     assert arrays is None and metrics is None
 
 
+@pytest.mark.slow  # site rounds, sigma calibrated
 def test_real_dp_updates_pass_the_automatic_bound(tmp_path) -> None:
     """No false alarms: a genuine DP-SGD round moves the weights far less than the bound."""
     config = RunConfig.from_mapping(tiny_run_config(lr=0.5))
