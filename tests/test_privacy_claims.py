@@ -27,7 +27,9 @@ from client.identity import site_identity
 from client.round_types import RoundRequest, RoundResult
 from client.site import run_round
 from common.config import ConfigError, RunConfig
+from common.data.folder import load_image_folder
 from common.data.sources import all_simulated_sites, central_test_set, load_pool, public_share, simulated_site
+from common.data.stain_handling import stain_bases
 from common.data.synthetic import make_synthetic
 from common.factory import initial_model
 from common.model import frozen_fingerprint, get_trainable_state
@@ -134,6 +136,7 @@ def test_noise_sampling_and_augmentation_follow_the_sites_dp_seed_and_nothing_th
     1/sqrt(10,000 values) = 0.01, far below the 0.3 tested.
     """
     data = _patient_tree(tmp_path / "data")
+    assert stain_bases(load_image_folder(data, SIZE, use_cache=False).images)[1].sum() >= PATCHES // 4  # stain draws
     settings = {"image-size": SIZE, "batch-size": 16, "num-server-rounds": 2, "weights": str(weights_file),
                 "stain": "augment", "noise-multiplier": 2.0, "max-grad-norm": 0.01, "lr": 1.0, "momentum": 0.0}
     request = _request(RunConfig.from_mapping({**settings, "seed": 1}))
