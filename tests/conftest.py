@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,17 @@ def _isolated_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     """Keep decoded-image caches and the torch hub out of the user's home."""
     monkeypatch.setenv("FEDPATH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "fedpath-cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+
+
+@pytest.fixture
+def flower_process() -> Iterator[None]:
+    """The identity Flower gives a ServerApp process (messages need a run id)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 @pytest.fixture
@@ -96,6 +108,9 @@ def tiny_simulation_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:  # real processes and browsers take minutes: never part of the fast loop (-m "not slow")
+        if "integration" in item.keywords or "browser" in item.keywords:
+            item.add_marker(pytest.mark.slow)
     if os.environ.get("FEDPATH_SKIP_INTEGRATION") == "1":
         skip = pytest.mark.skip(
             reason="real-process integration test skipped because FEDPATH_SKIP_INTEGRATION=1 is set; unset it to run"

@@ -13,7 +13,7 @@ from common.files import atomic_file, atomic_write_json, atomic_write_text
 def test_a_write_that_fails_halfway_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
     target = tmp_path / "ledger.json"
     atomic_write_json(target, {"spent": 1.0})
-    with pytest.raises(RuntimeError), atomic_file(target) as handle:
+    with pytest.raises(RuntimeError, match="crash mid-write"), atomic_file(target) as handle:
         handle.write('{"spent": 9')
         raise RuntimeError("crash mid-write")
     assert json.loads(target.read_text()) == {"spent": 1.0}

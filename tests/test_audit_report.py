@@ -16,7 +16,7 @@ from common.privacy.ledger import LEDGER_FILE
 from common.wire import reply as wire
 from server.privacy_audit import AUDITED_SITE, summarise, view
 from tests.conftest import tiny_run_config
-from tests.test_bad_site_input import _config, _deployed, _request, _site_tree
+from tests.helpers.site_inputs import deployed_node, round_request, site_config, site_tree
 
 
 def test_canaries_are_a_function_of_the_run_config() -> None:
@@ -45,9 +45,9 @@ def test_only_simulated_site_0_trains_with_the_included_canaries(tmp_path: Path)
 
 
 def test_a_deployed_site_refuses_canaries_before_anything_trains(tmp_path: Path) -> None:
-    data = _site_tree(tmp_path / "data")
-    config = _config(**{"audit-canaries": 10})
-    result = run_round(site_identity(_deployed(tmp_path, data), config, 1), config, _request(config))
+    data = site_tree(tmp_path / "data")
+    config = site_config(**{"audit-canaries": 10})
+    result = run_round(site_identity(deployed_node(tmp_path, data), config, 1), config, round_request(config))
     assert result.status == "refused" and result.reply.refusal == "audit-canaries-not-allowed"
     assert result.update is None and not (tmp_path / "state" / LEDGER_FILE).exists()  # nothing spent
     assert wire.encode(result.reply)[wire.SITE]["refusal"] == "audit-canaries-not-allowed"

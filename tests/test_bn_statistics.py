@@ -21,7 +21,6 @@ from server.app import _starting_point, _train_config
 from server.run_store import RunStore
 from server.target_statistics import STATISTICS_FILE
 from tests.conftest import tiny_run_config
-from tests.test_update_screening import flower_process  # noqa: F401 - fixture
 
 
 def test_config_key_defaults_to_the_backbone_and_public_needs_a_public_share() -> None:
@@ -144,12 +143,12 @@ def test_the_statistics_sent_count_in_the_bytes_each_site_receives(flower_proces
     from common.wire.records import record_bytes, to_array_record
     from server.screening import UpdateScreen
     from server.strategy import make_strategy
-    from tests.test_strategies import BOUND, REFERENCE, START, _replies, _ThreeNodes
+    from tests.helpers.flower_messages import BOUND, REFERENCE, START, ThreeNodes, mixed_replies
 
     config = RunConfig.from_mapping({"min-train-nodes": 1, "min-available-nodes": 1})
     strategy = make_strategy(config, UpdateScreen(REFERENCE, dp_bound=BOUND))
     blob = bytes(8 * 4800)
     list(strategy.configure_train(1, to_array_record(START), ConfigRecord({"classes": ["a"], "bn-statistics": blob}),
-                                  _ThreeNodes()))
-    strategy.aggregate_train(1, _replies())
+                                  ThreeNodes()))
+    strategy.aggregate_train(1, mixed_replies())
     assert {r.bytes_down for r in strategy.replies[1]} == {record_bytes(to_array_record(START)) + len(blob)}

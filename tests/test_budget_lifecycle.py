@@ -105,7 +105,7 @@ def test_the_launcher_fails_with_each_sites_reason_when_no_site_trained(tmp_path
         {"site_id": "site-1", "rounds_participated": [], "rejected_rounds": [],
          "reasons": [{"round": 1, "status": "failed", "reason": "fedpath site failure [data]: ..."}]}]}
     (tmp_path / "report.json").write_text(json.dumps(report))
-    with pytest.raises(NoSiteTrained) as caught:
+    with pytest.raises(NoSiteTrained, match="no site trained") as caught:
         check_outcome(tmp_path)
     lines = str(caught.value).splitlines()
     assert "no site trained" in lines[0]
@@ -129,6 +129,7 @@ def test_a_small_ask_from_a_large_budget_is_granted() -> None:
     assert grant_job(asked=1.0, cap=250.0, budget=1000.0, spent_before=0.0).granted == 1.0
 
 
+@pytest.mark.slow  # two simulated jobs
 def test_two_consecutive_simulated_jobs_at_default_settings_both_train(tmp_path: Path) -> None:
     """Simulation takes the same path as deployment: with ledger-dir, budgets persist across jobs."""
     from client.round_types import RoundRequest

@@ -49,7 +49,7 @@ def test_invalid_values_are_named_with_what_is_valid(key: str, value: object, ex
 
 
 def test_all_problems_are_reported_at_once() -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="invalid run config:") as info:
         RunConfig.from_mapping({"policy": "x", "arch": "y", "epsilon": -2})
     assert str(info.value).count("\n  - ") == 3
 

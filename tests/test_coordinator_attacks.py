@@ -10,6 +10,7 @@ wire that the reply schema does not declare (file paths in error texts included)
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,7 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+@pytest.mark.slow  # two site rounds, sigma calibrated
 def test_coordinator_replay_of_a_round_does_not_reproduce_the_noise(tmp_path: Path) -> None:
     """Attack 1: replay the site's round with everything the coordinator knows (here even the
     site's own images), then subtract. Before the fix the replay was identical bit for bit."""
@@ -71,6 +73,7 @@ def test_coordinator_replay_of_a_round_does_not_reproduce_the_noise(tmp_path: Pa
     assert abs(_correlation(site, replay)) < 0.3, "the coordinator regenerated the site's noise"
 
 
+@pytest.mark.slow  # two site rounds, sigma calibrated
 def test_two_identical_requests_get_fresh_noise_and_are_both_charged(tmp_path: Path) -> None:
     """Attack 2: send the same request twice and difference the answers to cancel the noise."""
     config = _config()
@@ -84,6 +87,7 @@ def test_two_identical_requests_get_fresh_noise_and_are_both_charged(tmp_path: P
     assert len(ledger["rounds"]) == 2 and {r["randomness"] for r in ledger["rounds"]} == {"secure"}
 
 
+@pytest.mark.slow  # four site rounds, sigma calibrated
 def test_a_site_held_dp_seed_makes_a_round_reproducible_and_a_repeat_still_fresh(tmp_path: Path) -> None:
     """The mode switch itself: only a seed the *site* holds reproduces a round."""
     config = _config()
@@ -98,6 +102,7 @@ def test_a_site_held_dp_seed_makes_a_round_reproducible_and_a_repeat_still_fresh
     assert abs(_correlation(_step(a, request), _step(again, request))) < 0.3
 
 
+@pytest.mark.slow  # two site rounds, sigma calibrated
 def test_the_run_id_and_round_do_not_enter_the_noise(tmp_path: Path) -> None:
     """With the site's seed and state fixed, the coordinator's run id and round label change nothing."""
     config = _config()
@@ -187,7 +192,7 @@ def test_a_data_error_crosses_the_wire_as_a_fixed_code_without_the_file_name(tmp
     }), metadata=Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=1, reply_to_message_id="",
                           group_id="", created_at=0.0, ttl=3600.0, message_type="train"))
     context = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=run_config)
-    with pytest.raises(client_app.SiteError) as caught:
+    with pytest.raises(client_app.SiteError, match=re.escape(wire.failure_text("data"))) as caught:
         client_app.train(msg, context)
     text = str(caught.value)
     assert text == wire.failure_text("data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_npz_missing_arrays_is_refused(tmp_path: Path) -> None:
 
 
 def test_class_mismatch_names_unexpected_and_missing() -> None:
-    with pytest.raises(DataError) as info:
+    with pytest.raises(DataError, match=re.escape("unexpected classes ['c']")) as info:
         check_classes(["a", "c"], ["a", "b"], "site X")
     assert "unexpected classes ['c']" in str(info.value) and "missing classes ['b']" in str(info.value)
 

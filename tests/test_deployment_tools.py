@@ -6,6 +6,7 @@ Fast: nothing here connects anywhere. The real TLS federation is tests/test_depl
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import socket
 import ssl
@@ -70,6 +71,7 @@ def test_each_missing_node_config_key_is_named(site_files: dict[str, Path], miss
         plan(site_files, config=node_config(site_files, **{missing: None}))
 
 
+@pytest.mark.slow  # a Python subprocess
 def test_launcher_fails_at_once_naming_the_missing_key(site_files: dict[str, Path]) -> None:
     """The real command, as an operator or systemd runs it: exit 2 in seconds, nothing started."""
     started = time.monotonic()
@@ -212,7 +214,7 @@ def test_site_refuses_plaintext_unless_the_local_testing_flag(site_files: dict[s
 
 def test_mistyped_key_path_says_check_the_path_before_making_a_new_key(site_files: dict[str, Path]) -> None:
     typo = site_files["key"].with_name("site-aa.key")
-    with pytest.raises(SiteConfigError) as info:
+    with pytest.raises(SiteConfigError, match="Check the path first") as info:
         plan_site(build_parser().parse_args(["--superlink", "127.0.0.1:1", "--node-config", node_config(site_files),
                                              "--private-key", str(typo), "--root-certificates", str(site_files["ca"])]))
     message = str(info.value)
@@ -340,12 +342,13 @@ def test_connection_is_read_back_by_flower(tmp_path: Path, monkeypatch: pytest.M
 def test_addresses() -> None:
     assert split_address("[::1]:9092") == ("::1", 9092) and split_address("link.example.org:1") == ("link.example.org", 1)
     for bad in ("https://x:1", "x", "x:0", ":80"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"address {re.escape(repr(bad))} must be host:port"):
             split_address(bad)
     assert is_loopback("127.0.0.2") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("10.0.0.1") and not is_loopback("link.example.org")
 
 
+@pytest.mark.slow  # a Python subprocess
 def test_deploy_usage_lists_commands() -> None:
     done = subprocess.run([sys.executable, "-m", "deploy"], cwd=REPO, capture_output=True, text=True, timeout=60,
                           check=False)

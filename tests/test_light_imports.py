@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "torchvision", "opacus", "flwr", "torchstain")
 
 
+@pytest.mark.slow  # a Python subprocess
 def test_config_validation_imports_nothing_heavy() -> None:
     probe = ("import sys; from common.config.run_config import RunConfig; RunConfig.from_mapping({}); "
              f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")

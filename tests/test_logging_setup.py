@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # a Python subprocess importing Flower and Opacus
 def test_a_flower_line_is_printed_once_with_opacus_loaded() -> None:
     probe = (
         "import logging, opacus.utils.module_utils; from flwr.common.logger import log; "

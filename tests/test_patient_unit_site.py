@@ -27,6 +27,7 @@ def _request(config: RunConfig) -> RoundRequest:
     return RoundRequest(1, 1, get_trainable_state(model), dataset_classes(config), frozen_fingerprint(model))
 
 
+@pytest.mark.slow  # site rounds, sigma calibrated
 def test_groups_known_means_patient_level_by_default_and_the_ledger_says_so(tmp_path: Path) -> None:
     config = RunConfig.from_mapping(tiny_run_config(**{"num-server-rounds": 1, "privacy-unit": "auto"}))
     identity = SiteIdentity("site-0", False, tmp_path, 32.0, 1e-4, partition_id=0, num_partitions=2)
@@ -56,6 +57,7 @@ def test_groups_known_means_patient_level_by_default_and_the_ledger_says_so(tmp_
                                privacy_unit=identity.privacy_unit), patch, _request(patch))
 
 
+@pytest.mark.slow  # a site round, sigma calibrated
 def test_patient_level_without_patient_ids_is_refused_with_the_fix(tmp_path: Path) -> None:
     write_image_tree(tmp_path / "data", per_class=20)
     node = {"data-path": str(tmp_path / "data"), "site-id": "h", "epsilon-budget": 8.0, "delta": 1e-5,

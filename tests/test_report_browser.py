@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from server.report import write_report
-from tests.test_report_support import build_run_dir
+from tests.helpers.report_support import build_run_dir
 
 pytestmark = pytest.mark.browser
 

@@ -10,7 +10,7 @@ import pytest
 from server.report import baselines as report_baselines
 from server.report import main, write_report
 from server.report.compose import communication, compose_report, site_summaries
-from tests.test_report_support import BUDGET, DELTA, build_run_dir, check_schema, site_reply
+from tests.helpers.report_support import BUDGET, DELTA, build_run_dir, check_schema, site_reply
 
 
 def test_a_finished_run_has_every_key(tmp_path: Path) -> None:
@@ -151,6 +151,7 @@ def test_another_run_directory_as_a_baseline(tmp_path: Path) -> None:
         report_baselines.load(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.slow  # renders the report several times
 def test_command_adds_keeps_and_clears_baselines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = build_run_dir(tmp_path / "fed")
     pooled = tmp_path / "pooled.json"

@@ -13,7 +13,7 @@ from server.report import write_report
 from server.report.compose import compose_report
 from server.report.format import config_value
 from server.report.html import SECTIONS, build_view, render_html
-from tests.test_report_support import SECTION_IDS, Page, assert_self_contained, build_run_dir, png_sizes
+from tests.helpers.report_support import SECTION_IDS, Page, assert_self_contained, build_run_dir, png_sizes
 
 
 @pytest.fixture
@@ -55,6 +55,7 @@ def test_every_section_of_a_finished_run(finished_run: Path) -> None:
         assert f'<span class="k mono">{key}</span><span class="v mono">{escape(config_value(value))}</span>' in text
 
 
+@pytest.mark.slow  # renders reports with plots
 def test_scratch_weights_are_never_presented_as_pretrained(tmp_path: Path) -> None:
     scratch = render_html(compose_report(build_run_dir(tmp_path / "a", weights_kind="none")))
     page = Page(scratch)
@@ -93,6 +94,7 @@ def test_overspending_is_flagged(tmp_path: Path) -> None:
     assert "105.0% of budget" in text
 
 
+@pytest.mark.slow  # renders reports with plots
 def test_baselines_side_by_side(finished_run: Path) -> None:
     baselines = [
         {"name": "pooled non-private", "kind": "pooled", "accuracy": 0.9, "accuracy_ci95": [0.85, 0.94],

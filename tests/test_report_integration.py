@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from common.privacy.ledger import LEDGER_FILE
-from tests.test_report_support import SECTION_IDS, Page, assert_self_contained, check_schema, png_sizes
+from tests.helpers.report_support import SECTION_IDS, Page, assert_self_contained, check_schema, png_sizes
 
 pytestmark = pytest.mark.integration
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -43,31 +44,69 @@ def real_patches(lc25000: Path, tmp_path: Path) -> np.ndarray:
     return np.concatenate([images, np.full((1, 32, 32, 3), 245, dtype=np.uint8)])
 
 
-def _macenko_estimate(image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H&E matrix, max concentrations) torchstain fits on one uint8 HWC image."""
-    fitted = TorchMacenkoNormalizer()
-    fitted.fit(torch.from_numpy(image).permute(2, 0, 1).contiguous(), Io=stain.IO, beta=stain.BETA)
-    return fitted.HERef, fitted.maxCRef
+def _stained_pixels(images: np.ndarray) -> np.ndarray:
+    """Per uint8 (N, H, W, 3) image, its pixels with stain by the rule common/data/stain_handling.py documents
+    (optical density -log((I + 1) / IO) >= BETA in every channel), counted here independently, in integers:
+    the rule is I <= IO·e^-BETA - 1 = 205.57 per channel, far from a grey level, so no rounding can move a pixel."""
+    limit = stain.IO * math.exp(-stain.BETA) - 1
+    assert 0.05 < limit % 1 < 0.95
+    return (images <= math.floor(limit)).all(axis=-1).sum(axis=(1, 2))
+
+
+def _background_and_tissue(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(background, tissue) masks: fewer than MIN_STAINED_PIXELS stained pixels, which the code must leave as
+    they are, and at least twice that many, which it must handle. Between the two, Macenko's fit on a few
+    pixels may succeed here and fail in another floating-point build, so the tests accept either."""
+    counts = _stained_pixels(images)
+    return counts < stain.MIN_STAINED_PIXELS, counts >= 2 * stain.MIN_STAINED_PIXELS
+
+
+def _od(images: np.ndarray) -> np.ndarray:
+    """Optical densities (N, H·W, 3), float64, as torchstain computes them."""
+    return -np.log((images.reshape(len(images), -1, 3).astype(np.float64) + 1) / stain.IO)
 
 
 def test_normalised_real_patches_take_the_reference_stain_and_background_falls_back(real_patches: np.ndarray) -> None:
+    """What Macenko normalisation makes, checked against the definition rather than a measured number.
+
+    torchstain recomposes each image as IO·exp(-HE_ref·C) with its concentrations C rescaled so that their 99th
+    percentiles are the reference's, then truncates to uint8. So (1) every unsaturated pixel's optical density
+    lies in the span of the reference's two stain vectors, up to the truncation (less than two grey levels per
+    channel, float32 rounding included: at most log(1 + 2/I) in optical density at grey level I); and (2) the
+    concentrations read back in the reference's basis have the reference's 99th percentiles, up to that error.
+    """
     # a reference unlike torchstain's default (its eosin and haematoxylin vectors moved), so the pull is visible
     reference = stain.parse_reference("0.65,0.07,0.70,0.99,0.29,0.11,1.5,1.2")
     out, fallbacks = stain.normalise_images(real_patches, reference)
     assert out.shape == real_patches.shape and out.dtype == np.uint8
-    assert np.array_equal(out[-1], real_patches[-1])  # the blank patch is kept, and counted
-    changed = np.abs(out.astype(int) - real_patches).mean(axis=(1, 2, 3)) > 5
-    # pale patches with almost no stained pixel at 32 px are kept too (lung_scc most); all others change
-    assert fallbacks == len(out) - changed.sum() and 1 <= fallbacks <= 6
-    tissue, normed = real_patches[changed], out[changed]
-    ref_he = torch.tensor(reference.he).view(3, 2)
-    before = [float((_macenko_estimate(img)[0] - ref_he).abs().mean()) for img in tissue]
-    after = [float((_macenko_estimate(img)[0] - ref_he).abs().mean()) for img in normed]
-    # re-estimated on the normalised patches (uint8, few stained pixels at 32 px: a noisy estimate), the
-    # stain matrix is near the reference's, much nearer than the originals' (measured: 0.04 vs 0.12)
-    assert np.median(after) < 0.06 < np.median(before) and np.median(after) < np.median(before) / 2
-    max_c = np.median([_macenko_estimate(img)[1].numpy() for img in normed], axis=0)
-    assert max_c == pytest.approx(reference.max_c, rel=0.2)
+    background, tissue = _background_and_tissue(real_patches)
+    kept = (out == real_patches).all(axis=(1, 2, 3))
+    assert fallbacks == kept.sum()  # the count is of the images kept as they were
+    assert background[-1] and kept[background].all()  # the blank patch and every pale one are kept
+    assert not kept[tissue].any() and tissue.sum() > len(real_patches) // 2  # the tissue is normalised
+    he = np.asarray(reference.he, dtype=np.float64).reshape(3, 2)
+    to_concentrations = np.linalg.pinv(he)
+    off_span = np.eye(3) - he @ to_concentrations  # projects an optical density off the reference's span
+
+    def residual_over_bound(images: np.ndarray) -> list[np.ndarray]:
+        ratios = []
+        for image, od in zip(images, _od(images)):
+            grey = image.reshape(-1, 3).astype(np.float64)
+            unsaturated = ((grey >= 1) & (grey <= 254)).all(axis=1)  # 0 and 255 bound nothing
+            bound = np.sqrt((np.log1p(2 / grey[unsaturated]) ** 2).sum(axis=1)) + 1e-6
+            ratios.append(np.linalg.norm(od[unsaturated] @ off_span.T, axis=1) / bound)
+        return ratios
+
+    assert all(r.max() <= 1 for r in residual_over_bound(out[tissue]))
+    # the originals are other stains: most of their pixels lie off the reference's span (the check has teeth)
+    assert np.median([(r > 1).mean() for r in residual_over_bound(real_patches[tissue])]) > 0.5
+    concentrations = _od(out[tissue]) @ to_concentrations.T  # (images, pixels, 2)
+    # torchstain's percentile: the nearest rank, not interpolated
+    top = np.sort(concentrations, axis=1)[:, round(0.99 * (concentrations.shape[1] - 1))]
+    # two grey levels at grey level 50 (the dark pixels of these concentrations are lighter), through the
+    # pseudo-inverse; the median over patches ignores the few whose clamping at 255 lowers the eosin percentile
+    tolerance = np.abs(to_concentrations).sum(axis=1) * np.log1p(2 / 50)
+    assert np.abs(np.median(top, axis=0) - reference.max_c).max() <= tolerance.min()
 
 
 def test_normalisation_is_cached_by_content(real_patches: np.ndarray) -> None:
@@ -96,7 +135,8 @@ def test_site_data_is_normalised_once_and_rounds_reuse_it(lc25000: Path, tmp_pat
 
 def test_batched_augmentation_is_torchstains_augment(real_patches: np.ndarray) -> None:
     bases, usable = stain.stain_bases(real_patches)
-    assert usable.sum() >= 19 and not usable[-1]
+    background, tissue = _background_and_tissue(real_patches)
+    assert not usable[background].any() and usable[tissue].all()
     images = torch.from_numpy(real_patches).permute(0, 3, 1, 2).contiguous()
     library = TorchMacenkoAugmentor(sigma1=stain.SIGMA_SCALE, sigma2=stain.SIGMA_SHIFT)
     for i in np.flatnonzero(usable)[::4].tolist():
@@ -122,7 +162,9 @@ def test_augmentation_is_random_per_call_keeps_shape_and_range(real_patches: np.
     alone = stain.StainAugmenter(real_patches, public_randomness("1").stream("stain-augmentation"))
     assert torch.equal(alone(images[:1], rows[:1])[0], stain.StainAugmenter(
         real_patches, public_randomness("1").stream("stain-augmentation"))(images, rows)[0])
-    assert 1 <= stain.StainAugmenter(real_patches, public_randomness().stream("stain-augmentation")).unusable <= 6
+    unusable = stain.StainAugmenter(real_patches, public_randomness().stream("stain-augmentation")).unusable
+    background, tissue = _background_and_tissue(real_patches)
+    assert background.sum() <= unusable == (~stain.stain_bases(real_patches)[1]).sum() <= (~tissue).sum()
 
 
 def test_patient_level_dp_training_with_stain_augmentation(real_patches: np.ndarray) -> None:
@@ -142,6 +184,7 @@ def test_patient_level_dp_training_with_stain_augmentation(real_patches: np.ndar
     assert stain.BASES.computed_images == done + 24
 
 
+@pytest.mark.slow  # a site round with Macenko fits
 def test_site_round_trains_under_dp_with_normalize_and_augment(lc25000: Path, tmp_path: Path) -> None:
     node = {"data-path": str(_real_tree(lc25000, tmp_path / "site", 8)), "site-id": "h", "epsilon-budget": 8.0,
             "delta": 1e-3, "state-dir": str(tmp_path / "state"), "privacy-unit": "patch"}
@@ -152,7 +195,11 @@ def test_site_round_trains_under_dp_with_normalize_and_augment(lc25000: Path, tm
     result = run_round(site_identity(node, config, 1), config, request)
     assert result.status == "trained" and result.metrics["epsilon"] > 0 and result.metrics["steps"] >= 1
     record = json.loads((tmp_path / "state" / SITE_LOG).read_text().splitlines()[-1])
-    assert record["stain_fallbacks"] <= 6  # counted at the site, in its own log (a pale patch or few)
+    # counted at the site, in its own log: its training images without enough stain, and perhaps a few more
+    unhandled = RunConfig.from_mapping({"image-size": 32})
+    plain = load_site_data(site_identity(node, unhandled, 1), unhandled).train.images
+    background, tissue = _background_and_tissue(plain)
+    assert background.sum() <= record["stain_fallbacks"] <= (~tissue).sum()
 
 
 @pytest.mark.parametrize("values, message", [
@@ -181,7 +228,7 @@ def test_the_default_reference_is_torchstains() -> None:
 def test_the_report_states_the_stain_setting(tmp_path: Path) -> None:
     """run.json -> report.json -> the summary's line (the page itself: tests/test_report_html.py)."""
     from server.report.compose import compose_report
-    from tests.test_report_support import build_run_dir
+    from tests.helpers.report_support import build_run_dir
 
     run_dir = build_run_dir(tmp_path, rounds=1, sites=1)
     assert stain.describe_stain(compose_report(run_dir)["run"]["config"]).startswith("none")

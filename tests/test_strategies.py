@@ -7,18 +7,12 @@ Flower strategy gives on the updates that pass screening, and keep fedpath's boo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
-from flwr.supercore.task_identity import TaskIdentity
-from opacus import PrivacyEngine
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
@@ -30,46 +24,18 @@ from common.data.sources import dataset_classes
 from common.model.factory import initial_model
 from common.model.network import frozen_fingerprint, get_trainable_state
 from common.privacy.randomness import public_randomness
+from common.training.dp_engine import site_accountant
 from common.training.local import train_local
+from common.training.patient_dp import PatientPoissonSampler, make_private_per_patient
 from common.training.proximal import attach_proximal_term
 from common.training.settings import TrainSettings
-from common.wire import reply as wire
 from common.wire.records import from_array_record, to_array_record
 from server.screening import UpdateScreen
 from server.strategy import make_strategy
 from tests.conftest import tiny_run_config
-from tests.test_update_screening import BOUND, REFERENCE, _reply, flower_process  # noqa: F401 - fixture
+from tests.helpers.flower_messages import BOUND, REFERENCE, START, ThreeNodes, mixed_replies
 
 FLOWER = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}
-START = {k: np.full_like(v, 0.5) for k, v in REFERENCE.items()}  # the global model sent this round
-
-
-class _ThreeNodes(Grid):
-    """The part of a Grid that configure_train reads: which nodes are connected (nodes 1-3)."""
-
-    def get_node_ids(self) -> Iterable[int]:
-        return [1, 2, 3]
-
-    def set_run(self, run):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    @property
-    def run(self):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def push_messages(self, messages):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def send_and_receive(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-
 def _config(**overrides: object) -> RunConfig:
     return RunConfig.from_mapping({"min-train-nodes": 1, "min-available-nodes": 1, **overrides})
 
@@ -108,41 +74,16 @@ def test_the_factory_builds_flowers_strategy_with_the_run_configs_settings(name:
     assert describe_strategy({}) == "fedavg"  # runs recorded before strategies existed
 
 
-def _replies() -> list[Message]:
-    nan = {k: np.full_like(v, 0.6) for k, v in REFERENCE.items()}
-    nan["b"][1] = np.nan
-    return [
-        _reply(1, {k: np.full_like(v, 0.6) for k, v in REFERENCE.items()}, examples=10),
-        _reply(2, {k: np.full_like(v, 0.3) for k, v in REFERENCE.items()}, examples=30),
-        _reply(3, nan),
-        _reply(4, {k: np.full_like(v, 1e4) for k, v in REFERENCE.items()}),  # beyond the DP bound
-        _reply(5, None, error="site crashed"),
-        _refused(6),
-    ]
-
-
-def _refused(node: int) -> Message:
-    """A site's refusal, as `client.app` encodes it: no arrays, a fixed code."""
-    TaskIdentity.node_id = 0
-    instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
-    TaskIdentity.node_id = node
-    metrics = {f.key: 0 for f in wire.FIELDS if f.record == wire.METRICS}
-    records = wire.encode(wire.SiteReplyContent(f"site-{node}", "refused", "budget-exhausted", "secure", "patch",
-                                                metrics))
-    return Message(RecordDict({"metrics": MetricRecord(records[wire.METRICS]),
-                               "site": ConfigRecord(records[wire.SITE])}), reply_to=instruction)
-
-
 @pytest.mark.parametrize("name", FLOWER)
 def test_each_strategy_aggregates_exactly_the_screened_updates(name: str, flower_process: None) -> None:
     config = _config(strategy=name, **{"proximal-mu": 0.2})
     strategy = make_strategy(config, UpdateScreen(REFERENCE, dp_bound=BOUND), round_offset=3)
-    messages = list(strategy.configure_train(1, to_array_record(START), ConfigRecord({"classes": ["a"]}), _ThreeNodes()))
+    messages = list(strategy.configure_train(1, to_array_record(START), ConfigRecord({"classes": ["a"]}), ThreeNodes()))
     sent = messages[0].content["config"]
     assert sent["server-round"] == 4  # the job's round, after the 3 a resumed run had completed
     assert (sent.get("proximal-mu") == 0.2) == (name == "fedprox")
 
-    arrays, metrics = strategy.aggregate_train(1, _replies())
+    arrays, metrics = strategy.aggregate_train(1, mixed_replies())
     assert arrays is not None and metrics["sites-aggregated"] == 2
     status = {r.site_id: r.status for r in strategy.replies[4]}
     assert status == {"site-1": "trained", "site-2": "trained", "site-3": "rejected", "site-4": "rejected",
@@ -151,8 +92,8 @@ def test_each_strategy_aggregates_exactly_the_screened_updates(name: str, flower
 
     # The same Flower strategy, given only the two updates that passed, in its own round 1.
     plain = FLOWER[name](**_flower_kwargs(strategy))
-    list(plain.configure_train(1, to_array_record(START), ConfigRecord({}), _ThreeNodes()))
-    expected, _ = plain.aggregate_train(1, _replies()[:2])
+    list(plain.configure_train(1, to_array_record(START), ConfigRecord({}), ThreeNodes()))
+    expected, _ = plain.aggregate_train(1, mixed_replies()[:2])
     got, want = from_array_record(arrays), from_array_record(expected)
     for key in REFERENCE:
         assert got[key].dtype == np.float32  # what was sent, whatever dtype Flower's update produced
@@ -172,11 +113,11 @@ def _flower_kwargs(strategy: object) -> dict:
 def test_a_round_with_too_few_updates_leaves_the_server_optimizer_as_it_was(name: str, flower_process: None) -> None:
     strategy = make_strategy(_config(strategy=name, **{"min-accepted-updates": 2}),
                              UpdateScreen(REFERENCE, dp_bound=BOUND))
-    list(strategy.configure_train(1, to_array_record(START), ConfigRecord({}), _ThreeNodes()))
-    first, _ = strategy.aggregate_train(1, _replies())
+    list(strategy.configure_train(1, to_array_record(START), ConfigRecord({}), ThreeNodes()))
+    first, _ = strategy.aggregate_train(1, mixed_replies())
     moments = {k: v.copy() for k, v in strategy.m_t.items()}, {k: v.copy() for k, v in strategy.v_t.items()}
-    list(strategy.configure_train(2, first, ConfigRecord({}), _ThreeNodes()))
-    assert strategy.aggregate_train(2, _replies()[1:]) == (None, None)  # one usable update, two needed
+    list(strategy.configure_train(2, first, ConfigRecord({}), ThreeNodes()))
+    assert strategy.aggregate_train(2, mixed_replies()[1:]) == (None, None)  # one usable update, two needed
     for before, after in zip(moments, (strategy.m_t, strategy.v_t)):
         for key in before:
             np.testing.assert_array_equal(before[key], after[key])
@@ -206,8 +147,42 @@ def test_the_proximal_term_pulls_a_sites_update_toward_the_global_weights(dp: bo
     assert 0 < distances[2.0] < 0.95 * distances[0.0], distances
 
 
-def test_the_proximal_gradient_is_added_after_clipping_and_noise() -> None:
-    """Clipping to C = 1e-9 removes the data's gradient; the proximal pull stays whole: w' - w_g = (1 - lr·mu)(w - w_g)."""
+@pytest.mark.parametrize("unit", ["patch", "patient"])
+def test_the_proximal_gradient_is_added_after_clipping_and_noise(unit: str) -> None:
+    """fedpath's own DP training (`train_local`: the site's engine, sigma > 0, noise and sampling from the seed).
+
+    Two steps with q = 1 (every record in every step, so sampling cannot differ): step 1 is the same with and
+    without mu (w = w_global, the pull is 0); step 2 starts from the same w_1 and draws the same noise from the
+    same seed. So the update with mu minus the update without mu is exactly -lr·mu·(w_1 - w_global): the pull
+    neither clipped with the records' gradients (C = 1 clips them here), nor noised, nor divided by the
+    expected batch size, as it would be if it were added anywhere before Opacus' step ends.
+    """
+    lr, mu, momentum = 0.5, 1.5, 0.5  # with momentum too: step 2's velocity differs by the pull alone
+    data = _tiny_images()  # 64 patches, 16 patients of 4
+
+    def train(epochs: int, mu: float, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        torch.manual_seed(0)  # the same starting weights each time (the global RNG enters nothing else)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+        start = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().copy()
+        settings = TrainSettings(epochs=epochs, batch_size=64, lr=lr, momentum=momentum, randomness=public_randomness("11"), dp=True,
+                                 noise_multiplier=sigma, max_grad_norm=1.0, privacy_unit=unit,
+                                 max_patches_per_patient=4, proximal_mu=mu)
+        outcome = train_local(model, data, settings)
+        assert (outcome.steps, outcome.sample_rate, outcome.privacy_unit) == (epochs, 1.0, unit)
+        return start, torch.cat([p.detach().flatten() for p in model.parameters()]).numpy()
+
+    w_global, w_1 = train(1, 0.0)
+    _, w_2 = train(2, 0.0)
+    _, w_2_mu = train(2, mu)
+    assert not np.array_equal(w_1, train(1, 0.0, sigma=0.0)[1])  # there is noise in these steps
+    pull = mu * (w_1 - w_global)
+    assert np.abs(pull).max() > 1e-3  # large against float32 rounding at these weights (~1e-8)
+    np.testing.assert_allclose(w_2_mu - w_2, -lr * pull, rtol=1e-4, atol=1e-6)
+
+
+def test_with_a_vanishing_clipping_norm_only_the_proximal_pull_moves_the_weights() -> None:
+    """fedpath's engine (sigma > 0) with C = 1e-9: the data's gradient and the noise (sigma·C) are gone, the
+    proximal pull stays whole: w' - w_g = (1 - lr·mu)(w - w_g)."""
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -216,12 +191,16 @@ def test_the_proximal_gradient_is_added_after_clipping_and_noise() -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)  # as after earlier local steps
-    data = DataLoader(TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,))), batch_size=32)
-    private_model, private_optimizer, loader = PrivacyEngine().make_private(
-        module=model, optimizer=optimizer, data_loader=data, noise_multiplier=0.0, max_grad_norm=1e-9)
-    inputs, labels = next(iter(loader))
-    nn.functional.cross_entropy(private_model(inputs), labels).backward()
-    private_optimizer.step()
+    inputs, labels = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    keys = public_randomness("7")
+    sampler = PatientPoissonSampler(np.arange(32), 32, 1, keys.stream("dp-sampling"))  # patch level: q = 1
+    private = make_private_per_patient(site_accountant(None), keys.stream("dp-noise"), module=model, optimizer=optimizer,
+                                       criterion=nn.CrossEntropyLoss(), sampler=sampler, noise_multiplier=1.0,
+                                       max_grad_norm=1e-9)
+    step = next(iter(sampler))
+    private.begin_step(step)
+    private.criterion(private.module(inputs[step.indices]), labels[step.indices]).backward()
+    private.optimizer.step()
     for p, anchor in zip(model.parameters(), anchors):
         np.testing.assert_allclose((p.detach() - anchor).numpy(), np.full(p.shape, 1 - 0.1 * 3.0), rtol=1e-5)
     assert handle is not None and attach_proximal_term(optimizer, 0.0) is None  # mu = 0: FedAvg's objective

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
@@ -17,42 +13,13 @@ from common.data.sources import dataset_classes
 from common.model.factory import initial_model
 from common.model.network import frozen_fingerprint, get_trainable_state
 from common.wire import reply as wire
-from common.wire.records import from_array_record, to_array_record
+from common.wire.records import from_array_record
 from server.app import _round_summary
 from server.report.compose import site_summaries
 from server.screening import TrainingBound, UpdateScreen, dp_update_norm_bound
 from server.strategy import FedPathFedAvg
 from tests.conftest import tiny_run_config
-
-REFERENCE = {"a": np.zeros((2, 3), np.float32), "b": np.zeros(4, np.float32)}
-BOUND = TrainingBound(lr=0.1, momentum=0.9, max_grad_norm=1.0, local_epochs=1, batch_size=16)
-
-
-@pytest.fixture
-def flower_process() -> Iterator[None]:
-    """The identity Flower gives a ServerApp process (messages need a run id)."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
-def _reply(node: int, arrays: dict[str, np.ndarray] | None, examples: float = 10, error: str = "",
-           extra_metric: str = "") -> Message:
-    TaskIdentity.node_id = 0
-    instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
-    TaskIdentity.node_id = node
-    if error:
-        return Message(Error(code=1, reason=error), reply_to=instruction)
-    metrics = {f.key: 0 for f in wire.FIELDS if f.record == wire.METRICS}
-    metrics.update({"num-examples": examples, "noise-multiplier": 1.0, "epsilon": 1.0, "dp": 1})
-    records = wire.encode(wire.SiteReplyContent(f"site-{node}", "trained", "", "secure", "patch", metrics))
-    if extra_metric:
-        records[wire.METRICS][extra_metric] = 0.5
-    content = RecordDict({"metrics": MetricRecord(records[wire.METRICS]), "site": ConfigRecord(records[wire.SITE])})
-    if arrays is not None:
-        content["arrays"] = to_array_record(arrays)
-    return Message(content, reply_to=instruction)
+from tests.helpers.flower_messages import BOUND, REFERENCE, reply_message
 
 
 def _small(scale: float) -> dict[str, np.ndarray]:
@@ -64,17 +31,17 @@ def test_broken_and_hostile_updates_are_excluded_and_recorded(flower_process: No
     nan = _small(0.1)
     nan["a"][0, 0] = np.nan
     replies = [
-        _reply(1, _small(0.1), examples=10),
-        _reply(2, _small(0.4), examples=30),
-        _reply(3, nan),
-        _reply(4, {"a": REFERENCE["a"]}),  # missing tensor
-        _reply(5, {**_small(0.1), "c": np.zeros(1, np.float32)}),  # extra tensor
-        _reply(6, {"a": np.zeros((3, 2), np.float32), "b": REFERENCE["b"]}),  # wrong shape
-        _reply(7, {k: v.astype(np.float64) for k, v in _small(0.1).items()}),  # wrong dtype
-        _reply(8, _small(1e4)),  # far beyond what clipped DP-SGD can move
-        _reply(9, _small(0.1), examples=-3),
-        _reply(10, None, error="site crashed"),
-        _reply(11, _small(0.1), extra_metric="train-loss"),  # a value the schema does not declare
+        reply_message(1, _small(0.1), examples=10),
+        reply_message(2, _small(0.4), examples=30),
+        reply_message(3, nan),
+        reply_message(4, {"a": REFERENCE["a"]}),  # missing tensor
+        reply_message(5, {**_small(0.1), "c": np.zeros(1, np.float32)}),  # extra tensor
+        reply_message(6, {"a": np.zeros((3, 2), np.float32), "b": REFERENCE["b"]}),  # wrong shape
+        reply_message(7, {k: v.astype(np.float64) for k, v in _small(0.1).items()}),  # wrong dtype
+        reply_message(8, _small(1e4)),  # far beyond what clipped DP-SGD can move
+        reply_message(9, _small(0.1), examples=-3),
+        reply_message(10, None, error="site crashed"),
+        reply_message(11, _small(0.1), extra_metric="train-loss"),  # a value the schema does not declare
     ]
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
@@ -98,10 +65,11 @@ def test_broken_and_hostile_updates_are_excluded_and_recorded(flower_process: No
 def test_round_keeps_the_model_when_too_few_updates_remain(flower_process: None) -> None:
     strategy = FedPathFedAvg(screen=UpdateScreen(REFERENCE, dp_bound=BOUND), min_accepted_updates=2,
                              min_train_nodes=1, min_available_nodes=1)
-    arrays, metrics = strategy.aggregate_train(1, [_reply(1, _small(0.1)), _reply(2, _small(1e4))])
+    arrays, metrics = strategy.aggregate_train(1, [reply_message(1, _small(0.1)), reply_message(2, _small(1e4))])
     assert arrays is None and metrics is None
 
 
+@pytest.mark.slow  # site rounds, sigma calibrated
 def test_real_dp_updates_pass_the_automatic_bound(tmp_path) -> None:
     """No false alarms: a genuine DP-SGD round moves the weights far less than the bound."""
     config = RunConfig.from_mapping(tiny_run_config(lr=0.5))
@@ -121,7 +89,7 @@ def test_real_dp_updates_pass_the_automatic_bound(tmp_path) -> None:
 
 def test_flower_logs_only_aggregates_that_mean_something(flower_process: None) -> None:
     strategy = FedPathFedAvg(screen=UpdateScreen(REFERENCE, dp_bound=BOUND), min_train_nodes=1, min_available_nodes=1)
-    _, metrics = strategy.aggregate_train(1, [_reply(1, _small(0.1), examples=10), _reply(2, _small(0.2), examples=30)])
+    _, metrics = strategy.aggregate_train(1, [reply_message(1, _small(0.1), examples=10), reply_message(2, _small(0.2), examples=30)])
     assert dict(metrics) == {"sites-aggregated": 2, "examples-aggregated": 40, "largest-site-epsilon": 1.0}
 
 

@@ -60,7 +60,7 @@ def test_not_a_state_dict_is_refused(tmp_path: Path) -> None:
 def test_imagenet_missing_offline_says_what_file_and_where() -> None:
     path, prefix, url = imagenet_file("resnet18")
     assert not path.exists()  # TORCH_HOME is a fresh temp dir in tests
-    with pytest.raises(WeightsError) as info:
+    with pytest.raises(WeightsError, match="ImageNet weights for resnet18 are not available") as info:
         resolve_weights("imagenet", "resnet18", download=False)
     message = str(info.value)
     assert path.name in message and prefix in message and str(path.parent) in message and url in message

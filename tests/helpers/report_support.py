@@ -1,4 +1,4 @@
-"""Small run directories and shared checks for the report tests (no tests here).
+"""Small run directories and shared checks for the report tests.
 
 A run directory is written with the project's own pieces: the validated run config
 (`RunConfig`), the run store (`RunStore`), the strategy's reply record (`SiteReply`) and the
