@@ -130,6 +130,18 @@ class CanaryAudit:
 DEFAULT_GUESS_FRACTIONS = (0.05, 0.1, 0.2, 0.4, 1.0)
 
 
+def ceiling(included: np.ndarray, delta: float, confidence: float = 0.95,
+            guess_fractions: Sequence[float] = DEFAULT_GUESS_FRACTIONS) -> float:
+    """The largest ε this audit can certify: every guess right, as far as the coin flips allow.
+
+    A function of m, δ and the number of included canaries only (not of training), so it can be stated
+    before the run: a claimed ε at or above it can never be contradicted by this audit, whatever the
+    implementation does.
+    """
+    included = np.asarray(included, dtype=bool)
+    return audit_scores(included.astype(np.float64), included, delta, confidence, guess_fractions).epsilon_lower_bound
+
+
 def audit_scores(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95,
                  guess_fractions: Sequence[float] = DEFAULT_GUESS_FRACTIONS) -> CanaryAudit:
     """ε lower bound from canary scores (higher = more likely included) and the true coin flips.

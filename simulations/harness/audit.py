@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from common.audit_bound import audit_scores
 from common.canaries import concat, per_example_loss, update_alignment
 from common.config import load_app_config
 from common.data.sources import dataset_classes
-from common.dp_randomness import fresh_randomness
+from common.dp_randomness import fresh_randomness, seeded_randomness
 from common.factory import initial_model
 from common.metrics import accuracy
 from common.mia import mia_metrics
@@ -110,6 +111,9 @@ class _Federation:
     last_update: dict[str, np.ndarray] = field(default_factory=dict)
     audit_seconds: float = 0.0
     site_seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    dp_seed: str = ""  # the simulated sites' dp-seed (opt-in reproducibility); "" = fresh OS randomness
+    site0_steps: int = 0  # the audited site's steps over all rounds, and its Poisson rate per step
+    site0_rate: float = 0.0
 
     @property
     def dirac(self) -> bool:
@@ -137,7 +141,7 @@ def _cap(config: Any) -> int:
 
 
 def _start(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: bool, epsilon: float | None,
-           seed: int) -> _Federation:
+           seed: int, dp_seed: str = "") -> _Federation:
     """The initial model, site 0's canaries planted, each site's noise."""
     base, _ = initial_model(config, len(dataset_classes(config)))
     dirac = data.canaries is None
@@ -150,14 +154,22 @@ def _start(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: bool, 
         site0_records=len(audited) + (int(data.included.sum()) if dirac else 0),  # the canaries are records too
         unit=unit, sigmas=_noise_multipliers(config, plan, train_sets, unit, dp, epsilon), scored=scored,
         histories=[[] for _ in train_sets], drops={k: np.zeros(len(v)) for k, v in scored.items()},
-        aligned={k: np.zeros(len(v)) for k, v in scored.items()}, site_seconds=np.zeros(len(train_sets)))
+        aligned={k: np.zeros(len(v)) for k, v in scored.items()}, site_seconds=np.zeros(len(train_sets)),
+        dp_seed=dp_seed)
     if dirac:
-        run.coordinates = gradient_canaries.choose_coordinates(base, data.public, len(data.included),
-                                                               np.random.default_rng([seed, 13]))
+        run.coordinates = canary_coordinates(base, data, seed)
         run.planted = gradient_canaries.DiracCanaries(run.coordinates, data.included, config.max_grad_norm,
                                                       np.random.default_rng([seed, 14, int(dp), int(epsilon or 0)]))
         run.dirac_scores = np.zeros(len(data.included))
     return run
+
+
+def canary_coordinates(base: Any, data: AuditData, seed: int) -> np.ndarray:
+    """The trainable coordinates the gradient canaries own, where the real records push least: ranked on the
+    audited site's own records (the experimenter plays the site), then on public ones, at the starting model,
+    before training and without the coin flips, so the choice cannot favour included canaries."""
+    return gradient_canaries.choose_coordinates(base, [data.sites[0], data.public], len(data.included),
+                                                np.random.default_rng([seed, 13]))
 
 
 def _train_site(run: _Federation, model: Any, k: int, rnd: int) -> int:
@@ -165,7 +177,7 @@ def _train_site(run: _Federation, model: Any, k: int, rnd: int) -> int:
     config, plan = run.config, run.plan
     # DP: the site's secret round seed, never derived from the experiment seed. Non-private
     # rows are reproducible from the experiment seed (they promise nothing).
-    round_seed = (fresh_randomness().seed if run.dp
+    round_seed = (_dp_round_seed(run.dp_seed, k, rnd) if run.dp
                   else int(np.random.SeedSequence([run.seed, rnd, k]).generate_state(1)[0]))
     torch.manual_seed(round_seed)
     settings = TrainSettings(epochs=plan.local_epochs, batch_size=config.batch_size, lr=config.lr,
@@ -178,7 +190,23 @@ def _train_site(run: _Federation, model: Any, k: int, rnd: int) -> int:
                           desc=f"audit {run.label} site-{k} round {rnd}")
     if run.dp:
         run.histories[k] = outcome.history or []
+    if k == 0:
+        run.site0_steps += outcome.steps
+        run.site0_rate = outcome.sample_rate
     return run.site0_records if k == 0 else outcome.num_examples
+
+
+def site_dp_seed(dp_seed: str, site: int) -> str:
+    """Simulated site k's own dp-seed (256 bits, hex) from the experimenter's `dp_seed`: no two sites share noise."""
+    return hashlib.sha256(f"fedpath-audit-site:{site}:{dp_seed}".encode()).hexdigest()
+
+
+def _dp_round_seed(dp_seed: str, site: int, rnd: int) -> int:
+    """A DP site's round seed as a site draws it: from its own dp-seed and ledger position (round - 1) when
+    the experimenter pinned one (tests: reproducible on every machine), else fresh from the OS CSPRNG."""
+    if dp_seed:
+        return seeded_randomness(site_dp_seed(dp_seed, site), rnd - 1).seed
+    return fresh_randomness().seed
 
 
 def _observe_site0(run: _Federation, model: Any, before: dict[str, np.ndarray], sent: dict[str, Any],
@@ -241,9 +269,13 @@ def _attacks(run: _Federation, model: Any) -> dict[str, Any]:
 
 
 def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: bool, epsilon: float | None,
-                seed: int) -> dict[str, Any]:
-    """One federation (non-private or DP at `epsilon`) with the audit; returns the row."""
-    run = _start(config, plan, data, label, dp, epsilon, seed)
+                seed: int, dp_seed: str = "") -> dict[str, Any]:
+    """One federation (non-private or DP at `epsilon`) with the audit; returns the row.
+
+    `dp_seed` pins the DP sites' randomness as a site-held `dp-seed` does (each simulated site gets its own,
+    `site_dp_seed`); "" draws it fresh from the OS each round, as sites do by default.
+    """
+    run = _start(config, plan, data, label, dp, epsilon, seed, dp_seed)
     global_state = get_trainable_state(run.base)
     model = copy.deepcopy(run.base)
     for rnd in range(1, plan.rounds + 1):
@@ -266,6 +298,7 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
         "site_epsilon_spent": epsilon_of(run.histories[0], plan.delta) if dp else None,
         "noise_multiplier": run.sigmas[0] if dp else None,
         "site_records": len(data.sites[0]), "site_train_examples": run.site0_records, "canary_kind": plan.canary_kind,
+        "site_steps": run.site0_steps, "site_sample_rate": run.site0_rate,
         **attacks, "test_accuracy": test_accuracy,
         "train_seconds": round(train_seconds, 1), "audit_seconds": round(audit_cost, 1),
         "audit_cost_ratio": round((train_seconds + run.audit_seconds)
@@ -285,13 +318,14 @@ def audit_config(dataset: str, image_size: int, weights: str, seed: int, policy:
     return load_app_config(PYPROJECT, [scenario.run_config() + (" " + run_config if run_config else "")])
 
 
-def settings_rows(config: Any, plan: AuditPlan, seed: int, epsilons: tuple[float, ...] = (8.0, 1.0)) -> list[dict[str, Any]]:
+def settings_rows(config: Any, plan: AuditPlan, seed: int, epsilons: tuple[float, ...] = (8.0, 1.0),
+                  dp_seed: str = "") -> list[dict[str, Any]]:
     data = prepare(config, plan, seed)
     log.info("audit data: site-0 %d records (%d scored), %d non-members, %d canaries (%d included)",
              len(data.sites[0]), len(data.members), len(data.nonmembers), len(data.included), int(data.included.sum()))
     rows = [run_setting(config, plan, data, "non-private", False, None, seed)]
     for eps in epsilons:
-        rows.append(run_setting(config, plan, data, f"DP epsilon={eps:g}", True, eps, seed))
+        rows.append(run_setting(config, plan, data, f"DP epsilon={eps:g}", True, eps, seed, dp_seed))
     return rows
 
 
