@@ -15,6 +15,7 @@ from torch import nn
 from common.data.imageset import ImageSet
 from common.data.stain_handling import StainAugmenter
 from common.dp_engine import AccountantHistory, accountant_history, site_engine
+from common.extra_records import attach_extra_records
 from common.image_tensors import as_tensor_dataset, device
 from common.patient_dp import (
     PATIENT,
@@ -24,7 +25,7 @@ from common.patient_dp import (
     patient_index,
 )
 from common.train_settings import TrainOutcome, TrainSettings
-from common.training_loop import attach_gradient_canaries, detach_training, optimizer_for, run_epochs, stain_augmenter
+from common.training_loop import detach_training, optimizer_for, run_epochs, stain_augmenter
 
 
 class _PatientBatches:
@@ -65,14 +66,15 @@ def train_patient_level(
     )
     tensors = as_tensor_dataset(data).tensors
     batches = _PatientBatches(sampler, tensors[0], tensors[1], stain_augmenter(data, settings))
-    canaries = attach_gradient_canaries(private.optimizer, settings, float(sampler.sample_rate), 0)
+    extra = attach_extra_records(private.optimizer, private.module, settings.extra_records,
+                                 float(sampler.sample_rate), 0)
     try:
         steps, mean_loss = run_epochs(
             private.module, private.optimizer, private.criterion, settings, generator, desc,
             lambda: batches, private.begin_step,
         )
     finally:
-        detach_training(model, private.module, proximal, canaries)
+        detach_training(model, private.module, proximal, extra)
     model.eval()
     return TrainOutcome(
         num_examples=len(data),

@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader
 from common.data.imageset import ImageSet
 from common.data.stain_handling import StainAugmenter
 from common.dp_engine import AccountantHistory, SiteSecretPrivacyEngine, accountant_history, site_engine
+from common.extra_records import attach_extra_records
 from common.image_tensors import as_tensor_dataset, device, normalise
 from common.patient_dp import PATIENT
 from common.patient_training import train_patient_level
 from common.train_settings import TrainOutcome, TrainSettings
-from common.training_loop import attach_gradient_canaries, detach_training, optimizer_for, run_epochs, stain_augmenter
+from common.training_loop import detach_training, optimizer_for, run_epochs, stain_augmenter
 
 
 def train_local(
@@ -52,14 +53,15 @@ def train_local(
     optimizer, proximal = optimizer_for(model, settings)  # FedProx's term before Opacus wraps the optimizer
     engine, train_model, optimizer, criterion, loader = _private_or_plain(model, optimizer, loader, settings, history)
     rate = float(loader.sample_rate) if engine is not None else 1.0 / len(loader)  # type: ignore[attr-defined]
-    canaries = attach_gradient_canaries(optimizer, settings, rate, loader.batch_size or settings.batch_size)
+    extra = attach_extra_records(optimizer, train_model, settings.extra_records, rate,
+                                 loader.batch_size or settings.batch_size)
     try:
         steps, mean_loss = run_epochs(
             train_model, optimizer, criterion, settings, generator, desc,
             lambda: _PatchBatches(loader, stain),
         )
     finally:
-        detach_training(model, train_model if engine is not None else None, proximal, canaries)
+        detach_training(model, train_model if engine is not None else None, proximal, extra)
     model.eval()
     return TrainOutcome(
         num_examples=len(data),

@@ -137,7 +137,7 @@ def test_the_order_statistics_of_the_score_model_match_simulation() -> None:
             assert abs(computed - seen) <= 4 * math.sqrt(max(seen * (1 - seen), 1e-4) / 40_000) + 1e-3
 
 
-@pytest.mark.parametrize("noise,claim", [(15.5, 2.5), (15.5, 2.0), (0.0, 2.5)])
+@pytest.mark.parametrize("noise,claim", [(15.5, 2.0), (0.0, 2.5)])
 def test_the_failure_odds_bound_what_simulated_audits_show(noise: float, claim: float) -> None:
     """Both odds are upper bounds: never below the rate 400 simulated audits show (less 3 standard errors)."""
     from simulations.harness.audit_power import CanaryScores, odds_bound_exceeds, odds_bound_within
@@ -193,11 +193,17 @@ def test_tiny_run_audits_the_site_it_trained(tiny_audit: list[dict]) -> None:
 
 
 # -- gradient-space (Dirac) canaries ------------------------------------------------------------
-@pytest.mark.parametrize("dp,unit", [(False, "patch"), (True, "patch"), (True, "patient")])
-def test_gradient_canary_joins_one_step_as_a_record_of_its_own(dp: bool, unit: str) -> None:
-    """One step over all records (q = 1), no noise, no momentum: a canary C·e_j moves coordinate j by
-    exactly −lr·C / (records per step) more than the same seeded step without it, under DP after
-    clipping (Opacus' scaling by the expected batch), without DP as one more record of the batch."""
+ONE_STEP_CASES = [(False, "patch", "hooks", 1.0), *[(True, unit, mode, clip) for unit in ("patch", "patient")
+                                                    for mode in ("hooks", "ghost") for clip in (1.0, 1e6)]]
+
+
+@pytest.mark.parametrize("dp,unit,mode,clip", ONE_STEP_CASES)
+def test_an_extra_record_is_clipped_with_the_real_ones(dp: bool, unit: str, mode: str, clip: float) -> None:
+    """One step over all records (q = 1), no noise, no momentum: an extra record whose gradient is G·e_j, G = 10,
+    moves coordinate j by exactly −lr·min(G, C) / (records per step) more than the same seeded step without it:
+    under DP clipped to C like the real records (hooks: by Opacus' own clipping, patient level after the
+    grouping; ghost: by its rule), and whole when the bound C = 10^6 does not clip; without DP, whole, as one
+    more record of the batch. Every other coordinate moves as without it."""
     import torch
     from torch import nn
 
@@ -208,81 +214,92 @@ def test_gradient_canary_joins_one_step_as_a_record_of_its_own(dp: bool, unit: s
     rng = np.random.default_rng(0)
     data = ImageSet(rng.integers(0, 256, (6, 4, 4, 3), dtype=np.uint8), rng.integers(0, 3, 6),
                     np.array(["a", "a", "b", "b", "c", "c"], dtype=object), ["x", "y", "z"], patient_groups=True)
-    j, lr, clip, rates = 7, 0.5, 1.0, []
+    j, lr, norm, rates = 7, 0.5, 10.0, []
 
-    def one_canary(params: list, rate: float) -> list:
+    def one_record(params: list, rate: float) -> list:
         rates.append(rate)
-        flat = torch.zeros(sum(p.numel() for p in params))
-        flat[j] = clip
-        return [c.view_as(p) for c, p in zip(torch.split(flat, [p.numel() for p in params]), params)]
+        row = torch.zeros(1, sum(p.numel() for p in params))
+        row[0, j] = norm
+        return [c.reshape(1, *p.shape) for c, p in zip(torch.split(row, [p.numel() for p in params], dim=1), params)]
 
-    def step(canaries: object) -> tuple[np.ndarray, object]:
+    def step(extra: object) -> tuple[np.ndarray, object]:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
         settings = TrainSettings(epochs=1, batch_size=6, lr=lr, momentum=0.0, seed=5, dp=dp, noise_multiplier=0.0,
-                                 max_grad_norm=clip, privacy_unit=unit, audit_gradient_canaries=canaries)
+                                 max_grad_norm=clip, privacy_unit=unit, grad_sample_mode=mode, extra_records=extra)
         outcome = train_local(model, data, settings)
         return torch.cat([p.detach().flatten() for p in model.parameters()]).numpy(), outcome
 
     without, outcome = step(None)
-    with_canary, _ = step(one_canary)
-    per_step = 3 if unit == "patient" else 6
+    with_extra, _ = step(one_record)
+    per_step = 3 if dp and unit == "patient" else 6
     assert outcome.steps == 1 and rates == [outcome.sample_rate] == [1.0]
-    diff = with_canary - without
-    assert diff[j] == pytest.approx(-lr * clip / per_step, rel=1e-5)
-    assert np.abs(np.delete(diff, j)).max() < 1e-7
+    diff = with_extra - without
+    pushed = min(norm, clip * norm / (norm + 1e-6)) if dp else norm  # Opacus' factor min(1, C / (‖g‖ + 1e-6))
+    assert diff[j] == pytest.approx(-lr * pushed / per_step, rel=1e-5)
+    assert np.abs(np.delete(diff, j)).max() < 1e-6 * max(1.0, np.abs(without).max())
 
 
-GRADIENT_CLAIM = 3.0  # the DP row's claimed ε: below what 400 canaries can certify (ceiling ≈ 4.4), see below
+GRADIENT_CLAIM = 3.0  # the DP rows' claimed ε: below what 400 canaries can certify (ceiling ≈ 3.8), see below
 
 
 @pytest.fixture(scope="module")
 def tiny_gradient_audit() -> dict:
-    """The tiny federation with 400 gradient canaries, SGD without momentum (so that every step moves a canary's
-    coordinate by the same amount: `simulations.harness.audit_power`'s model), 30 local epochs: non-private,
-    and DP at ε = 3 with the sites' dp-seed."""
+    """The tiny federation with 400 gradient canaries (per-record norm 100·C under DP, clipped with the real
+    records; C without DP), SGD
+    without momentum (so that every step moves a canary's coordinate alike: `simulations.harness.audit_power`'s
+    model), 30 local epochs: non-private; DP at ε = 3; and DP at ε = 3 broken on purpose, noise off and clipping
+    off, while the sites claim ε = 3. DP noise and sampling from the sites' dp-seed."""
     from simulations.harness import audit
     from simulations.harness.audit_data import prepare
+    from simulations.harness.audit_sites import FAULTS
 
     plan = audit.AuditPlan(sites=2, rounds=1, local_epochs=30, per_group=1, site_records=12, canaries=400,
                            canary_kind="gradient", mia_bootstrap=20)
     config = audit.audit_config("synthetic", 16, "none", 42, policy="head", lr=0.5, batch_size=8,
                                 public_fraction=0.0, run_config="synthetic-images=240 momentum=0")
-    rows = audit.settings_rows(config, plan, seed=7, epsilons=(GRADIENT_CLAIM,), dp_seed=AUDIT_DP_SEED)
-    return {"rows": rows, "config": config, "plan": plan, "data": prepare(config, plan, 7), "seed": 7}
+    rows = audit.settings_rows(config, plan, seed=7, epsilons=(GRADIENT_CLAIM,), dp_seed=AUDIT_DP_SEED,
+                               faults=tuple((GRADIENT_CLAIM, fault) for fault in FAULTS))
+    by_fault = {row.get("fault") if row["dp"] else "non-private": row for row in rows}
+    return {"rows": by_fault, "config": config, "plan": plan, "data": prepare(config, plan, 7), "seed": 7}
 
 
 def _score_model(run: dict, row: dict) -> object:
-    """The model of this row's canary scores (`audit_power.CanaryScores`) with the real records' push bounded
-    from the site's own data (`head_data_push`, in units of one canary push), at worst in every step."""
+    """The model of this row's canary scores (`audit_power.CanaryScores`), in units of C (one clipped canary
+    push), with the real records' push bounded from the site's own data (`head_data_push`), at worst in every
+    step. A canary's gradient is G = 100·C before clipping (C without DP)."""
     from common.data.sources import dataset_classes
     from common.factory import initial_model
     from simulations.harness.audit import canary_coordinates
     from simulations.harness.audit_power import CanaryScores, head_data_push
+    from simulations.harness.audit_sites import CLIPPING_OFF, NOISE_OFF
 
     config, data, plan = run["config"], run["data"], run["plan"]
     base, _ = initial_model(config, len(dataset_classes(config)))
     coordinates = canary_coordinates(base, data, run["seed"])
-    site = data.sites[0]
+    site, clip = data.sites[0], config.max_grad_norm
+    norm = row["canary_norm"] * clip  # 100·C under DP, C without (nothing to clip)
     assert len(set(site.groups)) == len(site)  # one patch per patient: a patient's clipping is its patch's
     steps, rate = row["site_steps"], row["site_sample_rate"]
     assert steps == plan.local_epochs * round(1 / rate)  # every step of the round, at the rate the accountant has
-    per_pass = head_data_push(base, site.images, coordinates, clipped=row["dp"])  # per canary
-    if row["dp"]:  # each record's clipped push ≤ C·ρ, in every step at worst; noise σ·C per step
-        return CanaryScores.with_pushes(steps, rate, 1.0, row["noise_multiplier"] * math.sqrt(steps), steps * per_pass)
-    # Without DP a canary adds C / batch to the step's mean; a record its raw gradient / (its batch's size),
-    # once per epoch: at worst in the smallest batch
-    smallest = len(site) - config.batch_size * (math.ceil(len(site) / config.batch_size) - 1)
-    pushes = plan.local_epochs * per_pass * config.batch_size / smallest / config.max_grad_norm
-    return CanaryScores.with_pushes(steps, rate, 1.0, 0.0, pushes)
+    clipped = row["dp"] and row["fault"] != CLIPPING_OFF
+    per_pass = head_data_push(base, site.images, coordinates, clipped=clipped) / (1 if clipped else clip)
+    if not row["dp"]:  # one record of the step's mean each: a canary G / batch, a record its raw gradient / (its
+        # batch's size), once per epoch, at worst in the smallest batch; in units of the canary's push
+        smallest = len(site) - config.batch_size * (math.ceil(len(site) / config.batch_size) - 1)
+        pushes = plan.local_epochs * per_pass * clip * config.batch_size / smallest / norm
+        return CanaryScores.with_pushes(steps, rate, 1.0, 0.0, pushes)
+    noise = 0.0 if row["fault"] == NOISE_OFF else row["noise_multiplier"] * math.sqrt(steps)  # σ·C per step
+    push = norm / clip if row["fault"] == CLIPPING_OFF else norm / (norm + 1e-6)  # Opacus' clip factor
+    return CanaryScores.with_pushes(steps, rate, push, noise, steps * per_pass)
 
 
 def test_gradient_canaries_give_the_nonprivate_audit_power(tiny_gradient_audit: dict) -> None:
-    """Without DP the Dirac canaries give the audit a bound above the DP row's claim; the odds that any draw of
+    """Without DP the Dirac canaries give the audit a bound above the DP rows' claim; the odds that any draw of
     sampling and coin flips does not are computed from the canaries' score model, not taken from one run."""
     from simulations.harness.audit_power import odds_bound_within
 
-    nonprivate = tiny_gradient_audit["rows"][0]
+    nonprivate = tiny_gradient_audit["rows"]["non-private"]
     assert nonprivate["canary_kind"] == "gradient" and nonprivate["canary"]["canaries"] == 400
     assert nonprivate["site_train_examples"] == nonprivate["site_records"] + nonprivate["canary"]["included"]
     model = _score_model(tiny_gradient_audit, nonprivate)
@@ -292,46 +309,84 @@ def test_gradient_canaries_give_the_nonprivate_audit_power(tiny_gradient_audit: 
 
 def test_the_dp_audit_stays_below_a_claim_it_could_exceed(tiny_gradient_audit: dict) -> None:
     """DP at ε = 3: the audit could certify more than 3 (its ceiling, from m, δ and the coin flips alone), the
-    non-private run above shows it does when nothing protects the canaries, and the DP run's bound stays at or
+    broken runs below show it does when the implementation is wrong, and the correct run's bound stays at or
     below 3 — with odds < 1e-6 of doing otherwise for any draw, from the score model at the run's σ."""
-    from common.audit_bound import ceiling
+    from common.audit_bound import CONSISTENT, ceiling, verdict
     from simulations.harness.audit_power import odds_bound_exceeds
 
     run = tiny_gradient_audit
-    dp = run["rows"][1]
+    dp = run["rows"][None]
     assert dp["privacy_unit"] == "patient" and dp["site_epsilon_spent"] <= GRADIENT_CLAIM * (1 + 1e-6)
-    assert ceiling(run["data"].included, dp["delta"]) > GRADIENT_CLAIM  # the test could fail
+    assert dp["canary"]["ceiling"] == ceiling(run["data"].included, dp["delta"]) > GRADIENT_CLAIM  # it could fail
     assert odds_bound_exceeds(_score_model(run, dp), GRADIENT_CLAIM, dp["delta"]) < FAILURE_ODDS
-    assert dp["canary"]["epsilon_lower_bound"] <= dp["claimed_epsilon"]
+    canary = dp["canary"]
+    assert verdict(canary["epsilon_lower_bound"], canary["ceiling"], dp["claimed_epsilon"]) == CONSISTENT
+
+
+@pytest.mark.parametrize("fault", ["noise-off", "clipping-off"])
+def test_the_audit_fails_an_implementation_broken_on_purpose(tiny_gradient_audit: dict, fault: str) -> None:
+    """DP at ε = 3 with no noise (σ_actual = 0), or no clipping (bound 10^6·C, noise σ·C), while the ledger claims
+    the calibrated σ and C, so the site reports ε = 3: the audit's bound exceeds 3 — with odds < 1e-6 of not
+    doing so for any draw — and the run is reported inconsistent. Without the clipping-off canaries' norm
+    above C (gradients added after clipping) the second case would pass unseen."""
+    from common.audit_bound import INCONSISTENT, verdict
+    from simulations.harness.audit_experiment import targets
+    from simulations.harness.audit_power import odds_bound_within
+
+    run = tiny_gradient_audit
+    broken = run["rows"][fault]
+    assert broken["site_epsilon_spent"] == pytest.approx(run["rows"][None]["site_epsilon_spent"])  # claims as much
+    assert broken["noise_multiplier"] == run["rows"][None]["noise_multiplier"]
+    assert odds_bound_within(_score_model(run, broken), GRADIENT_CLAIM, broken["delta"]) < FAILURE_ODDS
+    canary = broken["canary"]
+    assert verdict(canary["epsilon_lower_bound"], canary["ceiling"], broken["claimed_epsilon"]) == INCONSISTENT
+    rows = list(run["rows"].values())
+    assert targets(rows)["broken_runs_caught"] is True and targets(rows)["bound_below_claimed_epsilon"] is True
 
 
 # -- how the audit is published ---------------------------------------------------------------
-def _row(label: str, dp: bool, eps: float | None, bound: float, auc_update: float, seed: int = 42) -> dict:
+def _row(label: str, dp: bool, eps: float | None, bound: float, auc_update: float, seed: int = 42,
+         fault: str | None = None) -> dict:
     mia = {name: {"auc": auc_update if name == "update" else 0.5, "auc_ci95": [auc_update - 0.05, auc_update + 0.05],
                   "tpr_at_fpr": {"0.01": {"tpr": 0.02, "ci95": [0.0, 0.05]}, "0.001": {"tpr": 0.0, "ci95": [0.0, 0.01]}}}
            for name in ("update", "final-global", "last-update")}
     return {"label": label, "dp": dp, "claimed_epsilon": eps, "site_epsilon_spent": eps and eps * 0.999, "seed": seed,
-            "canary": {"epsilon_lower_bound": bound, "correct": 9, "guesses": 10}, "canary_auc": 0.6, "mia": mia,
+            "canary": {"epsilon_lower_bound": bound, "correct": 9, "guesses": 10, "canaries": 200, "included": 100},
+            "canary_auc": 0.6, "mia": mia, "delta": 1e-5, "fault": fault,
             "test_accuracy": 0.85, "audit_cost_ratio": 1.3, "site_records": 270}
 
 
 def test_audit_table_and_reading_state_the_targets() -> None:
+    """200 canaries at δ = 1e-5 certify at most ε ≈ 3.7 (`ceiling`): the table and reading say that a claim of 8
+    is inconclusive and one of 1 is not, and that rows broken on purpose were (or were not) caught."""
+    from common.audit_bound import ceiling
     from simulations.harness.audit_experiment import targets
     from simulations.harness.publish.audit import audit_setup
     from simulations.harness.publish.experiments import reading
     from simulations.harness.results import markdown_table
 
     rows = [_row("non-private", False, None, 1.4, 0.66), _row("DP epsilon=8", True, 8.0, 0.3, 0.52),
-            _row("DP epsilon=1", True, 1.0, 0.0, 0.50)]
+            _row("DP epsilon=1", True, 1.0, 0.0, 0.50),
+            _row("DP epsilon=1, noise off (broken)", True, 1.0, 3.1, 0.5, fault="noise-off")]
     result = {"experiment": "audit", "quick": True, "rows": rows, "targets": targets(rows), "image_size": 32,
               "policy": "norm-head", "plan": {"sites": 2, "per_group": 2, "rounds": 2, "local_epochs": 8,
-                                              "delta": 1e-5, "canaries": 200}}
+                                              "delta": 1e-5, "canaries": 200, "canary_kind": "gradient",
+                                              "canary_norm": 100.0}}
+    top = ceiling(np.arange(200) < 100, 1e-5)
+    assert 1.0 < top < 8.0 and result["targets"]["conclusive_claims"] == [1.0]
+    assert result["targets"]["inconclusive_claims"] == [8.0] and result["targets"]["broken_runs_caught"] is True
     table = markdown_table(result)
     assert "**1.40** (9/10)" in table and "8 (7.99)" in table and "∞ (non-private)" in table
+    assert f"| {top:.2f} | inconclusive |" in table and "| **inconsistent** |" in table and "| consistent |" in table
     assert "NOT met" not in table
-    assert "stays below the claimed ε" in reading(result) and "has the power" in reading(result)
-    assert "200 canaries" in audit_setup(result)
+    text = reading(result)
+    assert "stays below the claimed ε" in text and "has the power" in text and "At ε = 8 it means nothing" in text
+    assert "finds each inconsistent" in text
+    assert "200 canaries" in audit_setup(result) and "*before* clipping" in audit_setup(result)
     broken = [_row("DP epsilon=1", True, 1.0, 1.7, 0.7)]
     assert targets(broken)["bound_below_claimed_epsilon"] is False
     assert "NOT met" in markdown_table({**result, "rows": broken, "targets": targets(broken)})
     assert "broken" in reading({**result, "rows": broken, "targets": targets(broken)})
+    missed = [*rows[:3], _row("DP epsilon=1, clipping off (broken)", True, 1.0, 0.4, 0.5, fault="clipping-off")]
+    assert targets(missed)["broken_runs_caught"] is False
+    assert "does not catch every one" in reading({**result, "rows": missed, "targets": targets(missed)})

@@ -1,7 +1,7 @@
 """Gradient-space (Dirac) canaries for the audit experiment: the worst case DP-SGD must cover.
 
-A DP-SGD proof covers *any* record, including one whose clipped gradient is the same
-coordinate vector C·e_j at every step, whatever the model (Nasr et al., "Tight auditing of
+A DP-SGD proof covers *any* record, including one whose gradient is the same coordinate
+vector G·e_j at every step, whatever the model (Nasr et al., "Tight auditing of
 differentially private machine learning", USENIX Security 2023; Steinke, Nasr & Jagielski,
 NeurIPS 2023, gradient canaries). Such a record needs no input image the model may fail to
 memorise: its whole effect lands on one coordinate, so it is the strongest canary an
@@ -11,10 +11,12 @@ noise, the sampling rate the accountant assumes).
 Here each of m canaries owns a distinct coordinate j_i of the trainable parameters. An
 included canary is one more record of the audited site (at the patient unit: a patient of
 its own): Poisson-sampled with the step's rate q, like the real records, and when sampled
-it adds C·e_{j_i} (norm exactly C, so clipping leaves it unchanged) to the summed clipped
-gradients before the noise (`common.training.TrainSettings.audit_gradient_canaries`).
-The accountant therefore stays right: every record, canary or not, is in a step with
-probability q, and the rate does not depend on how many records there are.
+its per-record gradient G·e_{j_i} joins the step's real per-record gradients *before
+clipping* (`TrainSettings.extra_records`, `common.extra_records`), so the site's own
+clipping cuts it to C·e_{j_i}, as it must cut any record. G is far above C (`AuditPlan.
+canary_norm`, 100·C): clipping that does not clip lets the canary through a hundredfold and
+the audit sees it. The accountant stays right: every record, canary or not, is in a step
+with probability q, and the rate does not depend on how many records there are.
 
 The canaries' sampling draws come from the audit's own generator (seeded by the
 experiment): they are part of the audited mechanism played by the experimenter, not
@@ -94,21 +96,22 @@ def dihedral_variants(images: torch.Tensor) -> torch.Tensor:
 class DiracCanaries:
     """The canaries of one audited site: called by its training once per step (see the module doc)."""
 
-    def __init__(self, coordinates: np.ndarray, included: np.ndarray, clip_norm: float,
-                 rng: np.random.Generator) -> None:
+    def __init__(self, coordinates: np.ndarray, included: np.ndarray, norm: float, rng: np.random.Generator) -> None:
         self.coordinates = np.asarray(coordinates, dtype=np.int64)
         self.included = np.asarray(included, dtype=bool)
-        self.clip_norm = float(clip_norm)
+        self.norm = float(norm)  # G: each canary's per-record gradient norm, before clipping
         self.rng = rng
         self.sampled = np.zeros(len(self.coordinates), dtype=np.int64)  # times each canary took part
 
     def __call__(self, params: list[torch.Tensor], sample_rate: float) -> list[torch.Tensor]:
+        """The per-record gradients of the canaries Poisson sampling takes into this step: (k, *p.shape) each."""
         take = self.included & (self.rng.random(len(self.coordinates)) < sample_rate)
         self.sampled += take
         sizes = [p.numel() for p in params]
-        flat = torch.zeros(sum(sizes), dtype=params[0].dtype)
-        flat[torch.from_numpy(self.coordinates[take])] = self.clip_norm
-        return [chunk.view_as(p) for chunk, p in zip(torch.split(flat, sizes), params)]
+        chosen = torch.from_numpy(self.coordinates[take])
+        rows = torch.zeros(len(chosen), sum(sizes), dtype=params[0].dtype)
+        rows[torch.arange(len(chosen)), chosen] = self.norm
+        return [chunk.reshape(len(chosen), *p.shape) for chunk, p in zip(torch.split(rows, sizes, dim=1), params)]
 
 
 def score(received: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarray], coordinates: np.ndarray) -> np.ndarray:

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.audit_bound import INCONSISTENT, ceiling, verdict  # noqa: E402
 from server.report.format import pct  # noqa: E402
 from server.run_store import jsonable  # noqa: E402
 
@@ -47,7 +49,8 @@ HEADER = ["setting", "accuracy % (95% CI)", "balanced acc. %", "macro-F1 %", "ma
           "round-0 acc. %", "site updates not used", "seconds"]
 
 
-AUDIT_HEADER = ["setting", "seed", "claimed ε (site spent)", "canary ε lower bound (v/r correct)", "canary AUC",
+AUDIT_HEADER = ["setting", "seed", "claimed ε (site spent)", "canary ε lower bound (v/r correct)",
+                "ceiling (all right)", "verdict", "canary AUC",
                 "MIA AUC, update (95% CI)", "TPR @1% FPR", "TPR @0.1% FPR", "MIA AUC, gradient", "MIA AUC, final global",
                 "MIA AUC, last update", "test acc. %", "audit cost / run"]
 
@@ -65,6 +68,7 @@ def _audit_cells(row: dict[str, Any]) -> list[str]:
     return [
         row["label"], str(row["seed"]), claimed,
         f"**{canary['epsilon_lower_bound']:.2f}** ({canary['correct']}/{canary['guesses']})",
+        f"{row_ceiling(row):.2f}", _verdict(row),
         f"{row['canary_auc']:.3f}",
         f"{update['auc']:.3f} ({update['auc_ci95'][0]:.3f}-{update['auc_ci95'][1]:.3f})",
         _tpr(update, "0.01"), _tpr(update, "0.001"),
@@ -72,6 +76,22 @@ def _audit_cells(row: dict[str, Any]) -> list[str]:
         f"{mia['final-global']['auc']:.3f}", f"{mia['last-update']['auc']:.3f}",
         _pct(row["test_accuracy"]), f"{row['audit_cost_ratio']:.2f}x",
     ]
+
+
+def row_ceiling(row: dict[str, Any]) -> float:
+    """An audit row's ceiling: recorded, or (rows from before it was) from m, the included count and δ."""
+    canary = row["canary"]
+    if "ceiling" in canary:
+        return float(canary["ceiling"])
+    return ceiling(np.arange(canary["canaries"]) < canary["included"], row["delta"])
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    """The audit's verdict on a DP row's claim (`common.audit_bound.verdict`); '-' without DP."""
+    if not row["dp"]:
+        return "-"
+    text = verdict(row["canary"]["epsilon_lower_bound"], row_ceiling(row), row["claimed_epsilon"])
+    return f"**{text}**" if text == INCONSISTENT else text
 
 
 def _met(flag: bool | None) -> str:
@@ -83,14 +103,21 @@ def audit_targets_text(t: dict[str, Any]) -> str:
         return "n/a" if v is None else format(v, fmt)
 
     return (
-        f"\nTargets: canary lower bound ≤ claimed ε in every DP row: {_met(t['bound_below_claimed_epsilon'])} "
-        f"(largest bound / claimed ε: {num(t['max_bound_over_claimed'], '.2f')}); "
+        f"\nTargets: canary lower bound ≤ claimed ε in every DP row as implemented: "
+        f"{_met(t['bound_below_claimed_epsilon'])} (largest bound / claimed ε: {num(t['max_bound_over_claimed'], '.2f')}; "
+        f"claims the audit could contradict: {_claims(t.get('conclusive_claims'))}, could not: "
+        f"{_claims(t.get('inconclusive_claims'))}); DP rows broken on purpose found inconsistent (bound > claimed ε): "
+        f"{_met(t.get('broken_runs_caught'))} (lowest bound {num(t.get('broken_min_bound'), '.2f')}); "
         f"non-private audit has power (update MIA AUC ≥ 0.6 or canary bound ≥ 1, every seed): "
         f"{_met(t['nonprivate_has_power'])} (lowest AUC {num(t['nonprivate_min_update_auc'])}, lowest bound "
         f"{num(t['nonprivate_min_bound'], '.2f')}); DP ε ≤ 8, largest MIA AUC over all scores ≤ 0.55: "
         f"{_met(t['dp_auc_at_most_0_55'])} (largest {num(t['dp_max_auc'])}); audit cost ≤ 2x the DP run: "
         f"{_met(t['audit_cost_at_most_2x'])} (largest {num(t['max_audit_cost_ratio'], '.2f')}x).\n"
     )
+
+
+def _claims(claims: list[float] | None) -> str:
+    return ", ".join(f"ε = {c:g}" for c in claims) if claims else "none"
 
 
 UNITS_HEADER = ["setting", "accuracy % (95% CI)", "balanced acc. %", "macro AUC %", "ε per patient (max site)",
