@@ -245,7 +245,7 @@ GRADIENT_CLAIM = 3.0  # the DP rows' claimed ε: below what 400 canaries can cer
 
 @pytest.fixture(scope="module")
 def tiny_gradient_audit() -> dict:
-    """The tiny federation with 400 gradient canaries (per-record norm 100·C under DP, clipped with the real
+    """The tiny federation with 400 gradient canaries (per-record norm 10·C under DP, clipped with the real
     records; C without DP), SGD
     without momentum (so that every step moves a canary's coordinate alike: `simulations.harness.audit_power`'s
     model), 30 local epochs: non-private; DP at ε = 3; and DP at ε = 3 broken on purpose, noise off and clipping
@@ -267,7 +267,7 @@ def tiny_gradient_audit() -> dict:
 def _score_model(run: dict, row: dict) -> object:
     """The model of this row's canary scores (`audit_power.CanaryScores`), in units of C (one clipped canary
     push), with the real records' push bounded from the site's own data (`head_data_push`), at worst in every
-    step. A canary's gradient is G = 100·C before clipping (C without DP)."""
+    step. A canary's gradient is G = 10·C before clipping (C without DP)."""
     from common.data.sources import dataset_classes
     from common.factory import initial_model
     from simulations.harness.audit import canary_coordinates
@@ -278,7 +278,7 @@ def _score_model(run: dict, row: dict) -> object:
     base, _ = initial_model(config, len(dataset_classes(config)))
     coordinates = canary_coordinates(base, data, run["seed"])
     site, clip = data.sites[0], config.max_grad_norm
-    norm = row["canary_norm"] * clip  # 100·C under DP, C without (nothing to clip)
+    norm = row["canary_norm"] * clip  # 10·C under DP, C without (nothing to clip)
     assert len(set(site.groups)) == len(site)  # one patch per patient: a patient's clipping is its patch's
     steps, rate = row["site_steps"], row["site_sample_rate"]
     assert steps == plan.local_epochs * round(1 / rate)  # every step of the round, at the rate the accountant has

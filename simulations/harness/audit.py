@@ -140,7 +140,7 @@ def _start(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: bool, 
 def canary_norm(plan: AuditPlan, dp: bool) -> float:
     """A gradient canary's per-record gradient norm, in multiples of C: far above 1 under DP, so that clipping
     shows (it must cut the canary to C); 1 without DP, where nothing clips: the size DP leaves it, so that the
-    non-private row shows the power against the same push, and its model is not wrecked by 100-fold pushes."""
+    non-private row shows the power against the same push and its model is not wrecked by tenfold pushes."""
     return plan.canary_norm if dp else 1.0
 
 

@@ -14,7 +14,7 @@ its own): Poisson-sampled with the step's rate q, like the real records, and whe
 its per-record gradient G·e_{j_i} joins the step's real per-record gradients *before
 clipping* (`TrainSettings.extra_records`, `common.extra_records`), so the site's own
 clipping cuts it to C·e_{j_i}, as it must cut any record. G is far above C (`AuditPlan.
-canary_norm`, 100·C): clipping that does not clip lets the canary through a hundredfold and
+canary_norm`, 10·C): clipping that does not clip lets the canary through tenfold and
 the audit sees it. The accountant stays right: every record, canary or not, is in a step
 with probability q, and the rate does not depend on how many records there are.
 

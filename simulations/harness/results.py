@@ -165,17 +165,19 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def plot_audit(result: dict[str, Any], path: Path) -> None:
-    """Left: canary ε lower bound against the claimed ε. Right: MIA AUC (update score) with its CI."""
+    """Left: canary ε lower bound against the claimed ε and the ceiling. Right: MIA AUC (update score) with its CI."""
     rows = result["rows"]
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     for i, label in enumerate(labels):
         mine = [r for r in rows if r["label"] == label]
         claimed = mine[0]["claimed_epsilon"]
-        colour = "#2a7" if claimed is None else "#7b2d8b"
+        colour = "#2a7" if claimed is None else ("#c0392b" if mine[0].get("fault") else "#7b2d8b")
         xs = [i + 0.08 * (j - (len(mine) - 1) / 2) for j in range(len(mine))]
         left.scatter(xs, [r["canary"]["epsilon_lower_bound"] for r in mine], color=colour, zorder=3,
                      label="lower bound (one per seed)" if i == 0 else None)
+        left.hlines(max(row_ceiling(r) for r in mine), i - 0.3, i + 0.3, color="grey", linestyle=":",
+                    label="ceiling (every guess right)" if i == 0 else None)
         if claimed is not None:
             left.hlines(claimed, i - 0.3, i + 0.3, color="black", linestyle="--",
                         label="claimed ε" if claimed == max(r["claimed_epsilon"] or 0 for r in rows) else None)
@@ -183,12 +185,13 @@ def plot_audit(result: dict[str, Any], path: Path) -> None:
             mia = r["mia"]["update"]
             right.errorbar([x], [mia["auc"]], yerr=[[mia["auc"] - mia["auc_ci95"][0]], [mia["auc_ci95"][1] - mia["auc"]]],
                            marker="o", color=colour, capsize=3)
+    ticks = [label.replace("DP epsilon=", "DP ε=").replace(", ", "\n").replace(" (", "\n(") for label in labels]
     for ax in (left, right):
-        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xticks(range(len(labels)), ticks, fontsize=7)
         ax.grid(alpha=0.3)
     left.set_ylabel("ε (one-run canary audit, 95%)")
-    left.set_title("canary lower bound vs claimed ε", fontsize=9)
-    left.legend(fontsize=7, loc="center left")
+    left.set_title("canary lower bound vs claimed ε (red: broken on purpose)", fontsize=9)
+    left.legend(fontsize=7, loc="upper right")
     right.axhline(0.5, color="grey", linestyle=":")
     right.set_ylabel("membership-inference ROC AUC")
     right.set_title("MIA on real records (coordinator's update score)", fontsize=9)
