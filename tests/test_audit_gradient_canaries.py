@@ -161,3 +161,17 @@ def test_the_audit_fails_an_implementation_broken_on_purpose(tiny_gradient_audit
     assert verdict(canary["epsilon_lower_bound"], canary["ceiling"], broken["claimed_epsilon"]) == INCONSISTENT
     rows = list(run["rows"].values())
     assert targets(rows)["broken_runs_caught"] is True and targets(rows)["bound_below_claimed_epsilon"] is True
+
+
+def test_only_the_simulation_harness_sets_extra_records() -> None:
+    """The injection point stays the harness's: no code a site or the coordinator runs sets `extra_records` (as a
+    keyword or a key), so no run config or server message can plant records in a site's step."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    setting = re.compile(r"""\bextra_records\s*=(?!=)|["']extra_records["']""")
+    shipped = [p for folder in ("client", "server", "common", "deploy") for p in (repo / folder).rglob("*.py")]
+    assert len(shipped) > 40  # the tree was found
+    assert setting.search("TrainSettings(dp=True, extra_records=canaries)")  # the pattern finds a setter
+    assert [str(p.relative_to(repo)) for p in shipped if setting.search(p.read_text())] == []
