@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from common.audit.bound import audit_scores
+from common.audit.bound import INCONCLUSIVE, INCONSISTENT, audit_scores
 from common.audit.canaries import run_canaries, run_coin_flips, update_alignment
 from common.audit.mia import mia_metrics
 
@@ -76,13 +76,13 @@ def summarise(audit: Mapping[str, Any], sites: list[dict[str, Any]], config: Map
         scores = np.asarray(record["scores"], dtype=np.float64)
         bound = audit_scores(scores, included, delta)
         auc = mia_metrics(scores[included], scores[~included], samples=200, seed=0) if 0 < included.sum() < m else None
+        verdict = bound.verdict(float(site["epsilon"])) if dp else None
         rows.append({
             "site_id": site_id, "dp": dp, "claimed_epsilon": site.get("epsilon") if dp else None,
-            "delta": delta, "epsilon_lower_bound": bound.epsilon_lower_bound, "guesses": bound.guesses,
-            "correct": bound.correct, "canaries": m, "included": int(included.sum()),
+            "delta": delta, "epsilon_lower_bound": bound.epsilon_lower_bound, "ceiling": bound.ceiling,
+            "guesses": bound.guesses, "correct": bound.correct, "canaries": m, "included": int(included.sum()),
             "canary_auc": auc["auc"] if auc else None, "canary_auc_ci95": auc["auc_ci95"] if auc else None,
-            "rounds": record["rounds"],
-            "consistent": (not dp) or bound.epsilon_lower_bound <= float(site["epsilon"]) * (1 + 1e-9),
+            "rounds": record["rounds"], "verdict": verdict, "consistent": verdict != INCONSISTENT,
         })
     return {"canaries": m, "score": audit.get("score", "gradient"), "confidence": 0.95, "sites": rows,
             "reading": reading(rows)}
@@ -96,10 +96,16 @@ def reading(rows: list[dict[str, Any]]) -> str:
         if row["dp"] and not row["consistent"]:
             parts.append(f"{row['site_id']}: {proven}, MORE than the ε = {row['claimed_epsilon']:.2f} the site claims: "
                          "the DP implementation is broken; do not trust this run's privacy claim.")
+        elif row["dp"] and row.get("verdict") == INCONCLUSIVE:
+            parts.append(f"{row['site_id']}: {proven}; with {row['canaries']} canaries at δ = {row['delta']:.1e} even "
+                         f"every guess right would prove at most ε = {row['ceiling']:.2f}, no more than the "
+                         f"ε = {row['claimed_epsilon']:.2f} the site claims, so this audit cannot contradict the "
+                         "claim whatever the implementation does: it checks nothing here.")
         elif row["dp"]:
-            parts.append(f"{row['site_id']}: {proven}, within the ε = {row['claimed_epsilon']:.2f} the site claims "
-                         "(a lower bound can only expose a broken claim, never confirm a small ε; with few canaries "
-                         "it is small even without DP).")
+            parts.append(f"{row['site_id']}: {proven}, within the ε = {row['claimed_epsilon']:.2f} the site claims, "
+                         f"which the audit could have contradicted (every guess right would prove "
+                         f"{row['ceiling']:.2f}); a lower bound can only expose a broken claim, never confirm a "
+                         "small ε.")
         else:
             parts.append(f"{row['site_id']} trained without DP: {proven} from {row['canaries']} canaries "
                          "(how much one record can leak here when nothing protects it).")
@@ -117,6 +123,8 @@ def view(section: Mapping[str, Any] | None) -> dict[str, Any] | None:
             "site_id": row["site_id"],
             "claimed": f"{row['claimed_epsilon']:.2f}" if row["dp"] else "∞ (no DP)",
             "bound": f"{row['epsilon_lower_bound']:.2f}", "consistent": row["consistent"],
+            "ceiling": f"{row['ceiling']:.2f}" if "ceiling" in row else "n/a",
+            "verdict": row.get("verdict") or "no DP",
             "guesses": f"{row['correct']} of {row['guesses']} guesses right",
             "auc": "n/a" if row["canary_auc"] is None else f"{row['canary_auc']:.3f}"
                    + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""),

@@ -72,6 +72,21 @@ def test_the_section_compares_the_bound_with_the_claim() -> None:
     assert "within the ε = 2.00 the site claims" in quiet["reading"] and not view(quiet)["broken"]
     nonprivate = _section(leaky, dp=False)
     assert nonprivate["sites"][0]["claimed_epsilon"] is None and "without DP" in nonprivate["reading"]
+    assert row["verdict"] == "inconsistent" and quiet["sites"][0]["verdict"] == "consistent"
+
+
+def test_a_claim_the_audit_cannot_contradict_is_reported_inconclusive() -> None:
+    """400 canaries at δ = 1e-5 can prove at most ε ≈ 4.4 (every guess right): a site claiming ε = 8 whose
+    updates give every canary away is not called broken, and the report says the audit checked nothing."""
+    from common.audit.bound import ceiling
+
+    flips = run_coin_flips(3, 400)
+    leaky = flips + np.random.default_rng(0).normal(0, 0.1, 400)
+    [row] = _section(leaky, dp=True, epsilon=8.0)["sites"]
+    assert row["ceiling"] == ceiling(flips, 1e-5) < 8.0 and row["epsilon_lower_bound"] == pytest.approx(row["ceiling"])
+    assert row["verdict"] == "inconclusive" and row["consistent"]
+    section = _section(leaky, dp=True, epsilon=8.0)
+    assert "cannot contradict the claim" in section["reading"] and view(section)["rows"][0]["verdict"] == "inconclusive"
 
 
 def test_update_alignment_is_the_step_along_each_records_own_gradient() -> None:

@@ -118,16 +118,45 @@ class CanaryAudit:
     confidence: float
     delta: float
     grid: tuple[tuple[int, int, float], ...]  # (r, v, bound at the Bonferroni-corrected level) per grid point
+    ceiling: float = math.inf  # the largest bound this audit could give (`ceiling`)
 
     def as_dict(self) -> dict[str, object]:
         return {
             "epsilon_lower_bound": self.epsilon_lower_bound, "canaries": self.canaries, "included": self.included,
             "guesses": self.guesses, "correct": self.correct, "confidence": self.confidence, "delta": self.delta,
-            "grid": [list(g) for g in self.grid],
+            "grid": [list(g) for g in self.grid], "ceiling": self.ceiling,
         }
+
+    def verdict(self, claimed_epsilon: float) -> str:
+        """`verdict` of this audit against a claimed ε."""
+        return verdict(self.epsilon_lower_bound, self.ceiling, claimed_epsilon)
+
+
+CONSISTENT, INCONSISTENT, INCONCLUSIVE = "consistent", "inconsistent", "inconclusive"
+
+
+def verdict(bound: float, ceiling: float, claimed_epsilon: float) -> str:
+    """What an audit says about a claimed ε: `inconsistent` when its bound exceeds the claim (the implementation
+    or its accounting is broken); `inconclusive` when even every guess right could not exceed it (the audit
+    cannot contradict the claim: ceiling ≤ claim); else `consistent` (it could have failed and did not)."""
+    if bound > claimed_epsilon * (1 + 1e-9):
+        return INCONSISTENT
+    return CONSISTENT if ceiling > claimed_epsilon else INCONCLUSIVE
 
 
 DEFAULT_GUESS_FRACTIONS = (0.05, 0.1, 0.2, 0.4, 1.0)
+
+
+def ceiling(included: np.ndarray, delta: float, confidence: float = 0.95,
+            guess_fractions: Sequence[float] = DEFAULT_GUESS_FRACTIONS) -> float:
+    """The largest ε this audit can certify: every guess right, as far as the coin flips allow.
+
+    A function of m, δ and the number of included canaries only (not of training), so it can be stated
+    before the run: a claimed ε at or above it can never be contradicted by this audit, whatever the
+    implementation does.
+    """
+    included = np.asarray(included, dtype=bool)
+    return _bound(included.astype(np.float64), included, delta, confidence, guess_fractions)[0]
 
 
 def audit_scores(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float = 0.95,
@@ -136,7 +165,7 @@ def audit_scores(scores: np.ndarray, included: np.ndarray, delta: float, confide
 
     Guesses the top/bottom k scores for each k = fraction·m in a grid fixed in advance; each
     grid point is tested at (1 − confidence)/len(grid) (Bonferroni), so the best of them is a
-    valid lower bound at `confidence`.
+    valid lower bound at `confidence`. The audit's `ceiling` comes with it.
     """
     scores = np.asarray(scores, dtype=np.float64)
     included = np.asarray(included, dtype=bool)
@@ -144,6 +173,14 @@ def audit_scores(scores: np.ndarray, included: np.ndarray, delta: float, confide
         raise ValueError("scores and included must be 1-D arrays of the same length")
     if not np.all(np.isfinite(scores)):
         raise ValueError("canary scores must be finite")
+    bound, r, v, grid = _bound(scores, included, delta, confidence, guess_fractions)
+    top = ceiling(included, delta, confidence, guess_fractions)
+    return CanaryAudit(bound, len(scores), int(included.sum()), r, v, confidence, delta, grid, top)
+
+
+def _bound(scores: np.ndarray, included: np.ndarray, delta: float, confidence: float,
+           guess_fractions: Sequence[float]) -> tuple[float, int, int, tuple[tuple[int, int, float], ...]]:
+    """(bound, r, v of the best grid point, the grid) of `audit_scores`."""
     m = len(scores)
     counts = sorted({max(1, min(m, int(round(f * m)))) for f in guess_fractions}) if m else []
     level = 1.0 - (1.0 - confidence) / max(1, len(counts))
@@ -154,4 +191,4 @@ def audit_scores(scores: np.ndarray, included: np.ndarray, delta: float, confide
         v = int(np.sum(guesses == truth))
         grid.append((r, v, epsilon_lower_bound(m, r, v, delta, level)))
     best = max(grid, key=lambda g: g[2], default=(0, 0, 0.0))
-    return CanaryAudit(best[2], m, int(included.sum()), best[0], best[1], confidence, delta, tuple(grid))
+    return best[2], best[0], best[1], tuple(grid)

@@ -21,7 +21,8 @@ from common.data.stain_handling import StainAugmenter
 from common.model.inputs import as_tensor_dataset, device, normalise
 from common.privacy.randomness import SecretStream
 from common.training.dp_engine import AccountantHistory
-from common.training.loop import attach_gradient_canaries, detach_training, optimizer_for, run_epochs, stain_augmenter
+from common.training.extra_records import attach_extra_records
+from common.training.loop import detach_training, optimizer_for, run_epochs, stain_augmenter
 from common.training.private import train_private
 from common.training.settings import TrainOutcome, TrainSettings
 
@@ -47,12 +48,12 @@ def train_local(
     batches = _ShuffledBatches(tensors[0], tensors[1], min(settings.batch_size, len(data)),
                                settings.randomness.stream("shuffle"), stain_augmenter(data, settings))
     optimizer, proximal = optimizer_for(model, settings)
-    canaries = attach_gradient_canaries(optimizer, settings, 1.0 / len(batches), batches.batch_size)
+    extra = attach_extra_records(optimizer, model, settings.extra_records, 1.0 / len(batches), batches.batch_size)
     try:
         steps, mean_loss, masked = run_epochs(model, optimizer, nn.CrossEntropyLoss(), settings,
                                               settings.randomness.stream("augmentation"), desc, lambda: batches)
     finally:
-        detach_training(model, None, proximal, canaries)
+        detach_training(model, None, proximal, extra)
     model.eval()
     return TrainOutcome(num_examples=len(data), mean_loss=mean_loss, steps=steps, sample_rate=1.0 / len(batches),
                         history=None, nonfinite_records=masked)

@@ -1,8 +1,9 @@
-"""The parts every training path shares: optimizer, epochs of steps, canaries, stain draws, clean-up.
+"""The parts every training path shares: optimizer, epochs of steps, stain draws, clean-up.
 
 Non-private, patch-level DP and patient-level DP training differ only in how a step's records are
-sampled and clipped; the optimizer, the loop over steps, the audit's gradient canaries and the
-removal of what training attached are written once here, so the three paths cannot drift apart.
+sampled and clipped; the optimizer, the loop over steps and the removal of what training attached
+(including the simulation's extra records, `common.training.extra_records`) are written once here, so the three
+paths cannot drift apart.
 """
 
 from __future__ import annotations
@@ -82,48 +83,13 @@ def run_epochs(
     return steps, total_loss / max(loss_batches, 1), nonfinite
 
 
-def attach_gradient_canaries(optimizer: torch.optim.Optimizer, settings: TrainSettings, sample_rate: float,
-                             batch_size: int) -> Callable[[], None] | None:
-    """Simulation audit only: add the canaries' gradients of each step; returns the detacher, or None.
-
-    Under DP they join the clipped per-record gradients *before* the noise (Opacus' `add_noise`, on
-    this optimizer instance only), exactly as records of their own: each canary gradient has norm
-    at most C, so clipping would leave it as it is, and the accountant's rate is the one they are
-    sampled with. Without DP they join the batch's mean gradient as one more record of a batch
-    of `batch_size`. Nothing is attached when the settings hold no canaries (every deployed site).
-    """
-    canaries = settings.audit_gradient_canaries
-    if canaries is None:
-        return None
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if hasattr(optimizer, "add_noise"):  # an Opacus DPOptimizer: params are the same tensors
-        add_noise = optimizer.add_noise
-
-        @torch.no_grad()
-        def add_noise_with_canaries() -> None:
-            extra = canaries(params, sample_rate)
-            for p, g in zip(params, extra or []):
-                p.summed_grad.add_(g.to(p.summed_grad.device).view_as(p.summed_grad))  # type: ignore[attr-defined]
-            add_noise()
-
-        optimizer.add_noise = add_noise_with_canaries  # type: ignore[method-assign]
-        return lambda: delattr(optimizer, "add_noise")
-
-    @torch.no_grad()
-    def add_to_mean(_optimizer: torch.optim.Optimizer, _args: object, _kwargs: object) -> None:
-        for p, g in zip(params, canaries(params, sample_rate) or []):
-            p.grad = g.to(p.device) / batch_size if p.grad is None else p.grad.add_(g.to(p.device), alpha=1 / batch_size)
-
-    return optimizer.register_step_pre_hook(add_to_mean).remove
-
-
 def detach_training(model: nn.Module, private_model: nn.Module | None, proximal: RemovableHandle | None,
-                    canaries: Callable[[], None] | None) -> None:
-    """Remove what training attached: FedProx's term, the canaries and (under DP) Opacus' hooks."""
+                    extra: Callable[[], None] | None) -> None:
+    """Remove what training attached: FedProx's term, the extra records (simulation) and (under DP) Opacus' hooks."""
     if proximal is not None:
         proximal.remove()
-    if canaries is not None:
-        canaries()
+    if extra is not None:
+        extra()
     if private_model is not None:
         _detach_dp(model, private_model)
 

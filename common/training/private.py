@@ -18,7 +18,8 @@ from common.data.imageset import ImageSet
 from common.data.stain_handling import StainAugmenter
 from common.model.inputs import as_tensor_dataset, device
 from common.training.dp_engine import AccountantHistory, accountant_history, site_accountant
-from common.training.loop import attach_gradient_canaries, detach_training, optimizer_for, run_epochs, stain_augmenter
+from common.training.extra_records import attach_extra_records
+from common.training.loop import detach_training, optimizer_for, run_epochs, stain_augmenter
 from common.training.patient_dp import (
     PATIENT,
     PatientPoissonSampler,
@@ -73,7 +74,7 @@ def train_private(
     )
     tensors = as_tensor_dataset(data).tensors
     batches = _RecordBatches(sampler, tensors[0], tensors[1], stain_augmenter(data, settings))
-    canaries = attach_gradient_canaries(private.optimizer, settings, float(sampler.sample_rate), 0)
+    extra = attach_extra_records(private.optimizer, private.module, settings.extra_records, float(sampler.sample_rate), 0)
     try:
         steps, mean_loss, masked = run_epochs(
             private.module, private.optimizer, private.criterion, settings,
@@ -81,7 +82,7 @@ def train_private(
         )
     finally:
         private.remove_sanitizers()
-        detach_training(model, private.module, proximal, canaries)
+        detach_training(model, private.module, proximal, extra)
     model.eval()
     patient = settings.privacy_unit == PATIENT
     return TrainOutcome(

@@ -15,8 +15,9 @@ import torch
 from common.privacy.randomness import RoundRandomness
 from common.training.patient_dp import DEFAULT_MAX_PATCHES_PER_PATIENT, PATCH, PRIVACY_UNITS
 
-# (trainable parameters, Poisson rate of the step) -> summed canary gradients per parameter, or None
-GradientCanaries = Callable[[list[torch.Tensor], float], "list[torch.Tensor] | None"]
+# Simulation only: (trainable parameters, the step's Poisson rate) -> per-record gradients of the step's extra
+# records, one (k, *p.shape) tensor per parameter, or None (common.training.extra_records)
+ExtraRecords = Callable[[list[torch.Tensor], float], "list[torch.Tensor] | None"]
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,10 @@ class TrainSettings:
     # transform, so under DP it costs no budget.
     stain_augment: bool = False
     proximal_mu: float = 0.0  # FedProx: mu of mu/2·||w - w_global||², added after clipping and noise (common.training.proximal)
-    # Simulation audit only (simulations.harness.gradient_canaries): deployed sites never hold canaries and never set
-    # this. Called once per step with the trainable parameters and the step's Poisson rate; returns the summed
-    # gradients of the canary records that take part in the step (one tensor per parameter), or None.
-    audit_gradient_canaries: GradientCanaries | None = None
+    # Simulation only (the audit's gradient canaries); deployed sites never set it. Extra per-record gradients
+    # of each step, clipped with the rest (common.training.extra_records): called once per step with the trainable
+    # parameters and the step's Poisson rate, returns one (k, *p.shape) tensor per parameter, or None.
+    extra_records: ExtraRecords | None = None
 
     def __post_init__(self) -> None:
         if self.privacy_unit not in PRIVACY_UNITS:

@@ -262,17 +262,19 @@ TEMPLATE = """<!DOCTYPE html>
   <p class="lead">Simulation only: site-0 trained with {{ audit.canaries }} made-up canary images, each included
     with probability &frac12;. From the models it sent and got back, the server guessed which canaries were
     included; the number of right guesses gives an empirical <em>lower</em> bound on ε (95% confidence; Steinke,
-    Nasr &amp; Jagielski 2023), shown next to the ε the site claims.</p>
+    Nasr &amp; Jagielski 2023), shown next to the ε the site claims and the largest ε this audit could prove at all
+    (every guess right): a claim at or above that ceiling cannot be contradicted, so the audit is inconclusive.</p>
   {% if audit.broken %}<div class="alert alert-danger" id="audit-warning" role="alert"><div class="icon">!</div>
     <div><strong>The empirical lower bound exceeds the claimed ε at {{ audit.broken | join(', ') }}:</strong> the
     privacy implementation is broken; do not rely on this run's privacy claim.</div></div>{% endif %}
   <div class="scroll"><table>
     <thead><tr><th>Site</th><th class="num">Claimed ε</th><th class="num">Empirical lower bound on ε</th>
-      <th>Guesses</th><th class="num">Membership AUC on canaries (95% CI)</th><th>Canaries</th><th class="num">δ</th>
+      <th class="num">Ceiling (all guesses right)</th><th>Verdict</th><th>Guesses</th><th class="num">Membership AUC on canaries (95% CI)</th><th>Canaries</th><th class="num">δ</th>
       <th>Rounds scored</th></tr></thead>
     <tbody>{% for r in audit.rows %}<tr><td class="nowrap"><strong>{{ r.site_id }}</strong></td>
       <td class="num">{{ r.claimed }}</td>
       <td class="num">{% if r.consistent %}{{ r.bound }}{% else %}<span class="pill bad">{{ r.bound }}</span>{% endif %}</td>
+      <td class="num">{{ r.ceiling }}</td><td>{{ r.verdict }}</td>
       <td>{{ r.guesses }}</td><td class="num">{{ r.auc }}</td><td>{{ r.canaries }}</td><td class="num">{{ r.delta }}</td>
       <td>{{ r.rounds }}</td></tr>{% endfor %}</tbody>
   </table></div>

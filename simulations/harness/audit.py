@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -59,13 +58,10 @@ from common.data.sources import dataset_classes
 from common.metrics import accuracy
 from common.model.factory import initial_model
 from common.model.network import get_trainable_state, set_trainable_state
-from common.privacy.accounting import calibrate_noise, epsilon_of
-from common.privacy.randomness import fresh_randomness, public_randomness
+from common.privacy.accounting import epsilon_of
 from common.training.local import predict, train_local
-from common.training.patient_dp import PATCH, PATIENT, patient_counts
-from common.training.settings import TrainSettings
-from common.training.steps import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
-from simulations.harness import gradient_canaries
+from common.training.patient_dp import PATCH
+from simulations.harness import audit_sites, gradient_canaries
 from simulations.harness.audit_data import AuditData, AuditPlan, prepare, privacy_unit
 from simulations.harness.scenario import PYPROJECT, Scenario
 
@@ -75,13 +71,6 @@ SCORES = ("gradient", "update", "final-global", "last-update")
 # The one score the canary bound is computed from: fixed from pilot runs on another audit seed (7), before
 # the published seeds ran (docs/BENCHMARKS.md).
 CANARY_SCORE = "gradient"
-
-
-@functools.lru_cache(maxsize=64)
-def _noise_multiplier(rate: float, steps: int, epsilon: float, delta: float) -> float:
-    """`calibrate_noise` from an empty history: a pure function of its arguments, and slow at rates near 1
-    (seconds per call), so sites (and settings) of the same size share it."""
-    return calibrate_noise([], rate, steps, epsilon, delta)
 
 
 @dataclass
@@ -109,6 +98,10 @@ class _Federation:
     last_update: dict[str, np.ndarray] = field(default_factory=dict)
     audit_seconds: float = 0.0
     site_seconds: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    dp_seed: str = ""  # the simulated sites' dp-seed (opt-in reproducibility); "" = fresh OS randomness
+    site0_steps: int = 0  # the audited site's steps over all rounds, and its Poisson rate per step
+    site0_rate: float = 0.0
+    fault: str | None = None  # an implementation broken on purpose (audit_sites.FAULTS), or None
 
     @property
     def dirac(self) -> bool:
@@ -116,27 +109,8 @@ class _Federation:
         return self.data.canaries is None
 
 
-def _noise_multipliers(config: Any, plan: AuditPlan, train_sets: list[Any], unit: str, dp: bool,
-                       epsilon: float | None) -> list[float]:
-    """Each site's σ so that all planned rounds fit ε at its own sampling rate (0 without DP)."""
-    if not dp:
-        return [0.0 for _ in train_sets]
-    sigmas = []
-    for site in train_sets:
-        if unit == PATIENT:
-            steps, rate = patient_steps_per_epoch(*patient_counts(site.groups, _cap(config)), config.batch_size)
-        else:
-            steps, rate = steps_per_epoch(len(site), config.batch_size)
-        sigmas.append(_noise_multiplier(rate, steps * plan.local_epochs * plan.rounds, epsilon, plan.delta))
-    return sigmas
-
-
-def _cap(config: Any) -> int:
-    return int(getattr(config, "max_patches_per_patient", 16))
-
-
 def _start(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: bool, epsilon: float | None,
-           seed: int) -> _Federation:
+           seed: int, dp_seed: str = "", fault: str | None = None) -> _Federation:
     """The initial model, site 0's canaries planted, each site's noise."""
     base, _ = initial_model(config, len(dataset_classes(config)))
     dirac = data.canaries is None
@@ -147,34 +121,48 @@ def _start(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: bool, 
     run = _Federation(
         config, plan, data, label, dp, seed, base, train_sets,
         site0_records=len(audited) + (int(data.included.sum()) if dirac else 0),  # the canaries are records too
-        unit=unit, sigmas=_noise_multipliers(config, plan, train_sets, unit, dp, epsilon), scored=scored,
+        unit=unit, scored=scored,
+        sigmas=audit_sites.noise_multipliers(config, plan.rounds, plan.local_epochs, plan.delta, train_sets, unit,
+                                             epsilon if dp else None),
         histories=[[] for _ in train_sets], drops={k: np.zeros(len(v)) for k, v in scored.items()},
-        aligned={k: np.zeros(len(v)) for k, v in scored.items()}, site_seconds=np.zeros(len(train_sets)))
+        aligned={k: np.zeros(len(v)) for k, v in scored.items()}, site_seconds=np.zeros(len(train_sets)),
+        dp_seed=dp_seed, fault=fault)
     if dirac:
-        run.coordinates = gradient_canaries.choose_coordinates(base, data.public, len(data.included),
-                                                               np.random.default_rng([seed, 13]))
-        run.planted = gradient_canaries.DiracCanaries(run.coordinates, data.included, config.max_grad_norm,
+        run.coordinates = canary_coordinates(base, data, seed)
+        run.planted = gradient_canaries.DiracCanaries(run.coordinates, data.included,
+                                                      canary_norm(plan, dp) * config.max_grad_norm,
                                                       np.random.default_rng([seed, 14, int(dp), int(epsilon or 0)]))
         run.dirac_scores = np.zeros(len(data.included))
     return run
 
 
+def canary_norm(plan: AuditPlan, dp: bool) -> float:
+    """A gradient canary's per-record gradient norm, in multiples of C: far above 1 under DP, so that clipping
+    shows (it must cut the canary to C); 1 without DP, where nothing clips: the size DP leaves it, so that the
+    non-private row shows the power against the same push and its model is not wrecked by tenfold pushes."""
+    return plan.canary_norm if dp else 1.0
+
+
+def canary_coordinates(base: Any, data: AuditData, seed: int) -> np.ndarray:
+    """The trainable coordinates the gradient canaries own, where the real records push least: ranked on the
+    audited site's own records (the experimenter plays the site), then on public ones, at the starting model,
+    before training and without the coin flips, so the choice cannot favour included canaries."""
+    return gradient_canaries.choose_coordinates(base, [data.sites[0], data.public], len(data.included),
+                                                np.random.default_rng([seed, 13]))
+
+
 def _train_site(run: _Federation, model: Any, k: int, rnd: int) -> int:
     """Site k's local training this round, from the global model already in `model`; its FedAvg weight."""
-    config, plan = run.config, run.plan
-    # DP: the site's secret round seed, never derived from the experiment seed. Non-private
-    # rows are reproducible from the experiment seed (they promise nothing).
-    randomness = fresh_randomness() if run.dp else public_randomness(f"audit-{run.seed}-{rnd}-{k}")
-    settings = TrainSettings(epochs=plan.local_epochs, batch_size=config.batch_size, lr=config.lr,
-                             momentum=config.momentum, randomness=randomness, dp=run.dp, noise_multiplier=run.sigmas[k],
-                             max_grad_norm=config.max_grad_norm,
-                             grad_sample_mode=grad_sample_mode_for(config.policy, config.grad_sample_mode),
-                             privacy_unit=run.unit, max_patches_per_patient=_cap(config),
-                             audit_gradient_canaries=run.planted if run.dirac and k == 0 else None)
+    randomness = audit_sites.round_randomness(run.dp, run.dp_seed, run.seed, k, rnd)
+    settings = audit_sites.site_settings(run.config, run.plan.local_epochs, randomness, run.dp, run.sigmas[k], run.unit,
+                                         run.fault, run.planted if run.dirac and k == 0 else None)
     outcome = train_local(model, run.train_sets[k], settings, history=run.histories[k],
                           desc=f"audit {run.label} site-{k} round {rnd}")
-    if run.dp:
-        run.histories[k] = outcome.history or []
+    if run.dp:  # what the site's ledger holds: the claimed σ (a faulty site claims it too)
+        run.histories[k] = audit_sites.claimed_history(outcome.history or [], run.sigmas[k])
+    if k == 0:
+        run.site0_steps += outcome.steps
+        run.site0_rate = outcome.sample_rate
     return run.site0_records if k == 0 else outcome.num_examples
 
 
@@ -238,9 +226,14 @@ def _attacks(run: _Federation, model: Any) -> dict[str, Any]:
 
 
 def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: bool, epsilon: float | None,
-                seed: int) -> dict[str, Any]:
-    """One federation (non-private or DP at `epsilon`) with the audit; returns the row."""
-    run = _start(config, plan, data, label, dp, epsilon, seed)
+                seed: int, dp_seed: str = "", fault: str | None = None) -> dict[str, Any]:
+    """One federation (non-private or DP at `epsilon`) with the audit; returns the row.
+
+    `dp_seed` pins the DP sites' randomness as a site-held `dp-seed` does (each simulated site gets its own,
+    `audit_sites.site_dp_seed`); "" draws it fresh from the OS each round, as sites do by default. `fault`
+    breaks the DP implementation on purpose while the sites claim ε (`audit_sites.FAULTS`).
+    """
+    run = _start(config, plan, data, label, dp, epsilon, seed, dp_seed, fault)
     global_state = get_trainable_state(run.base)
     model = copy.deepcopy(run.base)
     for rnd in range(1, plan.rounds + 1):
@@ -258,11 +251,13 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
     canary_share = 0.0 if run.dirac else float(data.included.sum()) / len(run.train_sets[0])
     audit_cost = run.audit_seconds + run.site_seconds[0] * canary_share
     return {
-        "label": label, "kind": "audit", "dp": dp, "claimed_epsilon": epsilon, "delta": plan.delta,
+        "label": label, "kind": "audit", "dp": dp, "claimed_epsilon": epsilon, "delta": plan.delta, "fault": fault,
         "privacy_unit": run.unit if dp else None,
         "site_epsilon_spent": epsilon_of(run.histories[0], plan.delta) if dp else None,
         "noise_multiplier": run.sigmas[0] if dp else None,
         "site_records": len(data.sites[0]), "site_train_examples": run.site0_records, "canary_kind": plan.canary_kind,
+        "site_steps": run.site0_steps, "site_sample_rate": run.site0_rate,
+        "canary_norm": canary_norm(plan, dp) if run.dirac else None,
         **attacks, "test_accuracy": test_accuracy,
         "train_seconds": round(train_seconds, 1), "audit_seconds": round(audit_cost, 1),
         "audit_cost_ratio": round((train_seconds + run.audit_seconds)
@@ -282,13 +277,18 @@ def audit_config(dataset: str, image_size: int, weights: str, seed: int, policy:
     return load_app_config(PYPROJECT, [scenario.run_config() + (" " + run_config if run_config else "")])
 
 
-def settings_rows(config: Any, plan: AuditPlan, seed: int, epsilons: tuple[float, ...] = (8.0, 1.0)) -> list[dict[str, Any]]:
+def settings_rows(config: Any, plan: AuditPlan, seed: int, epsilons: tuple[float, ...] = (8.0, 1.0),
+                  dp_seed: str = "", faults: tuple[tuple[float, str], ...] = ()) -> list[dict[str, Any]]:
+    """The non-private row, a DP row per ε, and a row per (ε, fault): DP broken on purpose at that claim."""
     data = prepare(config, plan, seed)
     log.info("audit data: site-0 %d records (%d scored), %d non-members, %d canaries (%d included)",
              len(data.sites[0]), len(data.members), len(data.nonmembers), len(data.included), int(data.included.sum()))
     rows = [run_setting(config, plan, data, "non-private", False, None, seed)]
     for eps in epsilons:
-        rows.append(run_setting(config, plan, data, f"DP epsilon={eps:g}", True, eps, seed))
+        rows.append(run_setting(config, plan, data, f"DP epsilon={eps:g}", True, eps, seed, dp_seed))
+    for eps, fault in faults:
+        rows.append(run_setting(config, plan, data, f"DP epsilon={eps:g}, {fault.replace('-', ' ')} (broken)", True,
+                                eps, seed, dp_seed, fault))
     return rows
 
 

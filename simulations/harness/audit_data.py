@@ -31,6 +31,10 @@ class AuditPlan:
     # "gradient" (simulations.harness.gradient_canaries: Dirac canaries in gradient space), "noise", "blocks"
     # (common.audit.canaries.noise_canaries) or "mislabelled" (real patches)
     canary_kind: str = "gradient"
+    # gradient canaries under DP: each one's per-record gradient norm, in multiples of C. Well above 1, so that
+    # clipping cuts it to C and clipping that does not clip lets it through whole (simulations.harness.audit_sites);
+    # not much more, or an unclipped run diverges (100·C did, in the quick experiment's clipping-off row)
+    canary_norm: float = 10.0
     delta: float = 1e-5  # the sites' δ; must be far below 1/m for the canary bound (its δ term is 2·m·δ)
     privacy_unit: str = "auto"  # "patch", "patient", or "auto" = the run config's setting, as a site resolves it
     mia_bootstrap: int = 1000

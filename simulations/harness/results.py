@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.audit.bound import INCONSISTENT, ceiling, verdict  # noqa: E402
 from server.report.format import pct  # noqa: E402
 from server.run_store import jsonable  # noqa: E402
 
@@ -47,7 +49,8 @@ HEADER = ["setting", "accuracy % (95% CI)", "balanced acc. %", "macro-F1 %", "ma
           "round-0 acc. %", "site updates not used", "seconds"]
 
 
-AUDIT_HEADER = ["setting", "seed", "claimed ε (site spent)", "canary ε lower bound (v/r correct)", "canary AUC",
+AUDIT_HEADER = ["setting", "seed", "claimed ε (site spent)", "canary ε lower bound (v/r correct)",
+                "ceiling (all right)", "verdict", "canary AUC",
                 "MIA AUC, update (95% CI)", "TPR @1% FPR", "TPR @0.1% FPR", "MIA AUC, gradient", "MIA AUC, final global",
                 "MIA AUC, last update", "test acc. %", "audit cost / run"]
 
@@ -65,6 +68,7 @@ def _audit_cells(row: dict[str, Any]) -> list[str]:
     return [
         row["label"], str(row["seed"]), claimed,
         f"**{canary['epsilon_lower_bound']:.2f}** ({canary['correct']}/{canary['guesses']})",
+        f"{row_ceiling(row):.2f}", _verdict(row),
         f"{row['canary_auc']:.3f}",
         f"{update['auc']:.3f} ({update['auc_ci95'][0]:.3f}-{update['auc_ci95'][1]:.3f})",
         _tpr(update, "0.01"), _tpr(update, "0.001"),
@@ -72,6 +76,22 @@ def _audit_cells(row: dict[str, Any]) -> list[str]:
         f"{mia['final-global']['auc']:.3f}", f"{mia['last-update']['auc']:.3f}",
         _pct(row["test_accuracy"]), f"{row['audit_cost_ratio']:.2f}x",
     ]
+
+
+def row_ceiling(row: dict[str, Any]) -> float:
+    """An audit row's ceiling: recorded, or (rows from before it was) from m, the included count and δ."""
+    canary = row["canary"]
+    if "ceiling" in canary:
+        return float(canary["ceiling"])
+    return ceiling(np.arange(canary["canaries"]) < canary["included"], row["delta"])
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    """The audit's verdict on a DP row's claim (`common.audit.bound.verdict`); '-' without DP."""
+    if not row["dp"]:
+        return "-"
+    text = verdict(row["canary"]["epsilon_lower_bound"], row_ceiling(row), row["claimed_epsilon"])
+    return f"**{text}**" if text == INCONSISTENT else text
 
 
 def _met(flag: bool | None) -> str:
@@ -83,14 +103,21 @@ def audit_targets_text(t: dict[str, Any]) -> str:
         return "n/a" if v is None else format(v, fmt)
 
     return (
-        f"\nTargets: canary lower bound ≤ claimed ε in every DP row: {_met(t['bound_below_claimed_epsilon'])} "
-        f"(largest bound / claimed ε: {num(t['max_bound_over_claimed'], '.2f')}); "
+        f"\nTargets: canary lower bound ≤ claimed ε in every DP row as implemented: "
+        f"{_met(t['bound_below_claimed_epsilon'])} (largest bound / claimed ε: {num(t['max_bound_over_claimed'], '.2f')}; "
+        f"claims the audit could contradict: {_claims(t.get('conclusive_claims'))}, could not: "
+        f"{_claims(t.get('inconclusive_claims'))}); DP rows broken on purpose found inconsistent (bound > claimed ε): "
+        f"{_met(t.get('broken_runs_caught'))} (lowest bound {num(t.get('broken_min_bound'), '.2f')}); "
         f"non-private audit has power (update MIA AUC ≥ 0.6 or canary bound ≥ 1, every seed): "
         f"{_met(t['nonprivate_has_power'])} (lowest AUC {num(t['nonprivate_min_update_auc'])}, lowest bound "
         f"{num(t['nonprivate_min_bound'], '.2f')}); DP ε ≤ 8, largest MIA AUC over all scores ≤ 0.55: "
         f"{_met(t['dp_auc_at_most_0_55'])} (largest {num(t['dp_max_auc'])}); audit cost ≤ 2x the DP run: "
         f"{_met(t['audit_cost_at_most_2x'])} (largest {num(t['max_audit_cost_ratio'], '.2f')}x).\n"
     )
+
+
+def _claims(claims: list[float] | None) -> str:
+    return ", ".join(f"ε = {c:g}" for c in claims) if claims else "none"
 
 
 UNITS_HEADER = ["setting", "accuracy % (95% CI)", "balanced acc. %", "macro AUC %", "ε per patient (max site)",
@@ -138,17 +165,19 @@ def markdown_table(result: dict[str, Any]) -> str:
 
 
 def plot_audit(result: dict[str, Any], path: Path) -> None:
-    """Left: canary ε lower bound against the claimed ε. Right: MIA AUC (update score) with its CI."""
+    """Left: canary ε lower bound against the claimed ε and the ceiling. Right: MIA AUC (update score) with its CI."""
     rows = result["rows"]
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     for i, label in enumerate(labels):
         mine = [r for r in rows if r["label"] == label]
         claimed = mine[0]["claimed_epsilon"]
-        colour = "#2a7" if claimed is None else "#7b2d8b"
+        colour = "#2a7" if claimed is None else ("#c0392b" if mine[0].get("fault") else "#7b2d8b")
         xs = [i + 0.08 * (j - (len(mine) - 1) / 2) for j in range(len(mine))]
         left.scatter(xs, [r["canary"]["epsilon_lower_bound"] for r in mine], color=colour, zorder=3,
                      label="lower bound (one per seed)" if i == 0 else None)
+        left.hlines(max(row_ceiling(r) for r in mine), i - 0.3, i + 0.3, color="grey", linestyle=":",
+                    label="ceiling (every guess right)" if i == 0 else None)
         if claimed is not None:
             left.hlines(claimed, i - 0.3, i + 0.3, color="black", linestyle="--",
                         label="claimed ε" if claimed == max(r["claimed_epsilon"] or 0 for r in rows) else None)
@@ -156,12 +185,13 @@ def plot_audit(result: dict[str, Any], path: Path) -> None:
             mia = r["mia"]["update"]
             right.errorbar([x], [mia["auc"]], yerr=[[mia["auc"] - mia["auc_ci95"][0]], [mia["auc_ci95"][1] - mia["auc"]]],
                            marker="o", color=colour, capsize=3)
+    ticks = [label.replace("DP epsilon=", "DP ε=").replace(", ", "\n").replace(" (", "\n(") for label in labels]
     for ax in (left, right):
-        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xticks(range(len(labels)), ticks, fontsize=7)
         ax.grid(alpha=0.3)
     left.set_ylabel("ε (one-run canary audit, 95%)")
-    left.set_title("canary lower bound vs claimed ε", fontsize=9)
-    left.legend(fontsize=7, loc="center left")
+    left.set_title("canary lower bound vs claimed ε (red: broken on purpose)", fontsize=9)
+    left.legend(fontsize=7, loc="upper right")
     right.axhline(0.5, color="grey", linestyle=":")
     right.set_ylabel("membership-inference ROC AUC")
     right.set_title("MIA on real records (coordinator's update score)", fontsize=9)

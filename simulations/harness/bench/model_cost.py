@@ -42,27 +42,30 @@ def bench_secure_noise(quick: bool, out: Path | None) -> None:
     """
     repeats = 5 if quick else 21
     for policy in POLICIES:
-        model = apply_policy(build_resnet("resnet18", 4, None, 0), policy)
-        params = [p for p in model.parameters() if p.requires_grad]
-        generator = torch.Generator().manual_seed(0)
-        stream = public_randomness("bench-secure-noise").stream("dp-noise")
-        draws = {
-            "plain": lambda p: _generate_noise(1.0, p, generator=generator, secure_mode=False),
-            "opacus_secure": lambda p: _generate_noise(1.0, p, generator=generator, secure_mode=True),
-        }
-        timings = {name: _median_seconds(lambda draw=draw: [draw(p) for p in params], repeats)
-                   for name, draw in draws.items()}
-        # the sites draw one stream of all trainable values per step (common.training.dp_engine.SecretNoise)
-        total = sum(p.numel() for p in params)
-        timings["csprng"] = _median_seconds(lambda: stream.normal((total,), 1.0), repeats)
-        emit({
-            "bench": "secure_noise", "policy": policy, "trainable_values": int(sum(p.numel() for p in params)),
-            "plain_noise_ms_per_step": round(1000 * timings["plain"], 3),
-            "secure_noise_ms_per_step": round(1000 * timings["opacus_secure"], 3),
-            "csprng_noise_ms_per_step": round(1000 * timings["csprng"], 3),
-            "extra_ms_per_step": round(1000 * (timings["csprng"] - timings["opacus_secure"]), 3), "repeats": repeats,
-            "threads": torch.get_num_threads(),
-        }, out)
+        emit(_noise_costs(policy, repeats), out)
+
+
+def _noise_costs(policy: str, repeats: int) -> dict[str, object]:
+    model = apply_policy(build_resnet("resnet18", 4, None, 0), policy)
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = int(sum(p.numel() for p in params))
+    generator = torch.Generator().manual_seed(0)
+    stream = public_randomness("bench-secure-noise").stream("dp-noise")
+    timings = {
+        secure: _median_seconds(lambda secure=secure: [_generate_noise(1.0, p, generator=generator, secure_mode=secure)
+                                                       for p in params], repeats)
+        for secure in (False, True)
+    }
+    # the sites draw one stream of all trainable values per step (common.training.dp_engine.SecretNoise)
+    csprng = _median_seconds(lambda: stream.normal((total,), 1.0), repeats)
+    return {
+        "bench": "secure_noise", "policy": policy, "trainable_values": total,
+        "plain_noise_ms_per_step": round(1000 * timings[False], 3),
+        "secure_noise_ms_per_step": round(1000 * timings[True], 3),
+        "csprng_noise_ms_per_step": round(1000 * csprng, 3),
+        "extra_ms_per_step": round(1000 * (csprng - timings[True]), 3), "repeats": repeats,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _median_seconds(work: Callable[[], object], repeats: int) -> float:
