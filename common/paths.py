@@ -15,3 +15,8 @@ def run_dir(config: RunConfig, run_id: int) -> Path:
     if config.resume_from:
         return resolve_path(config.resume_from)
     return resolve_path(config.output_dir) / f"run-{run_id}"
+
+
+def simulated_site_id(partition_id: int) -> str:
+    """The name of the simulated site of Flower's partition `partition_id` (its ledger's directory too)."""
+    return f"site-{partition_id}"

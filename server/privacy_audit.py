@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 
 from common.audit.bound import audit_scores
-from common.audit.canaries import run_canaries, run_coin_flips, update_alignment
+from common.audit.canaries import AUDITED_SITE, run_canaries, run_coin_flips, update_alignment
 from common.audit.mia import mia_metrics
 
 AUDIT_FILE = "audit.json"
-AUDITED_SITE = "site-0"  # the simulated site (partition 0) that holds the canaries
 FALLBACK_DELTA = 1e-5  # the bound's δ for a non-private site (which reports none)
 
 
