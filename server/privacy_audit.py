@@ -25,9 +25,10 @@ import numpy as np
 from common.audit.bound import audit_scores
 from common.audit.canaries import AUDITED_SITE, run_canaries, run_coin_flips, update_alignment
 from common.audit.mia import mia_metrics
+from common.privacy.delta import DEFAULT_DELTA
 
 AUDIT_FILE = "audit.json"
-FALLBACK_DELTA = 1e-5  # the bound's δ for a non-private site (which reports none)
+FALLBACK_DELTA = DEFAULT_DELTA  # the bound's δ for a non-private site (which reports none): the default δ
 
 
 class RunAudit:

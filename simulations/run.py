@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 from common.config.checks import NAMED_DATASETS
-from common.config.run_config import ConfigError, auto_delta, check_delta, load_app_config, resolve_path
+from common.config.run_config import ConfigError, load_app_config, resolve_path
 from common.paths import REPO
+from common.privacy.delta import auto_delta, check_delta
 from deploy.flower import flower_bin
 from simulations.local_superlink import LocalSuperLink
 

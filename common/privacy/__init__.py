@@ -6,6 +6,7 @@
   its jobs, budget changes and unit of privacy.
 * `jobs`       — which job a round is charged to: one per run, a named job id only if the ledger
   holds its grant (the coordinator cannot relabel a run into new grants).
+* `delta`      — δ's default and the rule δ ≤ 1/(10·n) (torch-free: the config validates with it).
 * `period`     — the ε of the rounds in a site's trailing period, against its allowance per period.
 * `units`      — what a run at one unit of privacy guarantees for the other (patients of a
   patch-level run, patches of a patient-level run).

@@ -60,9 +60,10 @@ from common.metrics import accuracy
 from common.model.factory import initial_model
 from common.model.network import get_trainable_state, set_trainable_state
 from common.privacy.accounting import calibrate_noise, epsilon_of
+from common.privacy.delta import DEFAULT_DELTA
 from common.privacy.randomness import fresh_randomness, public_randomness
 from common.training.local import predict, train_local
-from common.training.patient_dp import PATCH, PATIENT, patient_counts
+from common.training.patient_dp import DEFAULT_MAX_PATCHES_PER_PATIENT, PATCH, PATIENT, patient_counts
 from common.training.settings import TrainSettings
 from common.training.steps import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
 from simulations.harness import gradient_canaries
@@ -132,7 +133,7 @@ def _noise_multipliers(config: Any, plan: AuditPlan, train_sets: list[Any], unit
 
 
 def _cap(config: Any) -> int:
-    return int(getattr(config, "max_patches_per_patient", 16))
+    return int(getattr(config, "max_patches_per_patient", DEFAULT_MAX_PATCHES_PER_PATIENT))
 
 
 def _start(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: bool, epsilon: float | None,
@@ -272,7 +273,7 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
 
 
 def audit_config(dataset: str, image_size: int, weights: str, seed: int, policy: str = "norm-head",
-                 lr: float = 0.1, batch_size: int = 64, delta: float = 1e-5, run_config: str = "",
+                 lr: float = 0.1, batch_size: int = 64, delta: float = DEFAULT_DELTA, run_config: str = "",
                  **scenario: Any) -> Any:
     """The run config the audited federation uses (the sites' own keys, IID split); `scenario`
     sets further `Scenario` fields, `run_config` adds `key=value` pairs Scenario does not hold."""

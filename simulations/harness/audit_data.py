@@ -15,6 +15,7 @@ import numpy as np
 
 from common.audit.canaries import coin_flips, concat, make_canaries, noise_canaries
 from common.data.sources import central_test_set, simulated_site
+from common.privacy.delta import DEFAULT_DELTA
 from common.training.patient_dp import PATCH, PATIENT
 
 
@@ -31,7 +32,7 @@ class AuditPlan:
     # "gradient" (simulations.harness.gradient_canaries: Dirac canaries in gradient space), "noise", "blocks"
     # (common.audit.canaries.noise_canaries) or "mislabelled" (real patches)
     canary_kind: str = "gradient"
-    delta: float = 1e-5  # the sites' δ; must be far below 1/m for the canary bound (its δ term is 2·m·δ)
+    delta: float = DEFAULT_DELTA  # the sites' δ; must be far below 1/m for the canary bound (its δ term is 2·m·δ)
     privacy_unit: str = "auto"  # "patch", "patient", or "auto" = the run config's setting, as a site resolves it
     mia_bootstrap: int = 1000
 

@@ -39,7 +39,7 @@ class Scenario:
     policy: str = DEFAULTS.policy
     dp: bool = DEFAULTS.dp
     epsilon: float = DEFAULTS.epsilon
-    delta: float = 0.0  # 1/(site records), per site
+    delta: float = 0.0  # 0 = 1/(10·n) per site (common.privacy.delta.auto_delta)
     weights: str = "none"
     stain_shift: float = DEFAULTS.stain_shift
     batch_size: int = DEFAULTS.batch_size

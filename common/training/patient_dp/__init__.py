@@ -42,6 +42,7 @@ site decides before training), `sampling` (which patients and patches make each 
 `make_private_per_patient`). The names below are the package's interface.
 """
 
+from common.config.choices import DEFAULT_MAX_PATCHES_PER_PATIENT
 from common.training.patient_dp.clipping import (
     PatientDPOptimizer,
     PatientGhostClippingModule,
@@ -49,7 +50,6 @@ from common.training.patient_dp.clipping import (
     make_private_per_patient,
 )
 from common.training.patient_dp.planning import (
-    DEFAULT_MAX_PATCHES_PER_PATIENT,
     PATCH,
     PATIENT,
     PRIVACY_UNITS,

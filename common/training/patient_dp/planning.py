@@ -11,7 +11,6 @@ import numpy as np
 PATCH = "patch"
 PATIENT = "patient"
 PRIVACY_UNITS = (PATCH, PATIENT)
-DEFAULT_MAX_PATCHES_PER_PATIENT = 16
 
 
 def patient_index(groups: np.ndarray) -> np.ndarray:
