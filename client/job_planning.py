@@ -22,8 +22,7 @@ from common.privacy.accounting import BudgetExhausted, JobGrant, calibrate_noise
 from common.privacy.jobs import bind_run, choose_job
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.period import PeriodAllowance, epsilon_in_period, rounds_in_period
-from common.training.patient_dp import PATIENT
-from common.training.steps import patient_steps_per_epoch, steps_per_epoch
+from common.training.steps import round_steps
 
 log = logging.getLogger("fedpath.site")
 
@@ -41,13 +40,8 @@ def spend_on_record(identity: SiteIdentity) -> tuple[float, float]:
 
 
 def planned_steps(state: RoundState, usable: int) -> tuple[int, float]:
-    """Steps this round and q, exactly as Opacus will take them, at the round's unit of privacy."""
-    batch = state.config.batch_size
-    if state.unit == PATIENT:
-        steps, sample_rate = patient_steps_per_epoch(state.records, usable, batch)
-    else:
-        steps, sample_rate = steps_per_epoch(len(state.data.train), batch)
-    return steps * state.config.local_epochs, sample_rate
+    """Steps this round and q, exactly as training will take them, over the round's records (patients or patches)."""
+    return round_steps(state.records, usable, state.config.batch_size, state.config.local_epochs)
 
 
 def plan_job(state: RoundState, ledger: PrivacyLedger, sample_rate: float, steps: int) -> float | RoundResult:

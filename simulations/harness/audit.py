@@ -65,7 +65,7 @@ from common.privacy.randomness import fresh_randomness, public_randomness
 from common.training.local import predict, train_local
 from common.training.patient_dp import DEFAULT_MAX_PATCHES_PER_PATIENT, PATCH, PATIENT, patient_counts
 from common.training.settings import TrainSettings
-from common.training.steps import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
+from common.training.steps import epoch_steps, grad_sample_mode_for
 from simulations.harness import gradient_canaries
 from simulations.harness.audit_data import AuditData, AuditPlan, prepare, privacy_unit
 from simulations.harness.scenario import PYPROJECT, Scenario
@@ -124,10 +124,8 @@ def _noise_multipliers(config: Any, plan: AuditPlan, train_sets: list[Any], unit
         return [0.0 for _ in train_sets]
     sigmas = []
     for site in train_sets:
-        if unit == PATIENT:
-            steps, rate = patient_steps_per_epoch(*patient_counts(site.groups, _cap(config)), config.batch_size)
-        else:
-            steps, rate = steps_per_epoch(len(site), config.batch_size)
+        records, usable = patient_counts(site.groups, _cap(config)) if unit == PATIENT else (len(site), len(site))
+        steps, rate = epoch_steps(records, usable, config.batch_size)
         sigmas.append(_noise_multiplier(rate, steps * plan.local_epochs * plan.rounds, epsilon, plan.delta))
     return sigmas
 
