@@ -15,8 +15,10 @@ from client.identity import site_identity
 from common.audit.canaries import AUDITED_PARTITION, AUDITED_SITE
 from common.config.choices import DEFAULT_MAX_PATCHES_PER_PATIENT
 from common.config.run_config import RunConfig, load_app_config
+from common.config.strategies import STRATEGIES
 from common.privacy.delta import DEFAULT_DELTA
 from common.training.settings import TrainSettings
+from server.strategy import STRATEGY_CLASSES
 from tests.helpers.source_tree import REPO, parsed, python_files, relative, string_constants
 
 
@@ -86,3 +88,10 @@ def test_the_docs_state_the_code_defaults_of_delta_and_the_patch_cap() -> None:
     stated_cap = re.search(r"`max-patches-per-patient` \(default (\d+)\)", privacy)
     assert stated_delta and float(stated_delta.group(1)) == DEFAULT_DELTA
     assert stated_cap and int(stated_cap.group(1)) == DEFAULT_MAX_PATCHES_PER_PATIENT
+
+
+def test_the_strategy_names_are_written_once_and_the_server_builds_each() -> None:
+    """The config's names are the factory's; no module spells a name out again (a typo would pass silently)."""
+    assert tuple(STRATEGY_CLASSES) == STRATEGIES
+    assert {name: _copies(name, "common/config/strategies.py") for name in STRATEGIES} == {n: [] for n in STRATEGIES}
+

@@ -15,6 +15,7 @@ from typing import Any
 from common.config.booleans import parse_bool
 from common.config.checks import DEFAULT_PERIOD_DAYS, config_problems
 from common.config.choices import DEFAULT_MAX_PATCHES_PER_PATIENT
+from common.config.strategies import DEFAULT_STRATEGY
 from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from common.privacy.delta import DEFAULT_DELTA, auto_delta
 
@@ -83,7 +84,7 @@ class RunConfig:
     min_accepted_updates: int = 1
     max_update_norm: float = 0.0
     # server strategy (common.config.strategies): Flower's FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad
-    strategy: str = "fedavg"
+    strategy: str = DEFAULT_STRATEGY
     proximal_mu: float = 0.01
     server_lr: float = 0.0  # 0 = Flower's default eta
     beta_1: float = 0.9
