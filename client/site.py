@@ -48,6 +48,7 @@ from common.training.local import predict, train_local
 from common.training.patient_dp import PATCH, PATIENT, patient_counts
 from common.training.settings import TrainSettings
 from common.training.steps import grad_sample_mode_for
+from common.wire.instruction import InstructionError
 
 log = logging.getLogger("fedpath.site")
 
@@ -77,7 +78,7 @@ def failure_code(err: BaseException) -> str:
         return "model"
     if isinstance(err, LedgerError):
         return "ledger"
-    if isinstance(err, ServerInputError):
+    if isinstance(err, (ServerInputError, InstructionError)):
         return "server-input"
     return "internal"
 

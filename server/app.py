@@ -17,11 +17,11 @@ from common.config.run_config import RunConfig
 from common.config.strategies import describe_strategy
 from common.data.sources import central_test_set, dataset_classes
 from common.logging_setup import setup_logging
-from common.model.bn_statistics import TRAIN_CONFIG_KEY as BN_STATISTICS_KEY
 from common.model.factory import initial_model
 from common.model.network import frozen_fingerprint, get_trainable_state, trainable_names
 from common.paths import run_dir
 from common.versions import versions
+from common.wire import instruction
 from common.wire.records import from_array_record, to_array_record
 from common.wire.reply import largest_site_epsilon
 from server.evaluation import CentralEvaluator
@@ -122,13 +122,14 @@ def _strategy_for(config: RunConfig, store: RunStore, start: _Start) -> tuple[An
 
 
 def _train_config(start: _Start, store: RunStore) -> ConfigRecord:
-    # job-id: the run that started this job, kept when it is resumed, so a site's grant covers the
-    # whole job (a resumed job is not a new one)
-    config = {"classes": start.classes, "frozen-fingerprint": start.fingerprint,
-              "job-id": int(store.read_json("run.json")["run_id"])}
-    if start.bn_statistics is not None:  # public-data statistics the sites put into their frozen layers
-        config[BN_STATISTICS_KEY] = start.bn_statistics
-    return ConfigRecord(config)
+    """The server's part of every train instruction (`common.wire.instruction`; Flower adds the round).
+
+    job-id: the run that started this job, kept when it is resumed, so a site's grant covers the
+    whole job (a resumed job is not a new one); bn-statistics: public-data statistics the sites put
+    into their frozen layers (bn-statistics = public only).
+    """
+    return ConfigRecord(instruction.build(start.classes, start.fingerprint, int(store.read_json("run.json")["run_id"]),
+                                          start.bn_statistics))
 
 
 class _RoundRecorder:

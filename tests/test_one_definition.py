@@ -18,6 +18,7 @@ from common.config.run_config import RunConfig, load_app_config
 from common.config.strategies import STRATEGIES
 from common.privacy.delta import DEFAULT_DELTA
 from common.training.settings import TrainSettings
+from common.wire import instruction
 from server.strategy import STRATEGY_CLASSES
 from tests.helpers.source_tree import REPO, parsed, python_files, relative, string_constants
 
@@ -95,3 +96,9 @@ def test_the_strategy_names_are_written_once_and_the_server_builds_each() -> Non
     assert tuple(STRATEGY_CLASSES) == STRATEGIES
     assert {name: _copies(name, "common/config/strategies.py") for name in STRATEGIES} == {n: [] for n in STRATEGIES}
 
+
+def test_the_train_instructions_own_keys_are_written_only_in_its_schema() -> None:
+    """Both ends name them through `common.wire.instruction` (`proximal-mu` and `bn-statistics` are also
+    run-config keys of the same name, so only the instruction's own keys are checked here)."""
+    own = (instruction.SERVER_ROUND, instruction.FROZEN_FINGERPRINT, instruction.JOB_ID)
+    assert {key: _copies(key, "common/wire/instruction.py") for key in own} == {key: [] for key in own}

@@ -29,7 +29,6 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
     FEDYOGI: ("server-lr", "beta-1", "beta-2", "tau"),
     FEDADAGRAD: ("server-lr", "tau"),  # Flower's FedAdagrad has no momentum (beta_1 = beta_2 = 0)
 }
-PROXIMAL_MU_KEY = "proximal-mu"  # the train-config key Flower's FedProx sends to every site
 
 
 def strategy_problems(strategy: str, proximal_mu: float, server_lr: float, beta_1: float, beta_2: float,
