@@ -27,7 +27,6 @@ from common.audit.canaries import AUDITED_SITE, run_canaries, run_coin_flips, up
 from common.audit.mia import mia_metrics
 from common.privacy.delta import DEFAULT_DELTA
 
-AUDIT_FILE = "audit.json"
 FALLBACK_DELTA = DEFAULT_DELTA  # the bound's δ for a non-private site (which reports none): the default δ
 
 

@@ -16,6 +16,7 @@ from common.audit.canaries import AUDITED_PARTITION, AUDITED_SITE
 from common.config.choices import DEFAULT_MAX_PATCHES_PER_PATIENT
 from common.config.run_config import RunConfig, load_app_config
 from common.config.strategies import STRATEGIES
+from common import paths
 from common.privacy.delta import DEFAULT_DELTA
 from common.training.settings import TrainSettings
 from common.wire import instruction
@@ -102,3 +103,12 @@ def test_the_train_instructions_own_keys_are_written_only_in_its_schema() -> Non
     run-config keys of the same name, so only the instruction's own keys are checked here)."""
     own = (instruction.SERVER_ROUND, instruction.FROZEN_FINGERPRINT, instruction.JOB_ID)
     assert {key: _copies(key, "common/wire/instruction.py") for key in own} == {key: [] for key in own}
+
+
+def test_the_run_directorys_file_names_are_written_only_in_common_paths() -> None:
+    """Writers and readers (server, report, resume, launcher, harness) name a run's files through `common.paths`."""
+    names = [paths.RUN_FILE, paths.METRICS_FILE, paths.FINAL_EVAL_FILE, paths.REPORT_FILE, paths.REPORT_HTML_FILE,
+             paths.BASELINES_FILE, paths.AUDIT_FILE, paths.BN_STATISTICS_FILE, paths.FINAL_CHECKPOINT,
+             paths.ROUND_CHECKPOINTS]  # not CHECKPOINTS_DIR: torch hub's own `checkpoints` folder is another fact
+    assert len(set(names)) == len(names)
+    assert {name: _copies(name, "common/paths.py") for name in names} == {name: [] for name in names}
