@@ -213,9 +213,9 @@ def _train_private(state: RoundState, model: torch.nn.Module, steps: int, sample
         ledger.save()
     state.epsilon = ledger.epsilon()
     planned = plan_job(state, ledger, sample_rate, steps)
-    if isinstance(planned, RoundResult):
-        return planned
-    sigma = planned
+    if planned.refusal is not None:
+        return planned.refusal
+    sigma = planned.sigma
     refusal = round_over_budget(state, ledger, sigma, sample_rate, steps)
     if refusal is not None:
         return refusal
