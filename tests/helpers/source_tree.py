@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -46,3 +47,42 @@ def string_constants(path: Path) -> Iterator[tuple[int, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             yield node.lineno, node.value
+
+
+@dataclass(frozen=True)
+class Import:
+    """One import statement's target in a file: `from a.b import c` gives `a.b.c`."""
+
+    target: str
+    line: int
+    module_level: bool  # not inside a function (a lazy import runs only when the function does)
+    type_checking: bool  # under `if TYPE_CHECKING:`: never runs
+
+
+def imports(path: Path) -> list[Import]:
+    """Every import of the file, with where it runs."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found: list[Import] = []
+
+    def visit(node: ast.AST, in_function: bool, type_checking: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                found.extend(Import(a.name, child.lineno, not in_function, type_checking) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:  # relative: resolved against the file's package
+                    parent = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join([*parent, base] if base else parent)
+                found.extend(Import(f"{base}.{a.name}", child.lineno, not in_function, type_checking)
+                             for a in child.names)
+            elif isinstance(child, ast.If) and ast.unparse(child.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                for part in child.body:
+                    visit(ast.Module(body=[part], type_ignores=[]), in_function, True)
+                for part in child.orelse:
+                    visit(ast.Module(body=[part], type_ignores=[]), in_function, type_checking)
+            else:
+                visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)),
+                      type_checking)
+
+    visit(parsed(path), False, False)
+    return found
