@@ -7,7 +7,6 @@ take a second for the whole tree and name the file and line of every break.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -37,16 +36,16 @@ def relative(path: Path) -> str:
     return str(path.relative_to(REPO))
 
 
-def string_constants(path: Path) -> Iterator[tuple[int, str]]:
+@cache
+def string_constants(path: Path) -> tuple[tuple[int, str], ...]:
     """(line, text) of every string literal in a file, f-string parts included, docstrings excluded."""
     tree = parsed(path)
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
                   and node.body and isinstance(node.body[0], ast.Expr)
                   and isinstance(node.body[0].value, ast.Constant)}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-            yield node.lineno, node.value
+    return tuple((node.lineno, node.value) for node in ast.walk(tree)
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings)
 
 
 @dataclass(frozen=True)
