@@ -12,11 +12,11 @@ import dataclasses
 import re
 
 from client.identity import site_identity
+from common import paths
 from common.audit.canaries import AUDITED_PARTITION, AUDITED_SITE
 from common.config.choices import DEFAULT_MAX_PATCHES_PER_PATIENT
 from common.config.run_config import RunConfig, load_app_config
 from common.config.strategies import STRATEGIES
-from common import paths
 from common.privacy.delta import DEFAULT_DELTA
 from common.training.settings import TrainSettings
 from common.wire import instruction
