@@ -11,9 +11,8 @@ from client.identity import site_identity
 from client.round_types import RoundRequest
 from client.site import failure_code, run_round
 from common.config.run_config import RunConfig
-from common.config.strategies import PROXIMAL_MU_KEY
 from common.logging_setup import setup_logging
-from common.model.bn_statistics import TRAIN_CONFIG_KEY as BN_STATISTICS_KEY
+from common.wire import instruction
 from common.wire import reply as wire
 from common.wire.records import from_array_record, to_array_record
 
@@ -45,16 +44,16 @@ def train(msg: Message, context: Context) -> Message:
 def _train(msg: Message, context: Context) -> Message:
     config = RunConfig.from_mapping(context.run_config)
     identity = site_identity(context.node_config, config, context.run_id)
-    round_config = msg.content["config"]
+    told = instruction.parse(msg.content["config"])  # refuses undeclared keys before anything else
     request = RoundRequest(
         run_id=context.run_id,
-        server_round=int(round_config["server-round"]),
+        server_round=told.server_round,
         arrays=from_array_record(msg.content["arrays"]),
-        classes=[str(c) for c in round_config["classes"]],
-        frozen_fingerprint=str(round_config["frozen-fingerprint"]),
-        job_id=int(round_config["job-id"]) if "job-id" in round_config else None,
-        proximal_mu=round_config.get(PROXIMAL_MU_KEY, 0.0),  # sent by Flower's FedProx only; the site checks it
-        bn_statistics=round_config.get(BN_STATISTICS_KEY),  # with bn-statistics=public only
+        classes=told.classes,
+        frozen_fingerprint=told.frozen_fingerprint,
+        job_id=told.job_id,
+        proximal_mu=0.0 if told.proximal_mu is None else told.proximal_mu,  # FedProx only; the site checks it
+        bn_statistics=told.bn_statistics,  # with bn-statistics=public only
     )
     result = run_round(identity, config, request)
     records = wire.encode(result.reply)

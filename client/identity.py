@@ -24,7 +24,7 @@ from typing import Any
 from common.config.booleans import parse_bool
 from common.config.checks import DEFAULT_PERIOD_DAYS, PRIVACY_UNIT_SETTINGS, period_problem
 from common.config.run_config import ConfigError, RunConfig, resolve_path
-from common.paths import run_dir
+from common.paths import SITES_DIR, run_dir, simulated_site_id
 from common.privacy.dp_seed import dp_seed_problem
 
 DEPLOYMENT_KEYS = ("data-path", "site-id", "epsilon-budget", "delta", "state-dir")
@@ -145,11 +145,11 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
     """
     if "partition-id" in node_config and "data-path" not in node_config:
         pid, num = int(node_config["partition-id"]), int(node_config["num-partitions"])
-        base = resolve_path(config.ledger_dir) if config.ledger_dir else run_dir(config, run_id) / "sites"
+        base = resolve_path(config.ledger_dir) if config.ledger_dir else run_dir(config, run_id) / SITES_DIR
         return SiteIdentity(
-            site_id=f"site-{pid}",
+            site_id=simulated_site_id(pid),
             deployed=False,
-            state_dir=base / f"site-{pid}",
+            state_dir=base / simulated_site_id(pid),
             epsilon_budget=config.site_epsilon_budget,
             delta=config.delta if config.delta > 0 else None,
             partition_id=pid,

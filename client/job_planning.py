@@ -13,17 +13,16 @@ the ledger.
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import dataclass
 
 from client.identity import SiteIdentity
 from client.round_state import RoundState
 from client.round_types import RoundResult
-from common.privacy.accounting import BudgetExhausted, JobGrant, calibrate_noise, check_round, epsilon_of, grant_job
-from common.privacy.jobs import bind_run, choose_job
+from common.privacy.accounting import BudgetExhausted, calibrate_noise, check_round, epsilon_of, grant_job
+from common.privacy.jobs import JobRecord, bind_run, choose_job, is_granted, recorded_grant, refusal_record
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.period import PeriodAllowance, epsilon_in_period, rounds_in_period
-from common.training.patient_dp import PATIENT
-from common.training.steps import patient_steps_per_epoch, steps_per_epoch
+from common.training.steps import round_steps
 
 log = logging.getLogger("fedpath.site")
 
@@ -41,16 +40,19 @@ def spend_on_record(identity: SiteIdentity) -> tuple[float, float]:
 
 
 def planned_steps(state: RoundState, usable: int) -> tuple[int, float]:
-    """Steps this round and q, exactly as Opacus will take them, at the round's unit of privacy."""
-    batch = state.config.batch_size
-    if state.unit == PATIENT:
-        steps, sample_rate = patient_steps_per_epoch(state.records, usable, batch)
-    else:
-        steps, sample_rate = steps_per_epoch(len(state.data.train), batch)
-    return steps * state.config.local_epochs, sample_rate
+    """Steps this round and q, exactly as training will take them, over the round's records (patients or patches)."""
+    return round_steps(state.records, usable, state.config.batch_size, state.config.local_epochs)
 
 
-def plan_job(state: RoundState, ledger: PrivacyLedger, sample_rate: float, steps: int) -> float | RoundResult:
+@dataclass(frozen=True)
+class JobPlan:
+    """What `plan_job` decided: the σ this round trains with, or the refusal (already in the ledger) that ends it."""
+
+    sigma: float = 0.0
+    refusal: RoundResult | None = None
+
+
+def plan_job(state: RoundState, ledger: PrivacyLedger, sample_rate: float, steps: int) -> JobPlan:
     """σ for this round: the job's grant and noise are decided once, on the job's first round here.
 
     The job is the one the site can verify (`common.privacy.jobs.choose_job`), bound to the run
@@ -61,33 +63,31 @@ def plan_job(state: RoundState, ledger: PrivacyLedger, sample_rate: float, steps
     if _allowance(state).on:
         state.epsilon_in_period = epsilon_in_period(ledger.rounds, identity.period_days, state.delta)
     job = ledger.jobs.get(key)
-    if job is not None and "granted" in job:
-        state.grant = JobGrant(job["asked"], job["cap"], job["budget"], job["spent_before"], job["granted"])
-        return config.noise_multiplier if config.noise_multiplier > 0 else float(job["noise_multiplier"])
+    if job is not None and is_granted(job):
+        state.grant, recorded_sigma = recorded_grant(job)
+        return JobPlan(config.noise_multiplier if config.noise_multiplier > 0 else recorded_sigma)
     remaining_rounds = max(1, config.num_server_rounds - request.server_round + 1)
     try:
         state.grant = grant_job(config.epsilon, identity.job_cap, identity.epsilon_budget, ledger.epsilon())
         sigma = config.noise_multiplier if config.noise_multiplier > 0 else calibrate_noise(
             ledger.history, sample_rate, steps * remaining_rounds, state.grant.limit, state.delta)
     except BudgetExhausted as err:
-        ledger.record_refusal({"run_id": request.run_id, "round": request.server_round, "job": key, "reason": str(err)})
-        return state.refuse("budget-exhausted", str(err))
+        ledger.record_refusal(refusal_record(request.run_id, request.server_round, key, str(err)))
+        return JobPlan(refusal=state.refuse("budget-exhausted", str(err)))
     if config.noise_multiplier <= 0 and _allowance(state).on:
         try:  # noise for the whole job within the period's allowance too (rounds leaving the window only add room)
             sigma = max(sigma, calibrate_noise(_in_period(state, ledger), sample_rate, steps * remaining_rounds,
                                                identity.epsilon_per_period, state.delta))
         except BudgetExhausted as err:
-            return _refuse_period(state, ledger, f"the site's allowance per period leaves no room for this job: {err}")
-    ledger.jobs[key] = {
-        **state.grant.as_dict(), "noise_multiplier": sigma, "sample_rate": sample_rate, "steps_per_round": steps,
-        "planned_rounds": remaining_rounds, "from_round": request.server_round, "run_id": request.run_id,
-        "time": time.time(), **_allowance(state).as_dict(),
-    }
+            return JobPlan(refusal=_refuse_period(
+                state, ledger, f"the site's allowance per period leaves no room for this job: {err}"))
+    ledger.jobs[key] = JobRecord(state.grant, sigma, sample_rate, steps, remaining_rounds, request.server_round,
+                                 request.run_id, _allowance(state)).as_dict()
     ledger.save()
     log.info("site %s grants job %s epsilon %.3g (asked %g, per-job cap %g, lifetime %g, spent %.3f); noise "
              "multiplier %.3f for %d steps per round", identity.site_id, key, state.grant.granted, config.epsilon,
              identity.job_cap, identity.epsilon_budget, state.grant.spent_before, sigma, steps)
-    return sigma
+    return JobPlan(sigma)
 
 
 def _charged_job(state: RoundState, ledger: PrivacyLedger) -> str:
@@ -112,8 +112,8 @@ def _in_period(state: RoundState, ledger: PrivacyLedger) -> list[tuple[float, fl
 
 def _refuse_period(state: RoundState, ledger: PrivacyLedger, reason: str) -> RoundResult:
     request = state.request
-    ledger.record_refusal({"run_id": request.run_id, "round": request.server_round, "job": state.local.get("job"),
-                           "reason": reason, **_allowance(state).as_dict()})
+    ledger.record_refusal(refusal_record(request.run_id, request.server_round, state.local.get("job"), reason,
+                                         _allowance(state)))
     return state.refuse("period-allowance-exceeded", reason)
 
 
@@ -125,8 +125,8 @@ def round_over_budget(state: RoundState, ledger: PrivacyLedger, sigma: float, sa
         reason = (f"this round would raise epsilon from {budget.epsilon_before:.3f} to {budget.epsilon_after:.3f}, "
                   f"beyond the site's budget for this job ({state.grant.limit:.3f}: granted {state.grant.granted:.3g} "
                   f"of lifetime {state.identity.epsilon_budget:g}; delta={state.delta:.3g})")
-        ledger.record_refusal({"run_id": state.request.run_id, "round": state.request.server_round,
-                               "job": state.local.get("job"), "reason": reason})
+        ledger.record_refusal(refusal_record(state.request.run_id, state.request.server_round,
+                                             state.local.get("job"), reason))
         return state.refuse("round-exceeds-budget", reason)
     return _period_refusal(state, ledger, sigma, sample_rate, steps)
 

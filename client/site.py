@@ -32,7 +32,7 @@ from client.server_input import ServerInputError, check_server_input
 from client.site_keys import site_split_key
 from client.site_model import ModelMismatch, start_model
 from common.audit.canaries import AUDITED_PARTITION, with_run_canaries
-from common.config.run_config import ConfigError, RunConfig, auto_delta, check_delta
+from common.config.run_config import ConfigError, RunConfig
 from common.config.stain_settings import augments
 from common.config.strategies import proximal_mu_ok
 from common.data.imageset import DataError
@@ -40,6 +40,7 @@ from common.data.sources import SiteData, check_classes, deployed_site, simulate
 from common.files import append_private
 from common.model.network import get_trainable_state
 from common.privacy.accounting import epsilon_of
+from common.privacy.delta import auto_delta, check_delta
 from common.privacy.ledger import LedgerError, PrivacyLedger, site_lock
 from common.privacy.period import rounds_in_period
 from common.privacy.randomness import RoundRandomness, round_randomness
@@ -47,6 +48,7 @@ from common.training.local import predict, train_local
 from common.training.patient_dp import PATCH, PATIENT, patient_counts
 from common.training.settings import TrainSettings
 from common.training.steps import grad_sample_mode_for
+from common.wire.instruction import InstructionError
 
 log = logging.getLogger("fedpath.site")
 
@@ -76,7 +78,7 @@ def failure_code(err: BaseException) -> str:
         return "model"
     if isinstance(err, LedgerError):
         return "ledger"
-    if isinstance(err, ServerInputError):
+    if isinstance(err, (ServerInputError, InstructionError)):
         return "server-input"
     return "internal"
 
@@ -211,9 +213,9 @@ def _train_private(state: RoundState, model: torch.nn.Module, steps: int, sample
         ledger.save()
     state.epsilon = ledger.epsilon()
     planned = plan_job(state, ledger, sample_rate, steps)
-    if isinstance(planned, RoundResult):
-        return planned
-    sigma = planned
+    if planned.refusal is not None:
+        return planned.refusal
+    sigma = planned.sigma
     refusal = round_over_budget(state, ledger, sigma, sample_rate, steps)
     if refusal is not None:
         return refusal

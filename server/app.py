@@ -17,15 +17,15 @@ from common.config.run_config import RunConfig
 from common.config.strategies import describe_strategy
 from common.data.sources import central_test_set, dataset_classes
 from common.logging_setup import setup_logging
-from common.model.bn_statistics import TRAIN_CONFIG_KEY as BN_STATISTICS_KEY
 from common.model.factory import initial_model
 from common.model.network import frozen_fingerprint, get_trainable_state, trainable_names
-from common.paths import run_dir
+from common.paths import AUDIT_FILE, FINAL_EVAL_FILE, RUN_FILE, run_dir
 from common.versions import versions
+from common.wire import instruction
 from common.wire.records import from_array_record, to_array_record
 from common.wire.reply import largest_site_epsilon
 from server.evaluation import CentralEvaluator
-from server.privacy_audit import AUDIT_FILE, RunAudit
+from server.privacy_audit import RunAudit
 from server.report import write_report
 from server.resume import find_resume_point
 from server.run_store import RunStore
@@ -86,11 +86,11 @@ def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
     if config.resume_from:
         point = find_resume_point(store, meta, {k: tuple(v.shape) for k, v in state.items()})
         completed, state = point.completed_round, point.state
-        info = store.read_json("run.json")
+        info = store.read_json(RUN_FILE)
         info.setdefault("resumed", []).append({"run_id": run_id, "after_round": completed, "time": time.time()})
-        store.write_json("run.json", {**info, "end": None})
+        store.write_json(RUN_FILE, {**info, "end": None})
     else:
-        store.write_json("run.json", {
+        store.write_json(RUN_FILE, {
             "run_id": run_id, "config": config.to_mapping(), "start": time.time(), "end": None,
             "versions": versions(), "weights": source.as_dict(), "classes": classes,
             "test_examples": len(test), "test_class_counts": test.class_counts(),
@@ -122,13 +122,14 @@ def _strategy_for(config: RunConfig, store: RunStore, start: _Start) -> tuple[An
 
 
 def _train_config(start: _Start, store: RunStore) -> ConfigRecord:
-    # job-id: the run that started this job, kept when it is resumed, so a site's grant covers the
-    # whole job (a resumed job is not a new one)
-    config = {"classes": start.classes, "frozen-fingerprint": start.fingerprint,
-              "job-id": int(store.read_json("run.json")["run_id"])}
-    if start.bn_statistics is not None:  # public-data statistics the sites put into their frozen layers
-        config[BN_STATISTICS_KEY] = start.bn_statistics
-    return ConfigRecord(config)
+    """The server's part of every train instruction (`common.wire.instruction`; Flower adds the round).
+
+    job-id: the run that started this job, kept when it is resumed, so a site's grant covers the
+    whole job (a resumed job is not a new one); bn-statistics: public-data statistics the sites put
+    into their frozen layers (bn-statistics = public only).
+    """
+    return ConfigRecord(instruction.build(start.classes, start.fingerprint, int(store.read_json(RUN_FILE)["run_id"]),
+                                          start.bn_statistics))
 
 
 class _RoundRecorder:
@@ -166,9 +167,9 @@ class _RoundRecorder:
 def _finish(store: RunStore, recorder: _RoundRecorder, config: RunConfig) -> None:
     """Final evaluation with CIs, the final model, the run's end time and the report."""
     final = recorder.evaluator.final_metrics(recorder.latest_state, config.bootstrap_samples, config.seed)
-    store.write_json("final-eval.json", {"round": recorder.latest_round, **final})
+    store.write_json(FINAL_EVAL_FILE, {"round": recorder.latest_round, **final})
     store.save_final(recorder.evaluator.model, int(recorder.latest_round), recorder.meta)
-    store.write_json("run.json", {**store.read_json("run.json"), "end": time.time()})
+    store.write_json(RUN_FILE, {**store.read_json(RUN_FILE), "end": time.time()})
     paths = write_report(store.root)
     log.info("final accuracy %.3f (95%% CI %.3f-%.3f); report: %s", final["accuracy"],
              *final["ci95"]["accuracy"], ", ".join(str(p) for p in paths))

@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 
 from common.audit.bound import INCONCLUSIVE, INCONSISTENT, audit_scores
-from common.audit.canaries import run_canaries, run_coin_flips, update_alignment
+from common.audit.canaries import AUDITED_SITE, run_canaries, run_coin_flips, update_alignment
 from common.audit.mia import mia_metrics
+from common.privacy.delta import DEFAULT_DELTA
 
-AUDIT_FILE = "audit.json"
-AUDITED_SITE = "site-0"  # the simulated site (partition 0) that holds the canaries
-FALLBACK_DELTA = 1e-5  # the bound's δ for a non-private site (which reports none)
+FALLBACK_DELTA = DEFAULT_DELTA  # the bound's δ for a non-private site (which reports none): the default δ
 
 
 class RunAudit:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from common.paths import RUN_FILE
 from server.run_store import RunStore, load_checkpoint
 
 log = logging.getLogger("fedpath.server")
@@ -35,7 +36,7 @@ class ResumePoint:
 
 def find_resume_point(store: RunStore, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> ResumePoint:
     """The last completed round of `store` and its global tensors, checked against `meta`."""
-    if not (store.root / "run.json").exists():
+    if not (store.root / RUN_FILE).exists():
         raise ResumeError(f"resume-from={store.root} is not a fedpath run directory (no run.json)")
     path = store.latest_round_checkpoint()
     if path is None:

@@ -1,11 +1,16 @@
 """Everything a run writes under its directory, written so that a crash loses nothing.
 
+The names are `common.paths`' (one definition for every reader):
+
     run.json            what ran: config, versions, weights, classes, sites (at start)
     metrics.jsonl       one JSON line per evaluated round, appended and fsynced
     checkpoints/        round-NNNN.pt (trainable tensors) per round, final.pt (full model)
                         and final.pt.sha256 (`sha256sum` format) for the next job's weights=
     final-eval.json     the final model's full evaluation
-    report.json/.html   composed from the above by `server.report`
+    report.json/.html   composed from the above by `server.report` (baselines.json: baselines attached)
+    audit.json          the privacy audit's canary scores (audit-canaries > 0, `server.privacy_audit`)
+    bn-statistics.bin   bn-statistics = public: the statistics sent to the sites (`server.target_statistics`)
+    sites/site-K/       simulated sites' ledgers and logs (`client.identity`)
 
 Per-round checkpoints hold only the trainable tensors (what changes); together with the
 weights source recorded in run.json they rebuild the model exactly, and `final.pt` is a
@@ -27,6 +32,7 @@ from torch import nn
 
 from common.files import atomic_file, atomic_write_json, atomic_write_text
 from common.model.weights import FEDPATH_CHECKPOINT_FORMAT, sha256_of
+from common.paths import CHECKPOINTS_DIR, FINAL_CHECKPOINT, METRICS_FILE, ROUND_CHECKPOINTS, round_checkpoint
 
 CHECKPOINT_FORMAT = FEDPATH_CHECKPOINT_FORMAT
 
@@ -49,12 +55,12 @@ def jsonable(value: Any) -> Any:
 class RunStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.checkpoints = root / "checkpoints"
+        self.checkpoints = root / CHECKPOINTS_DIR
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
     @property
     def metrics_path(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.root / METRICS_FILE
 
     def write_json(self, name: str, payload: dict[str, Any]) -> Path:
         path = self.root / name
@@ -86,7 +92,7 @@ class RunStore:
         return [by_round[r] for r in sorted(by_round)]
 
     def save_round_checkpoint(self, server_round: int, trainable: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-        path = self.checkpoints / f"round-{server_round:04d}.pt"
+        path = self.checkpoints / round_checkpoint(server_round)
         payload = {
             "format": CHECKPOINT_FORMAT,
             "kind": "trainable",
@@ -103,7 +109,7 @@ class RunStore:
         The old sidecar goes first: a crash between the two writes leaves a checkpoint without a
         sidecar (loaded unchecked, unless weights-sha256 is given), never one with a wrong one.
         """
-        path = self.checkpoints / "final.pt"
+        path = self.checkpoints / FINAL_CHECKPOINT
         sidecar = path.with_name(path.name + ".sha256")
         payload = {
             "format": CHECKPOINT_FORMAT,
@@ -118,7 +124,7 @@ class RunStore:
         return path
 
     def latest_round_checkpoint(self) -> Path | None:
-        found = sorted(self.checkpoints.glob("round-*.pt"))
+        found = sorted(self.checkpoints.glob(ROUND_CHECKPOINTS))
         return found[-1] if found else None
 
 

@@ -29,7 +29,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi
 
 from common.config.run_config import RunConfig
-from common.config.strategies import FEDOPT, strategy_settings
+from common.config.strategies import (
+    FEDADAGRAD,
+    FEDADAM,
+    FEDAVG,
+    FEDOPT,
+    FEDPROX,
+    FEDYOGI,
+    strategy_settings,
+)
 from common.wire import reply as wire
 from common.wire.records import from_array_record, record_bytes, to_array_record
 from server.screening import UpdateScreen
@@ -254,9 +262,9 @@ class FedPathFedAdagrad(FedPathStrategy, FedAdagrad):
     """Flower FedAdagrad: Adagrad on the averaged update (no momentum)."""
 
 
-STRATEGY_CLASSES: dict[str, type[FedPathStrategy]] = {
-    "fedavg": FedPathFedAvg, "fedprox": FedPathFedProx, "fedadam": FedPathFedAdam,
-    "fedyogi": FedPathFedYogi, "fedadagrad": FedPathFedAdagrad,
+STRATEGY_CLASSES: dict[str, type[FedPathStrategy]] = {  # one per name of common.config.strategies.STRATEGIES
+    FEDAVG: FedPathFedAvg, FEDPROX: FedPathFedProx, FEDADAM: FedPathFedAdam,
+    FEDYOGI: FedPathFedYogi, FEDADAGRAD: FedPathFedAdagrad,
 }
 
 
@@ -266,7 +274,7 @@ def make_strategy(config: RunConfig, screen: UpdateScreen, round_offset: int = 0
         "fraction_train": config.fraction_train, "min_train_nodes": config.min_train_nodes,
         "min_available_nodes": config.min_available_nodes,
     }
-    if config.strategy == "fedprox":
+    if config.strategy == FEDPROX:
         kwargs["proximal_mu"] = config.proximal_mu
     if config.strategy in FEDOPT:
         settings = strategy_settings(config.to_mapping())

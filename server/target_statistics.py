@@ -21,17 +21,16 @@ from common.data.sources import public_share_as_trained
 from common.files import atomic_file
 from common.model.bn_statistics import estimate_statistics, pack, unpack
 from common.model.inputs import normalise
+from common.paths import BN_STATISTICS_FILE
 
 log = logging.getLogger("fedpath.server")
-
-STATISTICS_FILE = "bn-statistics.bin"
 
 
 def public_batchnorm_statistics(config: RunConfig, model: nn.Module, run_root: Path) -> tuple[bytes | None, int]:
     """(the packed statistics now in `model`, public images used), or (None, 0) with `bn-statistics=backbone`."""
     if config.bn_statistics != "public":
         return None, 0
-    saved = run_root / STATISTICS_FILE
+    saved = run_root / BN_STATISTICS_FILE
     if config.resume_from and saved.exists():
         blob = saved.read_bytes()
         unpack(model, blob)

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 from common.config.checks import NAMED_DATASETS
-from common.config.run_config import ConfigError, auto_delta, check_delta, load_app_config, resolve_path
-from common.paths import REPO
+from common.config.run_config import ConfigError, load_app_config, resolve_path
+from common.paths import REPO, REPORT_FILE, REPORT_HTML_FILE, RUN_FILE
+from common.privacy.delta import auto_delta, check_delta
 from deploy.flower import flower_bin
 from simulations.local_superlink import LocalSuperLink
 
@@ -38,7 +39,7 @@ def preflight(run_config: list[str], app_dir: Path = REPO, sites: int | None = N
     config = load_app_config(app_dir / "pyproject.toml", run_config)
     if config.dataset not in NAMED_DATASETS and not resolve_path(config.dataset, app_dir).exists():
         raise ConfigError(f"dataset {config.dataset!r} not found (looked for {resolve_path(config.dataset, app_dir)})")
-    if config.resume_from and not (resolve_path(config.resume_from, app_dir) / "run.json").exists():
+    if config.resume_from and not (resolve_path(config.resume_from, app_dir) / RUN_FILE).exists():
         raise ConfigError(f"resume-from={config.resume_from!r} is not a fedpath run directory (no run.json)")
     if config.dataset == "synthetic":
         return
@@ -123,7 +124,7 @@ def run_simulation(
     if not new:
         raise RuntimeError(f"the run wrote nothing under {output_dir}; see the log above and {link.log_file}")
     run_dir = new[-1]
-    if not (run_dir / "report.json").exists():
+    if not (run_dir / REPORT_FILE).exists():
         raise RuntimeError(f"the run did not finish: {run_dir} has no report.json; see the log above")
     check_outcome(run_dir)
     if completed.returncode != 0:
@@ -137,7 +138,7 @@ class NoSiteTrained(RuntimeError):
 
 def check_outcome(run_dir: Path) -> dict:
     """The run's report; raises NoSiteTrained, with each site's reasons, when no site trained."""
-    report = json.loads((run_dir / "report.json").read_text())
+    report = json.loads((run_dir / REPORT_FILE).read_text())
     if report["run"].get("no_site_trained"):
         raise NoSiteTrained(f"{run_dir}: no site trained, the model is the starting model\n{site_summary(report)}")
     return report
@@ -174,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, TimeoutError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    report = json.loads((run_dir / "report.json").read_text())
+    report = json.loads((run_dir / REPORT_FILE).read_text())
     print("\nsites:\n" + site_summary(report))
     print(f"\nfinished in {time.time() - started:.0f}s")
     print(f"run directory: {run_dir}")
-    for name in ("report.html", "report.json"):
+    for name in (REPORT_HTML_FILE, REPORT_FILE):
         if (run_dir / name).exists():
             print(f"report: {run_dir / name}")
     return 0

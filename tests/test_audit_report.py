@@ -10,11 +10,11 @@ import pytest
 
 from client.identity import site_identity
 from client.site import load_site_data, run_round
-from common.audit.canaries import run_canaries, run_coin_flips
+from common.audit.canaries import AUDITED_SITE, run_canaries, run_coin_flips
 from common.config.run_config import ConfigError, RunConfig
 from common.privacy.ledger import LEDGER_FILE
 from common.wire import reply as wire
-from server.privacy_audit import AUDITED_SITE, summarise, view
+from server.privacy_audit import summarise, view
 from tests.conftest import tiny_run_config
 from tests.helpers.site_inputs import deployed_node, round_request, site_config, site_tree
 

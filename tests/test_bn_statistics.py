@@ -17,9 +17,9 @@ from common.data.sources import public_share
 from common.model.bn_statistics import estimate_statistics, frozen_batchnorms, pack, unpack
 from common.model.inputs import normalise
 from common.model.network import frozen_fingerprint, make_dp_compatible
+from common.paths import BN_STATISTICS_FILE
 from server.app import _starting_point, _train_config
 from server.run_store import RunStore
-from server.target_statistics import STATISTICS_FILE
 from tests.conftest import tiny_run_config
 
 
@@ -103,7 +103,7 @@ def test_server_estimates_on_its_public_share_and_a_site_trains_with_exactly_tho
     config = RunConfig.from_mapping(mapping)
     store = RunStore(tmp_path / "runs" / "run-1")
     start = _starting_point(config, store, 1)
-    assert start.bn_statistics is not None and (store.root / STATISTICS_FILE).read_bytes() == start.bn_statistics
+    assert start.bn_statistics is not None and (store.root / BN_STATISTICS_FILE).read_bytes() == start.bn_statistics
     # what the server holds: the public share's statistics (first layer brute force), not the backbone's
     public = public_share(config)
     x = start.model.conv1(normalise(torch.from_numpy(public.images).permute(0, 3, 1, 2))).double()

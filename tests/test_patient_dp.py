@@ -27,11 +27,10 @@ from common.training.patient_dp import (
     make_private_per_patient,
     patient_counts,
     patient_index,
-    patient_sample_rate,
 )
 from common.training.patient_dp.group_norms import GROUP_NORM_SAMPLERS, PatchGroups
 from common.training.settings import TrainSettings
-from common.training.steps import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
+from common.training.steps import epoch_steps, grad_sample_mode_for
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning")
 
@@ -286,7 +285,7 @@ def test_sampler_takes_whole_patients_up_to_the_cap() -> None:
     sampler = PatientPoissonSampler(patient, batch_size=8, max_patches_per_patient=cap,
                                     stream=public_randomness("1").stream("sampling"))
     assert patient_counts(groups, cap) == (6, 1 + 3 + 4 * 4)
-    assert (sampler.steps, sampler.sample_rate) == patient_sample_rate(6, 20, 8) == (3, 1 / 3)
+    assert (sampler.steps, sampler.sample_rate) == epoch_steps(6, 20, 8) == (3, 1 / 3)
     seen_of_big = set()
     inclusions = np.zeros(6)
     steps = 0
@@ -310,13 +309,13 @@ def test_sampler_takes_whole_patients_up_to_the_cap() -> None:
 
 
 def test_patient_sampling_rate_rule() -> None:
-    assert patient_sample_rate(50, 1000, 64) == (16, 1 / 16)  # q * usable patches <= batch
-    assert patient_sample_rate(3, 300, 64) == (3, 1 / 3)  # big patients: one per step expected
-    assert patient_sample_rate(10, 10, 64) == (1, 1.0)
-    assert patient_sample_rate(93, 93, 1)[0] == 92  # int(1/q), as Opacus' sampler takes it
-    assert patient_steps_per_epoch(50, 1000, 64) == patient_sample_rate(50, 1000, 64)
-    with pytest.raises(ValueError, match="needs at least one patient"):
-        patient_sample_rate(0, 0, 64)
+    assert epoch_steps(50, 1000, 64) == (16, 1 / 16)  # q * usable patches <= batch
+    assert epoch_steps(3, 300, 64) == (3, 1 / 3)  # big patients: one per step expected
+    assert epoch_steps(10, 10, 64) == (1, 1.0)
+    assert epoch_steps(93, 93, 1)[0] == 92  # int(1/q), as Opacus' sampler takes it
+    assert epoch_steps(1000, 1000, 64) == (16, 1 / 16)  # patches (patients of one patch): q = 1/ceil(n/batch)
+    with pytest.raises(ValueError, match="needs at least one record"):
+        epoch_steps(0, 0, 64)
 
 
 # -- through train_local ---------------------------------------------------------------------------
@@ -334,8 +333,8 @@ def test_train_local_records_patient_level_history(policy: str, mode: str, monke
     """6 patients x 3 patches, cap 2, batch 2: q = 1/6 per patient (1/9 per patch); this seed has empty steps."""
     data = _patients(18, 0, per_patient=3)
     patients, usable = patient_counts(data.groups, 2)
-    steps, q = patient_steps_per_epoch(patients, usable, 2)
-    assert (patients, usable, steps, q) == (6, 12, 6, 1 / 6) and q != steps_per_epoch(len(data), 2)[1]
+    steps, q = epoch_steps(patients, usable, 2)
+    assert (patients, usable, steps, q) == (6, 12, 6, 1 / 6) and q != epoch_steps(len(data), len(data), 2)[1]
     sizes: list[int] = []
     step_for = PatientPoissonSampler.step_for
     monkeypatch.setattr(PatientPoissonSampler, "step_for",

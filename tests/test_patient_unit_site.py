@@ -18,7 +18,7 @@ from common.model.network import frozen_fingerprint, get_trainable_state
 from common.privacy.accounting import epsilon_of
 from common.privacy.ledger import LEDGER_FILE
 from common.training.patient_dp import patient_counts
-from common.training.steps import patient_steps_per_epoch
+from common.training.steps import epoch_steps
 from tests.conftest import tiny_run_config, write_image_tree
 
 
@@ -35,7 +35,7 @@ def test_groups_known_means_patient_level_by_default_and_the_ledger_says_so(tmp_
     assert result.status == "trained" and result.reply.privacy_unit == "patient"
     train = simulated_site(config, 0, 2).train
     patients, usable = patient_counts(train.groups, config.max_patches_per_patient)
-    steps, rate = patient_steps_per_epoch(patients, usable, config.batch_size)
+    steps, rate = epoch_steps(patients, usable, config.batch_size)
     assert result.metrics["privacy-records"] == patients < len(train) == result.metrics["num-examples"]
     assert (result.metrics["steps"], result.metrics["sample-rate"]) == (steps, rate)  # q over patients
     ledger = json.loads((tmp_path / LEDGER_FILE).read_text())

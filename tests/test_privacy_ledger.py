@@ -21,7 +21,7 @@ from common.model.factory import initial_model
 from common.model.network import frozen_fingerprint, get_trainable_state
 from common.privacy.accounting import calibrate_noise, epsilon_of
 from common.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
-from common.training.steps import steps_per_epoch
+from common.training.steps import epoch_steps
 from tests.conftest import tiny_run_config
 
 
@@ -48,7 +48,7 @@ def test_three_rounds_spend_what_one_accountant_over_the_same_steps_spends(tmp_p
     assert 0 < eps[0] < eps[1] < eps[2] <= 8.0  # cumulative, not per round
 
     n = len(simulated_site(config, 0, 3).train)
-    steps, rate = steps_per_epoch(n, config.batch_size)
+    steps, rate = epoch_steps(n, n, config.batch_size)
     sigma = results[0].metrics["noise-multiplier"]
     assert sigma == pytest.approx(calibrate_noise([], rate, 3 * steps, 8.0, 1e-4))
     one = RDPAccountant()
@@ -153,9 +153,9 @@ def test_planned_steps_are_the_steps_opacus_takes_where_ceil_differs() -> None:
     assert (93, 1) in differ and len(differ) > 10  # the sizes where a ceil(n/batch) plan would be wrong
     for n, b in [*differ[:20], (93, 1), (5952, 64), (100, 64)]:
         loader = DPDataLoader(TensorDataset(torch.zeros(n, 1)), sample_rate=1 / -(-n // b))
-        steps, rate = steps_per_epoch(n, b)
+        steps, rate = epoch_steps(n, n, b)
         assert (steps, rate) == (len(loader), loader.sample_rate), (n, b)
-    assert steps_per_epoch(93, 1)[0] == 92
+    assert epoch_steps(93, 93, 1)[0] == 92
 
 
 @pytest.mark.parametrize(("history", "rate", "steps"), [

@@ -9,7 +9,6 @@ import pytest
 from server.report.format import (
     budget_fraction,
     bytes_text,
-    config_value,
     duration,
     eps,
     num,
@@ -65,12 +64,6 @@ def test_round_lists_are_compact() -> None:
     assert round_list([4]) == "4"
     assert round_list([1, 3, 5]) == "1, 3, 5"
     assert round_list([]) == "none"
-
-
-def test_config_values_as_written_in_pyproject() -> None:
-    assert config_value(True) == "true" and config_value(False) == "false"
-    assert config_value("") == '""' and config_value("norm-head") == "norm-head"
-    assert config_value(0.1) == "0.1" and config_value(8) == "8"
 
 
 def _site(**overrides: object) -> dict:

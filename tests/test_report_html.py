@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from markupsafe import escape
 
+from common.config.toml_values import toml_value
 from server.report import plots as report_plots
 from server.report import write_report
 from server.report.compose import compose_report
-from server.report.format import config_value
 from server.report.html import SECTIONS, build_view, render_html
 from tests.helpers.report_support import SECTION_IDS, Page, assert_self_contained, build_run_dir, png_sizes
 
@@ -52,7 +52,7 @@ def test_every_section_of_a_finished_run(finished_run: Path) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # a site's text is data, never markup
     assert text.count('class="bar"') == 3  # one privacy-budget bar per site
     for key, value in report["run"]["config"].items():  # the full configuration
-        assert f'<span class="k mono">{key}</span><span class="v mono">{escape(config_value(value))}</span>' in text
+        assert f'<span class="k mono">{key}</span><span class="v mono">{escape(toml_value(value))}</span>' in text
 
 
 @pytest.mark.slow  # renders reports with plots

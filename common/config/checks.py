@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from common.config.choices import ARCHITECTURE_NAMES, BN_STATISTICS_SETTINGS, POLICIES
 from common.config.stain_settings import stain_problems
 from common.config.strategies import strategy_problems
+from common.privacy.delta import MAX_DELTA_FACTOR
 from common.privacy.dp_seed import dp_seed_problem
 
 if TYPE_CHECKING:
@@ -31,11 +32,6 @@ DEFAULT_PERIOD_DAYS = 30.0
 # The one-run bound's δ term is 2·m·δ: far more canaries than 1/(2δ) would drown it, and each
 # canary is an image the audited site trains on.
 MAX_AUDIT_CANARIES = 10_000
-
-
-# δ must be well below 1/n: a mechanism that publishes one random record in the clear has
-# δ = 1/n. fedpath requires δ <= 1/(10·n), and the automatic δ is exactly that bound.
-MAX_DELTA_FACTOR = 0.1
 
 
 def period_problem(epsilon: float, days: float, prefix: str = "") -> str:

@@ -1,9 +1,10 @@
-"""Names a run config may choose from, kept free of heavy imports.
+"""Names a run config may choose from, and defaults that code beyond the config uses, kept free of heavy imports.
 
 `common.config` validates a run config with these; it must not import torch, torchvision or
 Opacus to do so (a site's pre-flight check and the launchers read configs before anything
 trains, and importing torch costs seconds). The modules that implement the choices
-(`common.model`, ...) import the names from here and check that they implement each one.
+(`common.model`, `common.training`, ...) import the names and defaults from here and check that
+they implement each one.
 """
 
 from __future__ import annotations
@@ -17,3 +18,7 @@ CONV_POLICIES: Final[tuple[str, ...]] = ("full", "last-block")
 # Where the frozen BatchNorm statistics come from (common.model.bn_statistics): the backbone's own, or
 # re-estimated by the server on the run's public share (target-domain data it holds) before round 1.
 BN_STATISTICS_SETTINGS: Final[tuple[str, ...]] = ("backbone", "public")
+# Patient-level DP: at most this many of a sampled patient's patches per step (`max-patches-per-patient`).
+# It bounds a step's work and keeps its expected patches near the batch size; the per-patient clipping,
+# not the cap, bounds a patient's influence (common.training.patient_dp).
+DEFAULT_MAX_PATCHES_PER_PATIENT: Final[int] = 16

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from common.config.booleans import parse_bool
-from common.config.checks import DEFAULT_PERIOD_DAYS, MAX_DELTA_FACTOR, config_problems
+from common.config.checks import DEFAULT_PERIOD_DAYS, config_problems
+from common.config.choices import DEFAULT_MAX_PATCHES_PER_PATIENT
+from common.config.strategies import DEFAULT_STRATEGY
 from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS
+from common.privacy.delta import DEFAULT_DELTA, auto_delta
 
 
 class ConfigError(ValueError):
@@ -42,7 +45,7 @@ class RunConfig:
     momentum: float = 0.9
     dp: bool = True
     epsilon: float = 8.0  # what this job asks each site for; each site grants at most its own cap
-    delta: float = 1e-5
+    delta: float = DEFAULT_DELTA  # common.privacy.delta: at most 1/(10·n) at each site
     # Simulation only: the node config of simulated sites (deployed sites use their own node config).
     site_epsilon_budget: float = 32.0
     site_epsilon_per_job: float = 0.0
@@ -52,7 +55,7 @@ class RunConfig:
     site_share_diagnostics: bool = False
     site_dp_seed: str = ""
     privacy_unit: str = "auto"  # simulation (deployed sites: node config): auto = patient where groups are known
-    max_patches_per_patient: int = 16
+    max_patches_per_patient: int = DEFAULT_MAX_PATCHES_PER_PATIENT
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0
     grad_sample_mode: str = "auto"
@@ -81,7 +84,7 @@ class RunConfig:
     min_accepted_updates: int = 1
     max_update_norm: float = 0.0
     # server strategy (common.config.strategies): Flower's FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad
-    strategy: str = "fedavg"
+    strategy: str = DEFAULT_STRATEGY
     proximal_mu: float = 0.01
     server_lr: float = 0.0  # 0 = Flower's default eta
     beta_1: float = 0.9
@@ -127,21 +130,6 @@ class RunConfig:
     def site_delta(self, num_training_records: int) -> float:
         """The delta of a simulated site with n training records (delta = 0 means 1/(10·n))."""
         return self.delta if self.delta > 0 else auto_delta(num_training_records)
-
-
-
-
-def auto_delta(num_training_records: int) -> float:
-    """1/(10·n): the largest δ fedpath accepts for a site of n training records."""
-    return MAX_DELTA_FACTOR / max(num_training_records, 1)
-
-
-def check_delta(delta: float, num_training_records: int) -> str:
-    """'' when δ suits a site of n training records, else why not (no counts: it may cross the wire)."""
-    if delta > auto_delta(num_training_records) * (1 + 1e-12):
-        return ("delta must be at most 1/(10·n) for a site of n training records (a mechanism that releases one "
-                "record in the clear has delta = 1/n); lower delta or use delta = 0 for 1/(10·n)")
-    return ""
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

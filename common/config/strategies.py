@@ -13,19 +13,22 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
-FEDOPT = ("fedadam", "fedyogi", "fedadagrad")  # Flower's FedOpt family: a server optimizer with state
+# The names a run config's `strategy` may take: everything else names them through these constants
+# (the server's factory has one class per name: tests/test_one_definition.py).
+FEDAVG, FEDPROX, FEDADAM, FEDYOGI, FEDADAGRAD = "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"
+STRATEGIES = (FEDAVG, FEDPROX, FEDADAM, FEDYOGI, FEDADAGRAD)
+DEFAULT_STRATEGY = FEDAVG  # also what runs recorded before strategies existed ran
+FEDOPT = (FEDADAM, FEDYOGI, FEDADAGRAD)  # Flower's FedOpt family: a server optimizer with state
 # Flower 1.42's default eta differs per strategy; `server-lr = 0` selects it.
-FLOWER_SERVER_LR = {"fedadam": 0.1, "fedyogi": 0.01, "fedadagrad": 0.1}
+FLOWER_SERVER_LR = {FEDADAM: 0.1, FEDYOGI: 0.01, FEDADAGRAD: 0.1}
 # The run-config keys each strategy uses (the others are ignored by it).
 HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
-    "fedavg": (),
-    "fedprox": ("proximal-mu",),
-    "fedadam": ("server-lr", "beta-1", "beta-2", "tau"),
-    "fedyogi": ("server-lr", "beta-1", "beta-2", "tau"),
-    "fedadagrad": ("server-lr", "tau"),  # Flower's FedAdagrad has no momentum (beta_1 = beta_2 = 0)
+    FEDAVG: (),
+    FEDPROX: ("proximal-mu",),
+    FEDADAM: ("server-lr", "beta-1", "beta-2", "tau"),
+    FEDYOGI: ("server-lr", "beta-1", "beta-2", "tau"),
+    FEDADAGRAD: ("server-lr", "tau"),  # Flower's FedAdagrad has no momentum (beta_1 = beta_2 = 0)
 }
-PROXIMAL_MU_KEY = "proximal-mu"  # the train-config key Flower's FedProx sends to every site
 
 
 def strategy_problems(strategy: str, proximal_mu: float, server_lr: float, beta_1: float, beta_2: float,
@@ -59,7 +62,7 @@ def proximal_mu_ok(value: Any) -> bool:
 
 def strategy_settings(config: Mapping[str, Any]) -> dict[str, float]:
     """The hyper-parameters in force for `config['strategy']` (dash keys; server-lr 0 resolved)."""
-    strategy = str(config.get("strategy", "fedavg"))
+    strategy = str(config.get("strategy", DEFAULT_STRATEGY))
     settings = {key: float(config[key]) for key in HYPERPARAMETERS.get(strategy, ()) if key in config}
     if settings.get("server-lr") == 0:
         settings["server-lr"] = FLOWER_SERVER_LR[strategy]
@@ -71,7 +74,7 @@ def describe_strategy(config: Mapping[str, Any]) -> str:
 
     Runs recorded before strategies existed have no `strategy` key: they ran FedAvg.
     """
-    strategy = str(config.get("strategy", "fedavg"))
+    strategy = str(config.get("strategy", DEFAULT_STRATEGY))
     settings = strategy_settings(config)
     inner = ", ".join(f"{key} {value:g}" for key, value in settings.items())
     return f"{strategy} ({inner})" if inner else strategy

@@ -11,15 +11,14 @@ forward order, each layer seeing the layers before it already re-estimated: what
 BatchNorm would have had if the network had been trained on that data.
 
 The server does this once, before round 1, and sends the statistics with every round's
-instructions (`pack`/`unpack`: 2 x float32 per channel, 37.5 KiB for ResNet-18); sites put them
-into their frozen layers before the frozen-layer fingerprint check. No site data is touched, so
-it costs no privacy budget.
+instructions (`pack`/`unpack`: 2 x float32 per channel, 37.5 KiB for ResNet-18; the key
+`bn-statistics` of `common.wire.instruction`); sites put them into their frozen layers before the
+frozen-layer fingerprint check. No site data is touched, so it costs no privacy budget.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
 
 import numpy as np
 import torch
@@ -28,8 +27,7 @@ from torch import nn
 from common.config.choices import BN_STATISTICS_SETTINGS
 from common.model.dp_layers import FrozenBatchNorm2d
 
-__all__ = ["BN_STATISTICS_SETTINGS", "TRAIN_CONFIG_KEY", "estimate_statistics", "pack", "unpack"]
-TRAIN_CONFIG_KEY: Final[str] = "bn-statistics"  # where the server's instructions carry them
+__all__ = ["BN_STATISTICS_SETTINGS", "estimate_statistics", "pack", "unpack"]
 
 
 def frozen_batchnorms(model: nn.Module) -> list[FrozenBatchNorm2d]:

@@ -7,12 +7,16 @@ torchvision backbones expect, so the server, the sites and the tools feed the mo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from common.data.imageset import ImageSet
-from common.privacy.randomness import SecretStream
+
+if TYPE_CHECKING:  # the type of the stream augmentation draws from; the model package imports no privacy code
+    from common.privacy.randomness import SecretStream
 
 # torchvision's ImageNet statistics: what pretrained backbones expect as input.
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

@@ -30,6 +30,7 @@ import torch
 from torchvision.models import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights
 
 from common.config.run_config import resolve_path
+from common.paths import CHECKPOINTS_DIR
 
 log = logging.getLogger("fedpath.weights")
 
@@ -111,7 +112,7 @@ def _from_fedpath_checkpoint(payload: dict[str, Any], path: Path) -> tuple[dict[
             "continue from a job, give weights= its checkpoints/final.pt; to continue a crashed job, resume-from="
         )
     meta = payload.get("meta") or {}
-    run = path.parent.parent.name if path.parent.name == "checkpoints" else path.parent.name
+    run = path.parent.parent.name if path.parent.name == CHECKPOINTS_DIR else path.parent.name
     began = (meta.get("weights") or {}).get("description", "unknown")
     description = (f"fedpath global model {run}/{path.name} after round {payload.get('round')} "
                    f"({meta.get('arch')}, policy {meta.get('policy')}; that job started from: {began})")

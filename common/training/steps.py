@@ -1,14 +1,15 @@
 """How many DP steps a round takes, at what sampling rate, and in which Opacus mode.
 
 The site's ledger grants a job and calibrates its noise *before* training, from the steps that
-training will really take; these functions derive them exactly as Opacus and
-`common.training.patient_dp` will, from counts and the batch size alone (never labels).
+training will really take. One rule (`epoch_steps`) serves both: the training's Poisson sampler
+(`common.training.patient_dp.sampling`) takes its steps and rate from it, and the site's budget
+planning (`client.job_planning`), the audit harness and the benchmarks plan with it, from counts
+and the batch size alone (never labels).
 """
 
 from __future__ import annotations
 
 from common.config.choices import CONV_POLICIES
-from common.training.patient_dp import patient_sample_rate
 
 
 def grad_sample_mode_for(policy: str, requested: str = "auto") -> str:
@@ -22,26 +23,33 @@ def grad_sample_mode_for(policy: str, requested: str = "auto") -> str:
     return "ghost" if policy in CONV_POLICIES else "hooks"
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> tuple[int, float]:
-    """(steps, Poisson sample rate) exactly as Opacus derives them.
+def epoch_steps(records: int, usable_patches: int, batch_size: int) -> tuple[int, float]:
+    """(steps, Poisson sampling rate q) of one epoch over a site's records, exactly as training takes them.
 
-    `make_private` sets q = 1 / len(loader) with len(loader) = ceil(n / batch), and its
-    Poisson sampler then takes int(1 / q) steps per epoch, which in floating point is one
-    fewer than ceil(n / batch) for some sizes (n = 93, batch 1: 92 steps). The ledger plans
-    with the steps that will really be taken.
+    The one rule for both units of privacy: a record is a patient, or a patch (a patient of one
+    patch, `records == usable_patches`). `records, usable_patches = patient_counts(groups, cap)`
+    at the patient unit (usable = sum over patients of min(patches, cap)); `(n, n)` at the patch unit.
+
+    q = 1 / min(records, ceil(usable_patches / batch_size)): a sampled patient brings min(k, cap)
+    patches, so a step holds q * usable_patches <= batch_size patches in expectation (the batch
+    size keeps meaning "expected patches per step") and an epoch samples every record once in
+    expectation; where even one patient per step exceeds the batch size, q = 1/patients. At the
+    patch unit this is q = 1 / ceil(n / batch), what Opacus' `make_private` sets.
+
+    Steps = int(1 / q), as Opacus' Poisson sampler takes them, which in floating point is one
+    fewer than 1/q for some sizes (n = 93, batch 1: 92 steps); the ledger plans with the steps
+    that will really be taken. Depends only on these counts and the batch size, never on labels.
     """
-    loader_len = max(1, -(-num_examples // batch_size))
+    if records < 1:
+        raise ValueError("DP-SGD needs at least one record (a patient or a patch)")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    loader_len = max(1, min(records, -(-usable_patches // batch_size)))
     sample_rate = 1 / loader_len
     return int(1 / sample_rate), sample_rate
 
 
-def patient_steps_per_epoch(num_patients: int, usable_patches: int, batch_size: int) -> tuple[int, float]:
-    """(steps, patient sampling rate q) of one epoch at the patient unit, exactly as trained.
-
-    `num_patients, usable_patches = common.training.patient_dp.patient_counts(data.groups, cap)`:
-    usable patches = sum over patients of min(patches, cap). q = 1 / min(patients,
-    ceil(usable_patches / batch_size)), so a step holds at most `batch_size` patches in
-    expectation and an epoch samples every patient once in expectation; steps = int(1 / q).
-    Depends only on these counts and the batch size, never on labels.
-    """
-    return patient_sample_rate(num_patients, usable_patches, batch_size)
+def round_steps(records: int, usable_patches: int, batch_size: int, local_epochs: int) -> tuple[int, float]:
+    """(steps, q) of a round of `local_epochs` epochs (`epoch_steps`): what a site plans its budget with."""
+    steps, sample_rate = epoch_steps(records, usable_patches, batch_size)
+    return steps * local_epochs, sample_rate

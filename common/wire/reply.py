@@ -107,8 +107,8 @@ FAILURES: dict[str, str] = {
     "config": "the site's configuration (node config or run config) is invalid for this site",
     "model": "the site's model does not match the server's (weights, arch, policy or classes)",
     "ledger": "the site's privacy ledger refused the round (unreadable, other site, or changed δ/unit/budget)",
-    "server-input": "the server sent non-finite or out-of-range weights, statistics or numbers; refused before any "
-                    "data was read",
+    "server-input": "the server sent an instruction with undeclared or missing keys, or non-finite or out-of-range "
+                    "weights, statistics or numbers; refused before any data was read",
     "internal": "an unexpected error at the site",
 }
 FAILURE_PREFIX = "fedpath site failure"

@@ -9,8 +9,6 @@ launch so each can be read and tested on its own.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from client.identity import DEPLOYMENT_KEYS, OPTIONAL_DEPLOYMENT_KEYS, check_deployment_node_config
 from common.config.booleans import parse_bool
 from common.config.run_config import ConfigError
+from common.config.toml_values import toml_assignments
 
 SIMULATION_KEYS = ("partition-id", "num-partitions")
 BOOL_KEYS = ("allow-non-private", "strict", "share-diagnostics")
@@ -92,15 +91,4 @@ def check_node_config(node_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def format_node_config(node_config: Mapping[str, Any]) -> str:
     """Node config in Flower's `key=value` syntax (strings double-quoted, TOML numbers and booleans)."""
-    parts = []
-    for key, value in node_config.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, float):
-            text = repr(value) if math.isfinite(value) else str(value)
-        elif isinstance(value, int):
-            text = str(value)
-        else:
-            text = json.dumps(str(value))
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
+    return toml_assignments(node_config)

@@ -17,11 +17,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from common.paths import BASELINES_FILE, FINAL_EVAL_FILE, RUN_FILE
 from common.wire.reply import largest_site_epsilon
 from server.report.compose import compose_report
 from server.run_store import RunStore
 
-BASELINES_FILE = "baselines.json"
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
 BASELINE_KEYS = ("name", "kind", "accuracy", "accuracy_ci95", "balanced_accuracy", "macro_f1", "macro_auc", "ece",
                  "epsilon", "test_examples", "notes", "source")
@@ -84,7 +84,7 @@ def normalise(entry: dict[str, Any], source: str, name: str | None = None) -> di
 
 def from_run_dir(path: Path, name: str | None = None) -> dict[str, Any]:
     """A finished fedpath run as a baseline: its final evaluation and its largest per-site epsilon."""
-    if not (path / "final-eval.json").exists():
+    if not (path / FINAL_EVAL_FILE).exists():
         raise BaselineError(f"{path}: run directory has no final-eval.json (the run did not finish)")
     report = compose_report(path)
     final, run = report["final"], report["run"]
@@ -106,7 +106,7 @@ def load(spec: str) -> list[dict[str, Any]]:
     name, _, path_text = ("", "", spec) if Path(spec).expanduser().exists() or "=" not in spec else spec.partition("=")
     path = Path(path_text).expanduser()
     if path.is_dir():
-        if not (path / "run.json").exists():
+        if not (path / RUN_FILE).exists():
             raise BaselineError(f"{path}: a directory baseline must be a fedpath run directory (no run.json)")
         return [from_run_dir(path, name or None)]
     if not path.exists():

@@ -14,7 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from server.privacy_audit import AUDIT_FILE, summarise
+from common.paths import AUDIT_FILE, FINAL_EVAL_FILE, RUN_FILE
+from server.privacy_audit import summarise
 from server.report.format import privacy_statement
 from server.run_store import RunStore
 
@@ -205,9 +206,9 @@ def _status(run: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, 
 def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The whole report as one JSON-able dict (see docs/REPORT.md for every key)."""
     store = RunStore(run_dir)
-    run = store.read_json("run.json")
+    run = store.read_json(RUN_FILE)
     rounds = store.rounds()
-    final = store.read_json("final-eval.json") if (run_dir / "final-eval.json").exists() else None
+    final = store.read_json(FINAL_EVAL_FILE) if (run_dir / FINAL_EVAL_FILE).exists() else None
     config = run.get("config", {})
     weights = run.get("weights", {})
     complete, incomplete_reason = _status(run, rounds, final)

@@ -102,15 +102,6 @@ def budget_fraction(epsilon: Any, budget: Any) -> float | None:
     return float(epsilon) / float(budget)
 
 
-def config_value(value: Any) -> str:
-    """A run-config value as it is written in pyproject.toml / --run-config: true, 0.1, "" ."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value if value else '""'
-    return str(value)
-
-
 RANDOMNESS_TEXT = {
     "secure": "fresh noise from the operating system CSPRNG every round (nobody can regenerate it)",
     "site-seed": "noise reproducible from a seed the site holds (dp-seed): private only while that seed stays secret; "

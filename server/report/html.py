@@ -17,10 +17,11 @@ import markupsafe
 
 from common.config.stain_settings import describe_stain
 from common.config.strategies import describe_strategy
+from common.config.toml_values import toml_value
 from common.wire.reply import PROTECTIONS, wire_table
 from server import privacy_audit
 from server.report import plots as report_plots
-from server.report.format import config_value, duration, pct, privacy_header, timestamp, unit_text
+from server.report.format import duration, pct, privacy_header, timestamp, unit_text
 from server.report.officer import officer_text
 from server.report.tables import (
     METRICS,
@@ -165,7 +166,7 @@ def _run_view(run: dict[str, Any], config: dict[str, Any], sites: list[dict[str,
 def _provenance_view(run: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """Configuration, versions and times: what it takes to say exactly which run this was."""
     return {
-        "config_items": [(k, config_value(v)) for k, v in sorted(config.items())],
+        "config_items": [(k, toml_value(v)) for k, v in sorted(config.items())],
         "versions": sorted((run.get("versions") or {}).items()),
         "start": timestamp(run.get("start")),
         "end": timestamp(run.get("end")) if run.get("end") is not None else "not recorded",

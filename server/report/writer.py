@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.files import atomic_write_text
+from common.paths import REPORT_FILE, REPORT_HTML_FILE, RUN_FILE
 from server.report import baselines as report_baselines
 from server.report.compose import compose_report
 from server.run_store import RunStore
@@ -37,11 +38,11 @@ def write_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None, s
     if baselines is None:
         baselines = report_baselines.stored(run_dir)
     report = compose_report(run_dir, baselines)
-    written = [RunStore(run_dir).write_json("report.json", report)]
+    written = [RunStore(run_dir).write_json(REPORT_FILE, report)]
     try:
         from server.report.html import render_html  # matplotlib and Jinja2 load only when needed
 
-        html_path = run_dir / "report.html"
+        html_path = run_dir / REPORT_HTML_FILE
         atomic_write_text(html_path, render_html(report))  # a browser never sees half a page
         written.append(html_path)
     except Exception:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clear-baselines", action="store_true",
                         help="forget the baselines kept with the run (before adding any given with --baseline)")
     args = parser.parse_args(argv)
-    if not (args.run_dir / "run.json").exists():
+    if not (args.run_dir / RUN_FILE).exists():
         print(f"error: {args.run_dir} is not a fedpath run directory (no run.json)", file=sys.stderr)
         return 2
     try:

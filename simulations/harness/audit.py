@@ -59,6 +59,7 @@ from common.metrics import accuracy
 from common.model.factory import initial_model
 from common.model.network import get_trainable_state, set_trainable_state
 from common.privacy.accounting import epsilon_of
+from common.privacy.delta import DEFAULT_DELTA
 from common.training.local import predict, train_local
 from common.training.patient_dp import PATCH
 from simulations.harness import audit_sites, gradient_canaries
@@ -267,7 +268,7 @@ def run_setting(config: Any, plan: AuditPlan, data: AuditData, label: str, dp: b
 
 
 def audit_config(dataset: str, image_size: int, weights: str, seed: int, policy: str = "norm-head",
-                 lr: float = 0.1, batch_size: int = 64, delta: float = 1e-5, run_config: str = "",
+                 lr: float = 0.1, batch_size: int = 64, delta: float = DEFAULT_DELTA, run_config: str = "",
                  **scenario: Any) -> Any:
     """The run config the audited federation uses (the sites' own keys, IID split); `scenario`
     sets further `Scenario` fields, `run_config` adds `key=value` pairs Scenario does not hold."""

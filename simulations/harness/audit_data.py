@@ -15,6 +15,7 @@ import numpy as np
 
 from common.audit.canaries import coin_flips, concat, make_canaries, noise_canaries
 from common.data.sources import central_test_set, simulated_site
+from common.privacy.delta import DEFAULT_DELTA
 from common.training.patient_dp import PATCH, PATIENT
 
 
@@ -35,7 +36,7 @@ class AuditPlan:
     # clipping cuts it to C and clipping that does not clip lets it through whole (simulations.harness.audit_sites);
     # not much more, or an unclipped run diverges (100·C did, in the quick experiment's clipping-off row)
     canary_norm: float = 10.0
-    delta: float = 1e-5  # the sites' δ; must be far below 1/m for the canary bound (its δ term is 2·m·δ)
+    delta: float = DEFAULT_DELTA  # the sites' δ; must be far below 1/m for the canary bound (its δ term is 2·m·δ)
     privacy_unit: str = "auto"  # "patch", "patient", or "auto" = the run config's setting, as a site resolves it
     mia_bootstrap: int = 1000
 

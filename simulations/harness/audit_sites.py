@@ -20,9 +20,9 @@ from typing import Any
 
 from common.privacy.accounting import calibrate_noise
 from common.privacy.randomness import RoundRandomness, fresh_randomness, public_randomness, seeded_randomness
-from common.training.patient_dp import PATIENT, patient_counts
+from common.training.patient_dp import DEFAULT_MAX_PATCHES_PER_PATIENT, PATIENT, patient_counts
 from common.training.settings import ExtraRecords, TrainSettings
-from common.training.steps import grad_sample_mode_for, patient_steps_per_epoch, steps_per_epoch
+from common.training.steps import epoch_steps, grad_sample_mode_for
 
 NOISE_OFF, CLIPPING_OFF = "noise-off", "clipping-off"
 FAULTS = (NOISE_OFF, CLIPPING_OFF)
@@ -43,16 +43,14 @@ def noise_multipliers(config: Any, rounds: int, local_epochs: int, delta: float,
         return [0.0 for _ in train_sets]
     sigmas = []
     for site in train_sets:
-        if unit == PATIENT:
-            steps, rate = patient_steps_per_epoch(*patient_counts(site.groups, patch_cap(config)), config.batch_size)
-        else:
-            steps, rate = steps_per_epoch(len(site), config.batch_size)
+        records, usable = patient_counts(site.groups, patch_cap(config)) if unit == PATIENT else (len(site), len(site))
+        steps, rate = epoch_steps(records, usable, config.batch_size)
         sigmas.append(_noise_multiplier(rate, steps * local_epochs * rounds, epsilon, delta))
     return sigmas
 
 
 def patch_cap(config: Any) -> int:
-    return int(getattr(config, "max_patches_per_patient", 16))
+    return int(getattr(config, "max_patches_per_patient", DEFAULT_MAX_PATCHES_PER_PATIENT))
 
 
 def site_dp_seed(dp_seed: str, site: int) -> str:

@@ -21,6 +21,7 @@ from common.data.sources import all_simulated_sites, central_test_set, dataset_c
 from common.files import atomic_write_json
 from common.metrics import full_evaluation
 from common.model.factory import initial_model
+from common.paths import REPORT_FILE
 from common.privacy.randomness import public_randomness
 from common.training.local import predict, train_local
 from common.training.settings import TrainSettings
@@ -50,7 +51,7 @@ def _run_federated(scenario: Scenario, workdir: Path) -> dict[str, Any]:
     with open(workdir / f"{_slug(scenario.label)}.log", "w") as stream:
         run_dir = run_simulation(scenario.sites, [scenario.run_config()], workdir / "runs", workdir / "flwr-home",
                                  stream_to=stream, timeout=7200)
-    return summarise_run(scenario, json.loads((run_dir / "report.json").read_text()), time.time() - started)
+    return summarise_run(scenario, json.loads((run_dir / REPORT_FILE).read_text()), time.time() - started)
 
 
 def summarise_run(scenario: Scenario, report: dict[str, Any], seconds: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from common.config.choices import CONV_POLICIES
 from common.config.run_config import RunConfig, load_app_config
+from common.config.toml_values import toml_assignments
 from common.paths import REPO
 
 LC25000 = REPO.parent / "shared" / "data" / "lc25000-lung"
@@ -39,7 +40,7 @@ class Scenario:
     policy: str = DEFAULTS.policy
     dp: bool = DEFAULTS.dp
     epsilon: float = DEFAULTS.epsilon
-    delta: float = 0.0  # 1/(site records), per site
+    delta: float = 0.0  # 0 = 1/(10·n) per site (common.privacy.delta.auto_delta)
     weights: str = "none"
     stain_shift: float = DEFAULTS.stain_shift
     batch_size: int = DEFAULTS.batch_size
@@ -66,18 +67,10 @@ class Scenario:
             "privacy-unit": self.privacy_unit, "stain": self.stain, "strategy": self.strategy,
             "server-lr": self.server_lr, "bn-statistics": self.bn_statistics,
         }
-        return " ".join(f"{k}={_toml(v)}" for k, v in values.items())
+        return toml_assignments(values)
 
     def config(self) -> RunConfig:
         return load_app_config(PYPROJECT, [self.run_config()])
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f"'{value}'"
-    return repr(value)
 
 
 def base_scenario(quick: bool, data: Path) -> Scenario:

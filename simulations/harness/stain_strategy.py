@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from common.config.stain_settings import normalises
+from common.config.strategies import FEDADAM, FEDAVG, FEDPROX
 from simulations.harness.backbone import experiments_backbone, heterogeneity_base
 from simulations.harness.runs import federated
 
 SETTINGS = {"harsh": ("dirichlet", 0.1, 0.5), "mild": ("iid", 1.0, 0.0)}
 SETTING_NAMES = {"harsh": "Dirichlet 0.1 + stain shift 0.5", "mild": "IID, no stain shift"}
 STAINS = ("none", "normalize", "augment")
-STRATEGIES = ("fedavg", "fedadam", "fedprox")
+STRATEGIES = (FEDAVG, FEDADAM, FEDPROX)
 # FedAdam's server step moves every coordinate by about server-lr per round (Adam normalises), so
 # Flower's 0.1 would overwrite a pretrained model's fine-tuned values in one round; 0.01 is of the
 # size of one round's FedAvg update at these settings.
-SERVER_LR = {"fedadam": 0.01}
+SERVER_LR = {FEDADAM: 0.01}
 TARGET_ACCURACY = 0.86
 # The harsh setting without stain handling is run this many times per strategy: same partition,
 # fresh DP noise from the sites' secret randomness each time. A first grid showed FedAvg there
@@ -65,7 +66,7 @@ def stain_strategy_targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for r in rows:
         runs.setdefault((r["setting"], r["stain"], r["strategy"]), []).append(r["accuracy"])
     acc = {cell: sum(values) / len(values) for cell, values in runs.items()}  # the mean over repeats
-    reference = ("none", "fedavg")
+    reference = ("none", FEDAVG)
     if ("harsh", *reference) not in acc or ("mild", *reference) not in acc:
         return {}
     harsh_base, mild_base = acc[("harsh", *reference)], acc[("mild", *reference)]

@@ -36,12 +36,13 @@ bits of the site; no torch or NumPy generator is used. A patient whose summed gr
 finite contributes nothing (`common.training.dp_engine`). Patch-level DP is the same machinery with every
 patch its own patient (cap 1).
 
-The package, by job: `planning` (units of privacy, patient counts, the sampling rate: what a
-site decides before training), `sampling` (which patients and patches make each step),
+The package, by job: `planning` (units of privacy, patient counts: what a site decides before
+training; the steps and rate q are `common.training.steps`), `sampling` (which patients and patches make each step),
 `clipping` (Opacus' optimizer and ghost-clipping module made per patient, and
 `make_private_per_patient`). The names below are the package's interface.
 """
 
+from common.config.choices import DEFAULT_MAX_PATCHES_PER_PATIENT
 from common.training.patient_dp.clipping import (
     PatientDPOptimizer,
     PatientGhostClippingModule,
@@ -49,18 +50,16 @@ from common.training.patient_dp.clipping import (
     make_private_per_patient,
 )
 from common.training.patient_dp.planning import (
-    DEFAULT_MAX_PATCHES_PER_PATIENT,
     PATCH,
     PATIENT,
     PRIVACY_UNITS,
     patient_counts,
     patient_index,
-    patient_sample_rate,
 )
 from common.training.patient_dp.sampling import PatientPoissonSampler, PatientStep
 
 __all__ = [
     "DEFAULT_MAX_PATCHES_PER_PATIENT", "PATCH", "PATIENT", "PRIVACY_UNITS", "PatientDPOptimizer",
     "PatientGhostClippingModule", "PatientPoissonSampler", "PatientPrivateTraining", "PatientStep",
-    "make_private_per_patient", "patient_counts", "patient_index", "patient_sample_rate",
+    "make_private_per_patient", "patient_counts", "patient_index",
 ]

@@ -1,7 +1,8 @@
-"""What a site decides about patient-level DP before training: the unit, patient counts, the rate q.
+"""What a site decides about patient-level DP before training: the unit and the patient counts.
 
 Pure NumPy, no Opacus: the site's round planning (noise calibration, the budget check) needs
-the number of patients and the steps an epoch takes before any model exists.
+the number of patients before any model exists; the steps and the rate q it derives from these
+counts are `common.training.steps.epoch_steps`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import numpy as np
 PATCH = "patch"
 PATIENT = "patient"
 PRIVACY_UNITS = (PATCH, PATIENT)
-DEFAULT_MAX_PATCHES_PER_PATIENT = 16
 
 
 def patient_index(groups: np.ndarray) -> np.ndarray:
@@ -33,27 +33,6 @@ def patient_counts(groups: np.ndarray, max_patches_per_patient: int) -> tuple[in
         return 0, 0
     sizes = np.bincount(patient_index(groups))
     return int(len(sizes)), int(np.minimum(sizes, max_patches_per_patient).sum())
-
-
-
-def patient_sample_rate(num_patients: int, usable_patches: int, batch_size: int) -> tuple[int, float]:
-    """(steps per epoch, patient sampling rate q), exactly what the training takes.
-
-    Rule: q = 1 / min(patients, ceil(usable_patches / batch_size)). A sampled patient brings
-    min(k, cap) patches, so a step holds q * usable_patches <= batch_size patches in expectation
-    (the configured batch size keeps meaning "expected patches per step"), and an epoch is
-    1/q steps, in which every patient is sampled once in expectation. Where even one patient
-    per step exceeds the batch size (patients with more usable patches than batch_size on
-    average), q = 1/patients: one patient per step in expectation.
-    Steps = int(1 / q), as Opacus' Poisson sampler takes them (see `steps_per_epoch`).
-    """
-    if num_patients < 1:
-        raise ValueError("patient-level DP needs at least one patient")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    loader_len = max(1, min(num_patients, -(-usable_patches // batch_size)))
-    sample_rate = 1 / loader_len
-    return int(1 / sample_rate), sample_rate
 
 
 

@@ -17,7 +17,8 @@ import torch
 
 from common.privacy.randomness import SecretStream
 from common.training.patient_dp.group_norms import PatchGroups
-from common.training.patient_dp.planning import check_cap, patient_sample_rate
+from common.training.patient_dp.planning import check_cap
+from common.training.steps import epoch_steps
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class PatientPoissonSampler:
         self.cap = int(max_patches_per_patient)
         self.num_patients = int(len(sizes))
         self.usable_patches = int(np.minimum(sizes, self.cap).sum())
-        self.steps, self.sample_rate = patient_sample_rate(self.num_patients, self.usable_patches, batch_size)
+        self.steps, self.sample_rate = epoch_steps(self.num_patients, self.usable_patches, batch_size)
         self.expected_patients = self.sample_rate * self.num_patients
         self._order = torch.from_numpy(np.argsort(patient_of_patch, kind="stable"))  # rows grouped by patient
         self._sizes = torch.from_numpy(sizes)

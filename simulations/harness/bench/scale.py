@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from common.paths import METRICS_FILE
 from simulations.harness.bench.base import DEFAULT_POLICY, emit
 from simulations.processes import processes_with_env
 from simulations.run import run_simulation
@@ -48,7 +49,7 @@ def bench_scale(quick: bool, out: Path | None) -> None:
             total = time.monotonic() - started
             stop.set()
             sampler.join()
-            lines = [json.loads(t) for t in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            lines = [json.loads(t) for t in (run_dir / METRICS_FILE).read_text().splitlines()]
             steady = lines[2:]  # round 1 includes starting Ray actors and loading data in them
             walls = [b["time"] - a["time"] for a, b in zip(lines[1:], lines[2:])]
             train = [sum(s["metrics"].get("train-seconds", 0.0) for s in line["sites"]) for line in steady]
