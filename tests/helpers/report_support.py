@@ -46,7 +46,7 @@ def site_reply(site: int, server_round: int, rounds: int, status: str = "trained
     metrics = {
         "num-examples": 130 + site, "epsilon": epsilon if dp else 0.0, "epsilon-budget": BUDGET,
         "epsilon-asked": BUDGET, "epsilon-granted": BUDGET, "delta": DELTA,
-        "noise-multiplier": 0.83 if dp else 0.0, "max-grad-norm": 1.0, "steps": 5, "sample-rate": 0.2,
+        "noise-multiplier": 1.5 if dp else 0.0, "max-grad-norm": 1.0, "steps": 5, "sample-rate": 0.2,
         "dp": int(dp), "shares-diagnostics": 1,
     }
     diagnostics = {"train-loss": 1.2, "val-accuracy": 0.5 + 0.05 * site, "val-examples": 26,
