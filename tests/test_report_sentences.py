@@ -103,6 +103,7 @@ def test_a_federation_of_both_units_names_each_sites_own() -> None:
                                 "at group level; site-2: unit of privacy not reported")
     assert "any single record of the site's unit of privacy (site-0: one patient" in explainer(sites)
     assert "site-2: unit of privacy not reported" in explainer(sites)  # never a default unit
+    assert "whether or not any single training record was in its data" in explainer([])  # nobody reported
 
 
 def test_a_site_whose_numbers_do_not_add_up_is_flagged(tmp_path: Path) -> None:

@@ -96,7 +96,9 @@ def explainer(sites: list[dict[str, Any]]) -> str:
     """The lead above the per-site sentences: what (ε, δ) means, for the unit(s) the sites reported."""
     private = private_sites(sites)
     units = {unit_of(s) for s in private}
-    if len(units) == 1 and None not in units:
+    if not private:
+        single = "any single training record"
+    elif len(units) == 1 and None not in units:
         single = UNITS[units.pop()].any_single
     else:
         single = ("any single record of the site's unit of privacy (" +
