@@ -27,7 +27,8 @@ from common.wire.reply import largest_site_epsilon
 from server.evaluation import CentralEvaluator
 from server.privacy_audit import RunAudit
 from server.report import write_report
-from server.resume import find_resume_point
+from server.report.advice import next_step
+from server.resume import check_start, find_resume_point
 from server.run_store import RunStore
 from server.screening import TrainingBound, UpdateScreen
 from server.strategy import make_strategy
@@ -41,7 +42,9 @@ log = logging.getLogger("fedpath.server")
 def main(grid: Grid, context: Context) -> None:
     setup_logging()
     config = RunConfig.from_mapping(context.run_config)  # invalid config stops here, before anything runs
-    store = RunStore(run_dir(config, context.run_id))
+    root = run_dir(config, context.run_id)
+    check_start(root, config.to_mapping())  # a finished run is never resumed, no run's records are overwritten
+    store = RunStore(root)
     log.info("run %s writes to %s", context.run_id, store.root)
     start = _starting_point(config, store, context.run_id)
     strategy, audit = _strategy_for(config, store, start)
@@ -54,7 +57,7 @@ def main(grid: Grid, context: Context) -> None:
                    evaluate_fn=recorder.evaluate)
     _finish(store, recorder, config)
     if remaining and not any(r.status == "trained" for replies in strategy.replies.values() for r in replies):
-        raise NoSiteTrained(untrained_summary(strategy.replies))
+        raise NoSiteTrained(untrained_summary(strategy.replies, str(store.root)))
 
 
 @dataclass
@@ -179,15 +182,17 @@ class NoSiteTrained(RuntimeError):
     """A job in which no site trained: the model is the starting model; the run must not look complete."""
 
 
-def untrained_summary(replies: dict[int, list]) -> str:
-    """One readable block: why each site never trained (its last answer)."""
+def untrained_summary(replies: dict[int, list], run_dir: str = "") -> str:
+    """One readable block: why each site never trained (its last answer), and what to do next (never a resume
+    that cannot help: the report's advice, `server.report.advice.next_step`)."""
     last: dict[str, str] = {}
     for server_round in sorted(replies):
         for reply in replies[server_round]:
             last[reply.site_id] = f"round {server_round}: {reply.status}: {reply.reason}"
     lines = [f"  - {site}: {text}" for site, text in sorted(last.items())] or ["  - no site answered"]
+    advice = next_step(True, ((r.status, r.refusal) for answers in replies.values() for r in answers), run_dir)
     return ("no site trained in any round: the global model is the starting model (the report says so).\n"
-            + "\n".join(lines))
+            + "\n".join(lines) + "\n" + advice)
 
 
 def _round_summary(sites: list[dict]) -> str:

@@ -1,4 +1,4 @@
-"""Central evaluation of the global model on the held-out test set."""
+"""Central evaluation of the global model on the held-out test set: per patch, and per patient where it names them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 from torch import nn
 
 from common.data.imageset import ImageSet
-from common.metrics import full_evaluation, headline_metrics
+from common.evaluation.metrics import full_evaluation, headline_metrics
+from common.evaluation.patients import patient_evaluation
 from common.model.network import set_trainable_state
 from common.training.local import predict
 
@@ -34,4 +35,7 @@ class CentralEvaluator:
         probs, loss = self._probs(state)
         out = full_evaluation(self.test.labels, probs, self.test.classes, bootstrap_samples, seed)
         out["loss"] = loss
+        # per patient only where the data names patients (a group per image would just repeat the patch level)
+        out["patient_level"] = patient_evaluation(self.test.labels, probs, self.test.groups, self.test.classes,
+                                                  bootstrap_samples, seed) if self.test.patient_groups else None
         return out

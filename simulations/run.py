@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common.config.checks import NAMED_DATASETS
 from common.config.run_config import ConfigError, load_app_config, resolve_path
-from common.paths import REPO, REPORT_FILE, REPORT_HTML_FILE, RUN_FILE
+from common.paths import REPO, REPORT_FILE, REPORT_HTML_FILE
 from common.privacy.delta import auto_delta, check_delta
 from deploy.flower import flower_bin
 from simulations.local_superlink import LocalSuperLink
@@ -39,8 +39,13 @@ def preflight(run_config: list[str], app_dir: Path = REPO, sites: int | None = N
     config = load_app_config(app_dir / "pyproject.toml", run_config)
     if config.dataset not in NAMED_DATASETS and not resolve_path(config.dataset, app_dir).exists():
         raise ConfigError(f"dataset {config.dataset!r} not found (looked for {resolve_path(config.dataset, app_dir)})")
-    if config.resume_from and not (resolve_path(config.resume_from, app_dir) / RUN_FILE).exists():
-        raise ConfigError(f"resume-from={config.resume_from!r} is not a fedpath run directory (no run.json)")
+    if config.resume_from:
+        from server.resume import ResumeError, check_start  # noqa: PLC0415 - torch stays out of --help
+
+        try:  # the ServerApp checks the same; said here once, before any Flower process starts
+            check_start(resolve_path(config.resume_from, app_dir), config.to_mapping())
+        except ResumeError as err:
+            raise ConfigError(str(err)) from None
     if config.dataset == "synthetic":
         return
 
@@ -140,7 +145,9 @@ def check_outcome(run_dir: Path) -> dict:
     """The run's report; raises NoSiteTrained, with each site's reasons, when no site trained."""
     report = json.loads((run_dir / REPORT_FILE).read_text())
     if report["run"].get("no_site_trained"):
-        raise NoSiteTrained(f"{run_dir}: no site trained, the model is the starting model\n{site_summary(report)}")
+        advice = report["run"].get("next_step")  # what to do next (never a resume that cannot help)
+        raise NoSiteTrained(f"{run_dir}: no site trained, the model is the starting model\n{site_summary(report)}"
+                            + (f"\n{advice}" if advice else ""))
     return report
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.metrics import (
+from common.evaluation.metrics import (
     accuracy,
     balanced_accuracy,
     binary_auc,
@@ -92,7 +92,7 @@ def test_full_evaluation_has_every_section() -> None:
 
 
 def test_vectorised_bootstrap_equals_the_per_resample_definition() -> None:
-    from common.metrics import HEADLINE, bootstrap_headline_cis
+    from common.evaluation.metrics import HEADLINE, bootstrap_headline_cis
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 120)
@@ -105,7 +105,7 @@ def test_vectorised_bootstrap_equals_the_per_resample_definition() -> None:
 
 
 def test_vectorised_bootstrap_handles_a_class_missing_from_some_resamples() -> None:
-    from common.metrics import bootstrap_headline_cis
+    from common.evaluation.metrics import bootstrap_headline_cis
 
     y = np.array([0] * 40 + [1] * 40 + [2])  # class 2 is absent from many resamples
     probs = np.tile([0.6, 0.3, 0.1], (81, 1))

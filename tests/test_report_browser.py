@@ -8,7 +8,10 @@ sync and QUIC off): the page must render from the file alone.
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,6 +22,9 @@ import pytest
 from PIL import Image
 
 from server.report import write_report
+from server.report.officer import officer_text
+from server.report.privacy_text import explainer, unit_text
+from tests.helpers.accounted_runs import SiteCase, write_accounted_run
 from tests.helpers.report_support import build_run_dir
 
 pytestmark = pytest.mark.browser
@@ -102,3 +108,26 @@ def test_chromium_renders_the_report(chromium: str, tmp_path: Path) -> None:
     assert "<title>fedpath report: run 4242</title>" in dom.stdout
     for section in ("summary", "learning-curves", "confusion-matrix", "sites", "how-to-read"):
         assert f'id="{section}"' in dom.stdout, section
+
+
+def test_chromium_shows_the_sentences_the_replies_support(chromium: str, tmp_path: Path) -> None:
+    """Issue 24: what the page says about each site's unit, ε and δ is what its replies say, as rendered."""
+    cases = [SiteCase("site-0", "patient", allowance=True), SiteCase("site-1", "patch", earlier_jobs=True,
+                                                                         exhausted=True)]
+    run_dir = write_accounted_run(tmp_path / "runs", cases, rounds=3, config={"delta": 0.05}, patients=True)
+    write_report(run_dir, strict=True)
+    report = json.loads((run_dir / "report.json").read_text())
+    dom = run_chromium(chromium, tmp_path / "profile", "--dump-dom", (run_dir / "report.html").resolve().as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    text = html.unescape(re.sub(r"<[^>]+>", " ", dom.stdout))
+    text = " ".join(text.split())
+    for site in report["sites"]:
+        assert site["privacy_statement"] in text, site["site_id"]
+        assert f"{site['epsilon_this_job']:.3f}" in text and f"{site['epsilon']:.3f}" in text
+    assert explainer(report["sites"]) in text and unit_text(report["sites"]) in text
+    assert officer_text(report["sites"]) in text
+    assert "delta 0.05 overridden" in text  # the run config's δ, marked as not what the sites applied
+    for section in ("patients", "privacy-settings"):
+        assert f'id="{section}"' in dom.stdout, section
+    level = report["final"]["patient_level"]
+    assert f"Per patient: {level['patients']} patients of the test set" in text

@@ -13,12 +13,12 @@ from server.report.format import (
     eps,
     num,
     pct,
-    privacy_statement,
     round_list,
     short,
     spent_percent,
     timestamp,
 )
+from server.report.privacy_text import privacy_statement, remaining_text
 
 
 def test_percentages_and_missing_values() -> None:
@@ -68,33 +68,44 @@ def test_round_lists_are_compact() -> None:
 
 def _site(**overrides: object) -> dict:
     site = {"site_id": "site-0", "epsilon": 7.9962, "epsilon_budget": 8.0, "delta": 1e-5, "dp": True,
-            "rounds_participated": [1, 2, 3, 4], "rejected_rounds": [3]}
+            "rounds_participated": [1, 2, 3, 4], "rejected_rounds": [3], "privacy_unit": "patch",
+            "epsilon_this_job": 6.1}
     site.update(overrides)
     return site
 
 
-def test_privacy_sentence_states_spend_budget_delta_and_rounds() -> None:
+def test_privacy_sentence_separates_this_job_from_the_cumulative_spend() -> None:
     text = privacy_statement(_site())
-    assert text.startswith("Site site-0 has spent ε = 7.996 of its lifetime budget 8 (δ = 1e-05)")
-    assert "this run: rounds 1-2, 4" in text  # the rejected round 3 sent no accepted update
-    assert "(7.996, 1e-05)-differentially private" in text and "image patches" in text
-    assert text.endswith("; 0.004 remains (99.9% spent).")
+    assert text.startswith("Site site-0 [unit of privacy: one patch — a patient with k patches is protected only at "
+                           "group level]: the updates it sent in this job (rounds 1-4) are together (6.100, 1e-05)-"
+                           "differentially private for each one of its image patches")
+    assert ("its cumulative ε over everything it has ever released is 7.996 of its lifetime budget 8 (the rest comes "
+            "from its other jobs, or rounds this run did not record): 0.003 remains (99.9% spent)") in text
+    assert "each model update it sent is (7.996" not in text  # the cumulative total is never called one update's ε
 
 
 def test_privacy_sentence_states_the_protection_in_force() -> None:
-    secure = privacy_statement(_site(randomness="secure", epsilon_granted=2.0))
+    secure = privacy_statement(_site(randomness="secure", epsilon_granted=2.0, epsilon_asked=8.0))
     assert "unit of privacy: one patch" in secure and "protected only at group level" in secure
-    assert "this job was granted ε = 2" in secure and "operating system CSPRNG" in secure
-    assert "NOT differentially private" not in secure
+    assert "this job asked for ε = 8 and was granted ε = 2, the most the site's cumulative ε may rise" in secure
+    assert "(the ε of a job's updates alone can exceed the rise they cause" in secure  # 6.1 > 2: said why
+    assert "operating system CSPRNG" in secure and "NOT differentially private" not in secure
     seeded = privacy_statement(_site(randomness="site-seed", shares_diagnostics=True))
     assert "reproducible from a seed the site holds" in seeded and "NOT private there" in seeded
     assert "opt-in diagnostics" in seeded and "NOT differentially private" in seeded
 
 
 def test_privacy_sentence_for_one_round_and_for_overspending() -> None:
-    assert "(this run: round 2)" in privacy_statement(_site(rounds_participated=[2], rejected_rounds=[]))
+    assert "in this job (round 2) are together" in privacy_statement(_site(rounds_participated=[2],
+                                                                           rejected_rounds=[]))
     over = privacy_statement(_site(epsilon=8.4))
-    assert "WARNING: this exceeds its budget (105.0% spent)" in over
+    assert "(105.0% spent)" in over and over.endswith("WARNING: its cumulative ε exceeds its lifetime budget.")
+
+
+def test_what_remains_is_never_rounded_up() -> None:
+    assert remaining_text(7.9996, 8.0) == "less than 0.001 remains"  # beside '99.9% spent', not '0.000'
+    assert remaining_text(7.9962, 8.0) == "0.003 remains" and remaining_text(8.0, 8.0) == "nothing remains"
+    assert remaining_text(9.0, 8.0) == "nothing remains"
 
 
 def test_privacy_sentence_never_invents_a_number() -> None:

@@ -44,7 +44,7 @@ def test_every_section_of_a_finished_run(finished_run: Path) -> None:
     assert "85.0%" in text and "95% CI 78.8-90.6%" in text  # final accuracy 136/160 and its bootstrap CI
     assert report["final"]["accuracy"] == 0.85
     for site in report["sites"]:
-        assert site["privacy_statement"] in text  # one plain privacy sentence per site
+        assert escape(site["privacy_statement"]) in text  # one plain privacy sentence per site
     for name in ("adipose", "stroma", "lymphocytes", "tumour"):
         assert f"<td>{name}</td>" in text  # per-class table
     assert "this round would spend epsilon to 8.41 &gt; budget 8" in text  # reasons for rounds without update

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 
 from common.audit.bound import ceiling
 from common.audit.canaries import run_coin_flips
@@ -35,7 +36,13 @@ def test_the_server_writes_both_reports_at_the_end_of_a_run(tiny_simulation_run:
     assert report["run"]["weights_source"] == "none" and "weights-warning" in page.ids  # scratch, and it says so
     assert len(png_sizes(text)) == 4
     for site in report["sites"]:
-        assert site["privacy_statement"] in text
+        assert escape(site["privacy_statement"]) in text
+        # issue 24: this job's ε from the real replies' σ, q, steps, never above the ledger's cumulative ε
+        assert 0 < site["epsilon_this_job"] <= site["epsilon"] * (1 + 1e-9)
+        assert f"[unit of privacy: one {site['privacy_unit']}" in site["privacy_statement"]
+    level = report["final"]["patient_level"]  # the synthetic test set names its slides
+    assert level["patches"] == report["final"]["num_examples"] and 0 < level["patients"] < level["patches"]
+    assert "patients" in page.ids
     # The strategy and its hyper-parameters (Flower's FedAdam defaults) are stated, with the full config.
     assert report["run"]["config"]["strategy"] == "fedadam"
     assert "<dt>Strategy</dt><dd>fedadam (server-lr 0.1, beta-1 0.9, beta-2 0.99, tau 0.001)" in text

@@ -7,9 +7,9 @@ coordinator that starts many runs. Now every sentence is generated from the site
 
 from __future__ import annotations
 
-from server.report.format import privacy_statement
 from server.report.html import build_view
-from server.report.officer import CAP, UNIT, officer_text
+from server.report.officer import CAP, officer_text
+from server.report.privacy_text import UNITS, privacy_statement
 
 
 def _site(site_id: str, unit: str | None = "patient", per_period: float = 0.0, **extra: object) -> dict:
@@ -22,14 +22,14 @@ def _site(site_id: str, unit: str | None = "patient", per_period: float = 0.0, *
 def test_a_patient_level_federation_is_never_told_it_protects_single_patches() -> None:
     text = officer_text([_site("site-0"), _site("site-1")])
     assert "single patch" not in text
-    assert f"At site-0 and site-1 the guarantee {UNIT['patient']}." in text
+    assert f"At site-0 and site-1 the guarantee {UNITS['patient'].guarantee}." in text
     assert "any single patient (with all of that patient's patches)" in text
 
 
 def test_each_sites_unit_is_named_where_they_differ() -> None:
     text = officer_text([_site("site-0"), _site("site-1", unit="patch"), _site("site-2", unit=None)])
-    assert f"At site-0 the guarantee {UNIT['patient']}." in text
-    assert f"At site-1 the guarantee {UNIT['patch']}." in text
+    assert f"At site-0 the guarantee {UNITS['patient'].guarantee}." in text
+    assert f"At site-1 the guarantee {UNITS['patch'].guarantee}." in text
     assert "site-2 reported no unit of privacy." in text
 
 

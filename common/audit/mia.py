@@ -1,6 +1,6 @@
 """Membership-inference metrics: ROC AUC, TPR at low FPR, and (group) bootstrap intervals.
 
-Scores are "higher = more likely a member". NumPy only; the AUC is `common.metrics`'s
+Scores are "higher = more likely a member". NumPy only; the AUC is `common.evaluation.metrics`'s
 Mann-Whitney AUC, and the bootstrap uses its weighted AUC, so both agree with the central
 evaluation's definitions (ties count one half).
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from common.metrics import _weighted_auc, binary_auc
+from common.evaluation.metrics import _weighted_auc, binary_auc
 
 DEFAULT_FPRS = (0.01, 0.001)
 

@@ -6,7 +6,11 @@ from what a run recorded. The pieces, each with one job:
 * `writer`    — `write_report` and the command line;
 * `compose`   — report.json from the run's records (rounds, sites, privacy, audit);
 * `baselines` — baseline result files a report compares against;
-* `format`    — how numbers and privacy sentences are written;
+* `format`    — how numbers are written;
+* `privacy_text` — every sentence about a site's unit, ε and δ, from what the sites replied;
+* `officer`   — the data-protection officer's paragraph (the same unit wording);
+* `applied`   — each privacy key of the run config, asked vs what the sites applied;
+* `advice`    — what to do about a run that ended without a federated model;
 * `html`      — what the page shows (`build_view`), rendered with `template` and `plots`;
 * `tables`    — the page's tables, one row per site, class, round, baseline or transfer.
 """

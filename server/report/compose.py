@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from common.paths import AUDIT_FILE, FINAL_EVAL_FILE, RUN_FILE
+from common.privacy.accounting import epsilon_of, with_steps
 from server.privacy_audit import summarise
-from server.report.format import privacy_statement
+from server.report.advice import next_step
+from server.report.applied import privacy_settings
+from server.report.privacy_text import privacy_statement
 from server.run_store import RunStore
 
 REPORT_SCHEMA = "fedpath-report/1"
@@ -85,8 +88,22 @@ def site_summaries(rounds: list[dict[str, Any]], config: dict[str, Any]) -> list
     for site in summaries:
         if not site["dp"]:
             site["epsilon"] = None
+        site["epsilon_this_job"] = _epsilon_this_job(site)
         site["privacy_statement"] = privacy_statement(site)
     return summaries
+
+
+def _epsilon_this_job(site: dict[str, Any]) -> float | None:
+    """The ε of the composition of the rounds this run recorded from the site, at the site's δ.
+
+    From the σ, q and steps its replies carry, by the accountant its ledger uses
+    (`common.privacy.accounting.epsilon_of`); None without DP, without a δ, or when a round it
+    trained in lacks one of them (then the number would be too small).
+    """
+    delta = site.get("delta")
+    if not site["dp"] or not (_finite(delta) and 0 < delta < 1) or site["job_history"] is None:
+        return None
+    return epsilon_of([tuple(h) for h in site["job_history"]], float(delta))
 
 
 def _new_site(site_id: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -95,10 +112,11 @@ def _new_site(site_id: str, config: dict[str, Any]) -> dict[str, Any]:
         "site_id": site_id, "num_examples": 0, "class_counts": [], "rounds_participated": [],
         "local_val_accuracy": None, "epsilon": None,  # unknown until the site reports it
         "epsilon_budget": None, "epsilon_asked": None, "epsilon_granted": None, "delta": None,
-        "noise_multiplier": None, "max_grad_norm": config.get("max-grad-norm"), "refused_rounds": [],
-        "failed_rounds": [], "rejected_rounds": [], "reasons": [], "skipped_files": None,
+        "noise_multiplier": None, "max_grad_norm": None, "refused_rounds": [],  # None until a reply says
+        "failed_rounds": [], "rejected_rounds": [], "reasons": [], "refusals": [], "skipped_files": None,
+        "job_history": [],  # [σ, q, steps] of the rounds it trained in, merged (None once a round lacks one)
         "dp": bool(config.get("dp", True)), "val_examples": None, "steps": 0, "randomness": None,
-        "privacy_unit": None, "shares_diagnostics": False,
+        "privacy_unit": None, "shares_diagnostics": False, "replied": False,  # replied: sent its values
         "epsilon_per_period": None, "period_days": None, "epsilon_in_period": None,
     }
 
@@ -107,11 +125,14 @@ def _add_reply(site: dict[str, Any], reply: dict[str, Any], round_number: int) -
     """Fold one round's reply into the site's summary: its settings, its spend, its participation."""
     metrics = reply.get("metrics") or {}
     diagnostics = reply.get("diagnostics") or {}
-    for key in ("randomness", "privacy_unit"):
-        if reply.get(key):
-            site[key] = reply[key]
-    if diagnostics:
+    site["replied"] = site["replied"] or bool(metrics)
+    if reply.get("privacy_unit"):
+        site["privacy_unit"] = reply["privacy_unit"]
+    if reply.get("randomness") and reply.get("status") in ("trained", "rejected"):
+        site["randomness"] = reply["randomness"]  # a refusal comes before the site draws its randomness
+    if diagnostics or metrics.get("shares-diagnostics"):
         site["shares_diagnostics"] = True
+    if diagnostics:
         if diagnostics.get("class-counts"):
             site["class_counts"] = diagnostics["class-counts"]
         if _finite(diagnostics.get("skipped-files")) is not None:
@@ -147,9 +168,23 @@ def _add_participation(site: dict[str, Any], reply: dict[str, Any], metrics: dic
         site["steps"] += int(_finite(metrics.get("steps")) or 0)
         if _finite(metrics.get("noise-multiplier")):
             site["noise_multiplier"] = metrics["noise-multiplier"]
+        _add_to_job_history(site, metrics)
     if status != "trained" and status in SITE_STATUSES:
         site[f"{status}_rounds"].append(round_number)
         site["reasons"].append({"round": round_number, "status": status, "reason": reply.get("reason", "")})
+    if status == "refused" and reply.get("refusal"):
+        site["refusals"].append({"round": round_number, "code": reply["refusal"]})
+
+
+def _add_to_job_history(site: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """[σ, q, steps] of a round the site trained in under DP; the history becomes None if one is missing."""
+    if site["job_history"] is None or not metrics.get("dp"):
+        return
+    sigma, rate, steps = (_finite(metrics.get(k)) for k in ("noise-multiplier", "sample-rate", "steps"))
+    if sigma is None or rate is None or steps is None or sigma <= 0 or not 0 < rate <= 1:
+        site["job_history"] = None
+    elif steps > 0:  # merged as the site's accountant merges: the same ε, computed once
+        site["job_history"] = [list(h) for h in with_steps(site["job_history"], sigma, rate, int(steps))]
 
 
 def communication(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -246,6 +281,10 @@ def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None)
             "complete": complete,
             "incomplete_reason": incomplete_reason,
             "no_site_trained": incomplete_reason == NO_SITE_TRAINED,
+            "next_step": None if complete else next_step(
+                incomplete_reason == NO_SITE_TRAINED,
+                ((r.get("status", ""), r.get("refusal", "")) for line in rounds for r in line.get("sites", [])),
+                str(Path(run_dir).resolve())),
         },
         "rounds": [
             {"round": line["round"], **{k: _finite(line.get(k)) for k in HEADLINE_KEYS}, "sites": line.get("sites", [])}
@@ -253,6 +292,7 @@ def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None)
         ],
         "final": final,
         "sites": sites,
+        "privacy_settings": privacy_settings(config, sites),
         "privacy_audit": summarise(audit, sites, config) if audit else None,
         "communication": communication(rounds),
         "baselines": list(baselines or []),

@@ -2,7 +2,8 @@
 
 One place decides how a percentage, an epsilon, a byte count or a time is written, so
 report.html, report.json's plain-language statements and the tests agree. Everything here is
-pure (no I/O, no plotting) so each rule is checked against hand-written cases.
+pure (no I/O, no plotting) so each rule is checked against hand-written cases. The sentences
+about privacy that use these numbers are `server/report/privacy_text.py`'s.
 """
 
 from __future__ import annotations
@@ -102,85 +103,3 @@ def budget_fraction(epsilon: Any, budget: Any) -> float | None:
     return float(epsilon) / float(budget)
 
 
-RANDOMNESS_TEXT = {
-    "secure": "fresh noise from the operating system CSPRNG every round (nobody can regenerate it)",
-    "site-seed": "noise reproducible from a seed the site holds (dp-seed): private only while that seed stays secret; "
-                 "in a simulation the experimenter holds it, so it is NOT private there",
-}
-
-
-UNIT_TEXT = {
-    "patient": "unit of privacy: one patient (every patch of a patient together)",
-    "patch": "unit of privacy: one patch — a patient with k patches is protected only at group level",
-}
-
-
-def unit_text(sites: list[dict[str, Any]]) -> str:
-    """What one DP record is at these sites; a mix is named per site."""
-    units = {s.get("privacy_unit") or "patch" for s in sites}
-    if len(units) == 1:
-        return UNIT_TEXT[units.pop()]
-    return "; ".join(f"{s['site_id']}: {UNIT_TEXT[s.get('privacy_unit') or 'patch']}" for s in sites)
-
-
-def privacy_header(sites: list[dict[str, Any]], config: dict[str, Any]) -> str:
-    """The header's privacy line: what the sites actually applied, never only what the job asked."""
-    dp_sites = [s for s in sites if s.get("dp") and is_number(s.get("epsilon_budget"))]
-    asked = short(config.get("epsilon"))
-    if not dp_sites:
-        return (f"DP-SGD (Opacus); the job asked each site for ε = {asked}; no site reported its accounting")
-    granted = ", ".join(f"{s['site_id']} {short(s.get('epsilon_granted'))}" for s in dp_sites)
-    lifetime = ", ".join(f"{s['site_id']} {short(s['epsilon_budget'])}" for s in dp_sites)
-    return (f"{unit_text(dp_sites)}. DP-SGD (Opacus), clipping C = {short(config.get('max-grad-norm'))}; the job "
-            f"asked each site for ε = {asked}; the sites granted: {granted}; their lifetime budgets: {lifetime}")
-
-
-def period_text(site: dict[str, Any]) -> str:
-    """'; its allowance: ...' when the site bounds the ε of its trailing period ('' when it reported none)."""
-    allowance, days, used = site.get("epsilon_per_period"), site.get("period_days"), site.get("epsilon_in_period")
-    if not (is_number(allowance) and allowance > 0):
-        return ""
-    return (f"; its allowance: ε ≤ {short(allowance)} for the rounds of any {short(days)} days, of every run "
-            f"(ε = {eps(used)} of it in its trailing period at its last reply)")
-
-
-def privacy_statement(site: dict[str, Any]) -> str:
-    """One plain sentence: what this site spent, of what budget, and what it guarantees.
-
-    Written for a hospital's data-protection officer: the cumulative spend against the site's
-    own lifetime budget and this job's grant (and its allowance per period, if it sets one), delta,
-    which rounds of this run it covers, the unit of privacy it reported, where its noise came from,
-    and what else it sent outside DP.
-    A site that trained without DP is told so, never given a number.
-    """
-    name = site.get("site_id", "?")
-    trained = [r for r in site.get("rounds_participated", []) if r not in site.get("rejected_rounds", [])]
-    epsilon, budget, delta = site.get("epsilon"), site.get("epsilon_budget"), site.get("delta")
-    if site.get("dp") is False:
-        return (f"Site {name} trained WITHOUT differential privacy (dp = false): the updates it sent carry "
-                f"no formal privacy guarantee.")
-    if not is_number(epsilon) or not is_number(budget):
-        return (f"Site {name} reported no privacy accounting (it never completed a round in this run), "
-                f"so no privacy loss is recorded for it here.")
-    fraction = budget_fraction(epsilon, budget) or 0.0
-    this_run = f"this run: round{'s' if len(trained) != 1 else ''} {round_list(trained)}" if trained else \
-        "no update in this run"
-    granted = site.get("epsilon_granted")
-    grant = f"; this job was granted ε = {short(granted)}" if is_number(granted) and granted else ""
-    grant += period_text(site)
-    randomness = RANDOMNESS_TEXT.get(site.get("randomness") or "", "noise source not reported")
-    extra = ("it also sent opt-in diagnostics (training loss, local validation accuracy, class counts, timings, "
-             "skipped files) that are NOT differentially private" if site.get("shares_diagnostics") else
-             "besides it, only the accounting and configured values listed under What each site sent")
-    unit = site.get("privacy_unit") or "patch"
-    protected = ("for each one of its patients, with all the patches of that patient (unit of privacy: one patient)"
-                 if unit == "patient" else "for each one of its image patches (unit of privacy: one patch; a "
-                 "patient with k patches is protected only at group level)")
-    sentence = (
-        f"Site {name} has spent ε = {eps(epsilon)} of its lifetime budget {short(budget)} (δ = {short(delta)}) in "
-        f"total ({this_run}{grant}): each model update it sent is ({eps(epsilon)}, {short(delta)})-differentially "
-        f"private {protected}; noise: {randomness}; {extra}"
-    )
-    if float(epsilon) > float(budget) + 1e-9:
-        return sentence + f". WARNING: this exceeds its budget ({spent_percent(fraction)} spent)."
-    return sentence + f"; {eps(max(float(budget) - float(epsilon), 0.0))} remains ({spent_percent(fraction)} spent)."

@@ -21,14 +21,17 @@ from common.config.toml_values import toml_value
 from common.wire.reply import PROTECTIONS, wire_table
 from server import privacy_audit
 from server.report import plots as report_plots
-from server.report.format import duration, pct, privacy_header, timestamp, unit_text
+from server.report.applied import VERDICT_TEXT
+from server.report.format import duration, pct, timestamp
 from server.report.officer import officer_text
+from server.report.privacy_text import explainer, privacy_header, private_sites, unit_text
 from server.report.tables import (
     METRICS,
     baseline_rows,
     ci_text,
     communication_rows,
     missing_rounds,
+    patient_view,
     per_class_rows,
     round_rows,
     site_rows,
@@ -91,11 +94,16 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sections(report: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    """The table of contents; "Privacy audit" follows "Sites and privacy" in runs with canaries."""
-    if not report.get("privacy_audit"):
-        return SECTIONS
-    at = [k for k, _ in SECTIONS].index("sites") + 1
-    return (*SECTIONS[:at], ("privacy-audit", "Privacy audit"), *SECTIONS[at:])
+    """The table of contents; "Per patient" follows "Per class" where the test set names patients, and
+    "Privacy audit" follows "Sites and privacy" in runs with canaries."""
+    sections = SECTIONS
+    if (report.get("final") or {}).get("patient_level"):
+        at = [k for k, _ in sections].index("per-class") + 1
+        sections = (*sections[:at], ("patients", "Per patient"), *sections[at:])
+    if report.get("privacy_audit"):
+        at = [k for k, _ in sections].index("sites") + 1
+        sections = (*sections[:at], ("privacy-audit", "Privacy audit"), *sections[at:])
+    return sections
 
 
 def build_view(report: dict[str, Any]) -> dict[str, Any]:
@@ -119,12 +127,13 @@ def build_view(report: dict[str, Any]) -> dict[str, Any]:
         "round_rows": round_rows(report),
         "missing_rounds": missing_rounds(report),
         "per_class_rows": per_class_rows(report),
+        "patients": patient_view(report),
         "final": final,
         "ece": pct(final.get("ece")) if final else "n/a",
         "ci_method": final.get("ci95_method", "") if final else "",
         "baseline_rows": baselines,
         "communication": communication_rows(report),
-        **_provenance_view(run, config),
+        **_provenance_view(run, config, report.get("privacy_settings") or []),
         "generated": timestamp(report.get("generated")),
         "sections": _sections(report),
         "audit": privacy_audit.view(report.get("privacy_audit")),
@@ -156,17 +165,24 @@ def _run_view(run: dict[str, Any], config: dict[str, Any], sites: list[dict[str,
         "privacy_text": privacy_header(sites, config) if dp else
                         "none: this run trained WITHOUT differential privacy (dp = false)",
         "no_site_trained": bool(run.get("no_site_trained")),
-        "unit_line": unit_text([s for s in sites if s.get("dp")] or sites),
+        "next_step": run.get("next_step") or "",
+        "unit_line": unit_text(private_sites(sites) or sites),
+        "explainer": explainer(sites),
         "officer_text": officer_text(sites),
         "wire_rows": [{**row, "protection": PROTECTIONS[row["protection"]]} for row in wire_table()],
         "diagnostics_sites": ", ".join(s["site_id"] for s in sites if s.get("shares_diagnostics")) or "no site",
     }
 
 
-def _provenance_view(run: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """Configuration, versions and times: what it takes to say exactly which run this was."""
+def _provenance_view(run: dict[str, Any], config: dict[str, Any],
+                     settings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Configuration, versions and times: what it takes to say exactly which run this was; each privacy
+    key marked with what the sites reported they applied (report.json's `privacy_settings`)."""
+    verdicts = {row["key"]: row["verdict"] for row in settings}
     return {
-        "config_items": [(k, toml_value(v)) for k, v in sorted(config.items())],
+        "config_items": [(k, toml_value(v), verdicts.get(k, ""), VERDICT_TEXT.get(verdicts.get(k, ""), ""))
+                         for k, v in sorted(config.items())],
+        "privacy_settings": settings,
         "versions": sorted((run.get("versions") or {}).items()),
         "start": timestamp(run.get("start")),
         "end": timestamp(run.get("end")) if run.get("end") is not None else "not recorded",

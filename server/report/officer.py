@@ -1,9 +1,10 @@
 """The report's paragraph for a hospital's data-protection officer, generated from what the sites reported.
 
 Every sentence about the unit of privacy, the per-job cap and the allowance per period is built
-from the sites' own replies (their unit, their allowance), never fixed prose: a site that trained
-at the patient level is not told that it protects single patches, and a site without an allowance
-is not said to have one. What the cap and the allowance do NOT stop is said as plainly as what
+from the sites' own replies (their unit, their allowance), never fixed prose, with the unit's
+wording from `server/report/privacy_text.UNITS`, which the header and each site's sentence use
+too: a site that trained at the patient level is not told that it protects single patches, and a
+site without an allowance is not said to have one. What the cap and the allowance do NOT stop is said as plainly as what
 they do (docs/PRIVACY.md, "The per-job cap and the allowance per period").
 """
 
@@ -11,24 +12,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.report.format import is_number, short
+from server.report.format import short
+from server.report.privacy_text import UNITS, period_text, private_sites, unit_of
 
-UPDATE = {
-    "patient": "any single patient (with all of that patient's patches)",
-    "patch": "any single patch",
-}
-UNIT = {
-    "patient": "protects each patient with all of their patches (unit of privacy: one patient)",
-    "patch": "protects single patches only (unit of privacy: one patch): a patient with k patches is protected "
-             "only as a group of k records (group privacy: up to k times the ε, with a larger δ)",
-}
 CAP = ("Each site charges a run to one job only: the run's own, or a job its ledger already holds that the run "
        "resumes (a job id the coordinator names is not trusted otherwise); it grants a new job at most its own "
        "per-job cap and refuses any round past that grant or past its lifetime budget. The lifetime budget holds "
        "whatever the coordinator does; the per-job cap does not bound a coordinator that starts many runs, since "
        "each new run opens a grant of its own.")
 RISK = ("ε measures the remaining risk (smaller is safer; it adds up over rounds, runs and jobs), δ is the small "
-        "probability the guarantee may fail.")
+        "probability the guarantee may fail. Each site's sentence gives two ε: that of the updates it sent in this "
+        "job, and its cumulative ε over every job it has run, which is what its lifetime budget bounds.")
 
 
 def names(sites: list[dict[str, Any]]) -> str:
@@ -39,12 +33,12 @@ def names(sites: list[dict[str, Any]]) -> str:
 
 def officer_text(sites: list[dict[str, Any]]) -> str:
     """The paragraph "For the data-protection officer", from the sites' report summaries."""
-    private = [s for s in sites if s.get("dp") and is_number(s.get("epsilon_budget"))]
+    private = private_sites(sites)
     if not private:
         return ("No image left any hospital. No site reported training under differential privacy in this run: "
                 "the updates it received carry no formal privacy guarantee.")
-    units = sorted({s.get("privacy_unit") for s in private if s.get("privacy_unit") in UPDATE})
-    about = " or ".join(UPDATE[u] for u in units) or "any single training record"
+    units = sorted({unit_of(s) for s in private} - {None})
+    about = " or ".join(UNITS[u].any_single for u in units) or "any single training record"
     sentences = [
         "No image left any hospital.",
         f"Each site sent its DP-SGD model update (clipped and noised so that it reveals almost nothing about {about}) "
@@ -57,7 +51,7 @@ def officer_text(sites: list[dict[str, Any]]) -> str:
 
 def allowance_sentences(sites: list[dict[str, Any]]) -> list[str]:
     """Which sites bound the ε of any trailing period (and by how much), and which do not."""
-    with_allowance = [s for s in sites if is_number(s.get("epsilon_per_period")) and s["epsilon_per_period"] > 0]
+    with_allowance = [s for s in sites if period_text(s)]
     without = [s for s in sites if s not in with_allowance]
     out = []
     if with_allowance:
@@ -77,10 +71,10 @@ def unit_sentences(sites: list[dict[str, Any]]) -> list[str]:
     """What the guarantee protects at each site, by the unit of privacy it reported."""
     out = []
     for unit in ("patient", "patch"):
-        at = [s for s in sites if s.get("privacy_unit") == unit]
+        at = [s for s in sites if unit_of(s) == unit]
         if at:
-            out.append(f"At {names(at)} the guarantee {UNIT[unit]}.")
-    unknown = [s for s in sites if s.get("privacy_unit") not in UNIT]
+            out.append(f"At {names(at)} the guarantee {UNITS[unit].guarantee}.")
+    unknown = [s for s in sites if unit_of(s) is None]
     if unknown:
         out.append(f"{names(unknown)} reported no unit of privacy.")
     return out

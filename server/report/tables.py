@@ -54,6 +54,8 @@ def site_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             "val_examples": site.get("val_examples"),
             "dp": site.get("dp", True),
             "epsilon": eps(site.get("epsilon")),
+            "epsilon_job": eps(site.get("epsilon_this_job")),
+            "granted": short(site.get("epsilon_granted")),
             "budget": short(site.get("epsilon_budget")),
             "fraction": fraction,
             "bar_width": f"{100 * min(fraction, 1.0):.1f}" if fraction is not None else "0",
@@ -90,6 +92,31 @@ def per_class_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             "weak": is_number(recall) and recall < 0.5,
         })
     return rows
+
+
+def patient_view(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The patient-level results beside the patch-level ones; None where the test set names no patients.
+
+    Patients whose prediction is wrong come first in the table: they are what a pathologist checks.
+    """
+    level = (report.get("final") or {}).get("patient_level")
+    if not level:
+        return None
+    ci = level.get("ci95") or {}
+    rows = sorted(level.get("per_patient") or [], key=lambda p: (p["label"] is None or p["predicted"] == p["label"],
+                                                                  p["patient"]))
+    return {
+        "items": [{"label": label, "value": pct(level.get(key)), "ci": ci_text(ci.get(key))} for key, label in METRICS],
+        "patients": level.get("patients"), "patches": level.get("patches"), "mixed": level.get("mixed_label_patients"),
+        "aggregation": level.get("aggregation", ""), "ci_method": level.get("ci95_method") or "",
+        "majority_vote": pct(level.get("majority_vote_accuracy")),
+        "rows": [{
+            "patient": p["patient"], "label": p["label"] or "mixed labels", "predicted": p["predicted"],
+            "wrong": p["label"] is not None and p["predicted"] != p["label"], "patches": p["patches"],
+            "mean": " / ".join(pct(v, 0) for v in p["mean_probability"]),
+            "share": " / ".join(pct(v, 0) for v in p["share_of_patches"]),
+        } for p in rows],
+    }
 
 
 def round_rows(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -116,8 +116,7 @@ TEMPLATE = """<!DOCTYPE html>
 <div class="alert alert-danger" id="incomplete-warning" role="alert">
   <div class="icon">!</div>
   <div><strong>{{ 'No site trained.' if no_site_trained else 'Incomplete run.' }}</strong> {{ incomplete_reason }}
-    <p>This report shows what was recorded. Regenerate it after the run is resumed and finished
-    (<code>python -m server.report {{ run.run_dir }}</code>).</p></div>
+    <p id="next-step">{{ next_step }}</p></div>
 </div>
 {% endif %}
 {% if not weights.pretrained %}
@@ -148,6 +147,19 @@ TEMPLATE = """<!DOCTYPE html>
     </div>
   {% endfor %}
   </div>
+  {% if patients %}
+  <p class="lead" id="patient-headline">Per patient: {{ patients.patients }} patients of the test set
+    ({{ patients.aggregation }}); CIs resample patients.</p>
+  <div class="kpis">
+  {% for item in patients['items'] %}
+    <div class="kpi">
+      <div class="label">{{ item.label }} (patients)</div>
+      <div class="value">{{ item.value }}</div>
+      <div class="ci">{{ item.ci or '&nbsp;'|safe }}</div>
+    </div>
+  {% endfor %}
+  </div>
+  {% endif %}
   <dl class="facts">
     <dt>Task</dt><dd>{{ task }}: {% for c in classes %}<span class="pill">{{ c }}</span>{% endfor %}</dd>
     <dt>Data</dt><dd>{{ dataset }}; central test set of {{ run.test_examples if run.test_examples is not none else 'n/a' }}
@@ -165,9 +177,7 @@ TEMPLATE = """<!DOCTYPE html>
       class="pill bad">incomplete</span>{% endif %} started {{ start }}, ended {{ end }} ({{ duration }})</dd>
   </dl>
   <h3>Privacy guarantee, per site</h3>
-  {% if dp %}<p class="lead">(ε, δ)-differential privacy: anything computed from a site's updates (the model
-    included) is almost equally likely whether or not any single patch was in its data; the probabilities differ
-    by at most a factor e<sup>ε</sup>, except with probability δ. Smaller ε is more private.</p>{% endif %}
+  {% if dp %}<p class="lead" id="privacy-explainer">{{ explainer }}</p>{% endif %}
   {% if statements %}
   <ul class="statements">{% for s in statements %}<li>{{ s }}</li>{% endfor %}</ul>
   {% else %}<p class="empty">No site replied in this run.</p>{% endif %}
@@ -230,20 +240,44 @@ TEMPLATE = """<!DOCTYPE html>
   {% else %}<p class="empty">Not available: the run has no final evaluation.</p>{% endif %}
 </section>
 
+{% if patients %}
+<section id="patients">
+  <h2>Per patient</h2>
+  <p class="lead">Each patient's patches together: the {{ patients.aggregation }} gives its scores (accuracy and
+    AUC below, CIs by a {{ patients.ci_method }}); the share of its patches predicted as each class is what a slide
+    review counts (deciding by that majority: accuracy {{ patients.majority_vote }}). {{ patients.patients }} patients,
+    {{ patients.patches }} patches{% if patients.mixed %}; {{ patients.mixed }} patients whose patches carry more
+    than one label are left out{% endif %}. Wrongly classified patients are listed first.</p>
+  <details><summary>Every patient (class order: {{ classes | join(' / ') }})</summary>
+  <div class="scroll"><table>
+    <thead><tr><th>Patient</th><th>Label</th><th>Predicted</th><th class="num">Patches</th>
+      <th class="num">Mean probability</th><th class="num">Share of patches</th></tr></thead>
+    <tbody>{% for p in patients.rows %}<tr><td class="mono">{{ p.patient }}</td><td>{{ p.label }}</td>
+      <td class="{{ 'weak' if p.wrong else '' }}">{{ p.predicted }}</td><td class="num">{{ p.patches }}</td>
+      <td class="num mono">{{ p.mean }}</td><td class="num mono">{{ p.share }}</td></tr>{% endfor %}</tbody>
+  </table></div>
+  </details>
+</section>
+{% endif %}
+
 <section id="sites">
   <h2>Sites and privacy</h2>
-  <p class="lead">Each hospital trained on its own images, which never left it. ε is the site's cumulative privacy
-    loss over every round it ever trained (from its own ledger), against its own budget; smaller is more private.</p>
+  <p class="lead">Each hospital trained on its own images, which never left it. Two ε per site: that of the updates
+    it sent in this job (the composition of this run's rounds, from the σ, q and steps it reported), and its
+    cumulative ε over every round it ever trained (from its own ledger), against its own lifetime budget; smaller
+    is more private.</p>
   {% if site_rows %}
   <div class="scroll"><table>
     <thead><tr><th>Site</th><th>Rounds trained</th><th>Without update</th><th class="num">Training images</th>
-      <th>Per-class images</th><th class="num">Local val. acc.</th><th style="min-width:170px">Privacy spent (ε / budget)</th>
+      <th>Per-class images</th><th class="num">Local val. acc.</th><th class="num">ε granted to this job</th>
+      <th class="num">ε of this job's updates</th><th style="min-width:170px">Cumulative ε / lifetime budget</th>
       <th class="num">δ</th><th class="num">Noise σ</th><th class="num">Clip C</th><th class="num">Sent / received</th></tr></thead>
     <tbody>{% for s in site_rows %}<tr>
       <td class="nowrap"><strong>{{ s.site_id }}</strong></td><td>{{ s.trained }}</td>
       <td>{% if s.has_missing %}<span class="pill bad">{{ s.missing }}</span>{% else %}-{% endif %}</td>
       <td class="num">{{ s.examples }}</td><td class="mono">{{ s.class_counts }}</td>
       <td class="num">{{ s.val_accuracy }}{% if s.val_examples %}<div class="small">of {{ s.val_examples }}</div>{% endif %}</td>
+      <td class="num">{{ s.granted if s.dp else '-' }}</td><td class="num">{{ s.epsilon_job if s.dp else '-' }}</td>
       <td>{% if s.dp %}<strong>{{ s.epsilon }}</strong> / {{ s.budget }}
         <div class="bar{{ ' over' if s.over_budget else '' }}" role="img" aria-label="{{ s.fraction_text }}"><span style="width: {{ s.bar_width }}%"></span></div>
         <div class="small">{{ s.fraction_text }}</div>{% else %}<span class="pill warn">no DP</span>{% endif %}</td>
@@ -346,8 +380,17 @@ TEMPLATE = """<!DOCTYPE html>
     <dt>Versions</dt><dd>{% for name, v in versions %}<span class="pill">{{ name }} {{ v }}</span>{% endfor %}</dd>
     <dt>Confidence intervals</dt><dd>{{ ci_method or 'none (no final evaluation)' }}</dd>
   </dl>
-  <h3>Run configuration</h3>
-  <div class="config">{% for key, value in config_items %}<div><span class="k mono">{{ key }}</span><span class="v mono">{{ value }}</span></div>{% endfor %}</div>
+  <h3>Privacy settings: asked by the job, applied by the sites</h3>
+  <p class="lead">What the sites reported they applied, from their replies: a deployed site takes its privacy
+    settings from its own node config, whatever the job asks.</p>
+  <div class="scroll"><table id="privacy-settings">
+    <thead><tr><th>Key</th><th>The job asked</th><th>Verdict</th><th>Per site</th></tr></thead>
+    <tbody>{% for row in privacy_settings %}<tr><td class="mono">{{ row.key }}</td><td class="mono">{{ row.asked }}</td>
+      <td><span class="pill {{ 'bad' if row.verdict == 'overridden' else 'warn' if row.verdict in ('not-reported', 'no-reply') else 'ok' }}">{{ row.verdict }}</span></td>
+      <td class="small">{% for site in row.sites %}{{ site.site_id }}: {{ site.applied if site.applied is not none else 'none reported' }}{{ '; ' if not loop.last else '' }}{% endfor %}</td></tr>{% endfor %}</tbody>
+  </table></div>
+  <h3>Run configuration (to reproduce or audit this run)</h3>
+  <div class="config">{% for key, value, verdict, verdict_text in config_items %}<div><span class="k mono">{{ key }}</span><span class="v mono">{{ value }}</span>{% if verdict %}<span class="pill {{ 'bad' if verdict == 'overridden' else 'warn' if verdict in ('not-reported', 'no-reply') else 'ok' }}" title="{{ verdict_text }}">{{ verdict }}</span>{% endif %}</div>{% endfor %}</div>
 </section>
 
 <section id="what-sites-sent">
@@ -366,14 +409,18 @@ TEMPLATE = """<!DOCTYPE html>
     <dd>Accuracy is the share of held-out test patches classified as labelled; balanced accuracy weighs every class
       equally, so a rare class counts as much as a common one. The 95% confidence interval is the range the accuracy
       would plausibly take on another test set of the same size. The confusion matrix and the per-class table show
-      which tissue types are confused; a low recall means that class is often missed.</dd>
+      which tissue types are confused; a low recall means that class is often missed.{% if patients %} Where the
+      test set names patients, "Per patient" gives the same metrics over patients (each patient's patches
+      together), which is closer to a diagnosis; its CIs are wider because there are fewer patients than
+      patches.{% endif %}</dd>
     <dt>For the data-protection officer</dt>
     <dd>{{ officer_text }}</dd>
     <dt>For the ML engineer</dt>
     <dd>Flower's {{ strategy_text }} over the screened updates of the trainable tensors of the chosen policy
       (updates weighted by examples); Opacus RDP accounting per site,
-      cumulative in a ledger on the site's disk. The curves are central test-set metrics per round; CIs are a
-      percentile bootstrap over test examples (not over patients). ECE uses 15 equal-width confidence bins. The full
+      cumulative in a ledger on the site's disk. The curves are central test-set metrics per round; patch-level
+      CIs are a percentile bootstrap over test examples{% if patients %}, patient-level ones over patients{% else %}
+      (the test set names no patients){% endif %}. ECE uses 15 equal-width confidence bins. The full
       configuration, package versions and weight checksum are above; report.json holds the same facts.</dd>
   </dl>
 </section>

@@ -55,7 +55,7 @@ from common.audit.canaries import concat, per_example_loss, update_alignment
 from common.audit.mia import mia_metrics
 from common.config.run_config import load_app_config
 from common.data.sources import dataset_classes
-from common.metrics import accuracy
+from common.evaluation.metrics import accuracy
 from common.model.factory import initial_model
 from common.model.network import get_trainable_state, set_trainable_state
 from common.privacy.accounting import epsilon_of

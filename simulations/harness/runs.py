@@ -18,8 +18,8 @@ import numpy as np
 
 from common.data.imageset import ImageSet
 from common.data.sources import all_simulated_sites, central_test_set, dataset_classes
+from common.evaluation.metrics import full_evaluation
 from common.files import atomic_write_json
-from common.metrics import full_evaluation
 from common.model.factory import initial_model
 from common.paths import REPORT_FILE
 from common.privacy.randomness import public_randomness

@@ -2,7 +2,7 @@
 
 A run directory is written with the project's own pieces: the validated run config
 (`RunConfig`), the run store (`RunStore`), the strategy's reply record (`SiteReply`) and the
-metric code (`common.metrics`) applied to predictions of a classifier that gets better every
+metric code (`common.evaluation.metrics`) applied to predictions of a classifier that gets better every
 round. The report code then reads it exactly as it reads a real run's directory; the one real
 `flwr run` run is covered by tests/test_report_integration.py.
 """
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from common.config.run_config import RunConfig
-from common.metrics import full_evaluation, headline_metrics
+from common.evaluation.metrics import full_evaluation, headline_metrics
 from server.run_store import RunStore
 from server.strategy import SiteReply
 
@@ -46,7 +46,7 @@ def site_reply(site: int, server_round: int, rounds: int, status: str = "trained
     metrics = {
         "num-examples": 130 + site, "epsilon": epsilon if dp else 0.0, "epsilon-budget": BUDGET,
         "epsilon-asked": BUDGET, "epsilon-granted": BUDGET, "delta": DELTA,
-        "noise-multiplier": 0.83 if dp else 0.0, "max-grad-norm": 1.0, "steps": 5, "sample-rate": 0.2,
+        "noise-multiplier": 1.5 if dp else 0.0, "max-grad-norm": 1.0, "steps": 5, "sample-rate": 0.2,
         "dp": int(dp), "shares-diagnostics": 1,
     }
     diagnostics = {"train-loss": 1.2, "val-accuracy": 0.5 + 0.05 * site, "val-examples": 26,
