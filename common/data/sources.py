@@ -19,9 +19,10 @@ import numpy as np
 from common.config.run_config import RunConfig, resolve_path
 from common.config.stain_settings import normalises, parse_reference
 from common.data.checks import check_splittable
-from common.data.folder import DEFAULT_MAX_IMAGE_PIXELS, load_image_folder
+from common.data.folder import DEFAULT_MAX_IMAGE_PIXELS
+from common.data.formats import FORMATS, LoadOptions, described, load_dataset
 from common.data.imageset import DataError, ImageSet
-from common.data.npz import load_npz, load_pathmnist
+from common.data.npz import load_pathmnist
 from common.data.partition import (
     holdout_public,
     holdout_test,
@@ -55,15 +56,13 @@ def load_source(
     if dataset == "pathmnist":
         return load_pathmnist(image_size)
     path = resolve_path(dataset)
-    if path.suffix == ".npz":
-        return load_npz(path, image_size, max_pixels=max_pixels)
     if not path.exists():
         raise DataError(
-            f"dataset {dataset!r} is neither 'synthetic', 'pathmnist', an .npz file nor an existing "
-            f"ImageFolder directory (looked for {path})"
+            f"dataset {dataset!r} is neither 'synthetic', 'pathmnist' nor an existing "
+            f"{described(FORMATS).removeprefix('an ')} (looked for {path})"
         )
     groups = resolve_path(groups_csv) if groups_csv else None
-    return load_image_folder(path, image_size, groups, strict=strict, max_pixels=max_pixels), None
+    return load_dataset(path, LoadOptions(image_size, strict, max_pixels, groups))
 
 
 def load_pool(config: RunConfig) -> tuple[ImageSet, ImageSet | None]:
@@ -154,12 +153,8 @@ def _deployed(
     data_path: str, image_size: int, val_fraction: float, split_key: bytes, strict: bool,
     classes: tuple[str, ...] | None, max_pixels: int, groups_csv: str = "",
 ) -> SiteData:
-    path = Path(data_path)
-    if path.suffix == ".npz":
-        pool, _ = load_npz(path, image_size, list(classes) if classes else None, max_pixels=max_pixels)
-    else:
-        pool = load_image_folder(path, image_size, Path(groups_csv) if groups_csv else None, strict=strict,
-                                 max_pixels=max_pixels, known_classes=classes)
+    options = LoadOptions(image_size, strict, max_pixels, Path(groups_csv) if groups_csv else None, classes)
+    pool, _ = load_dataset(Path(data_path), options)  # an official test split stays unused at a site
     train_idx, val_idx = keyed_train_val(pool.groups, np.arange(len(pool)), val_fraction, split_key)
     return SiteData(pool.subset(train_idx), pool.subset(val_idx))
 

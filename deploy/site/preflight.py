@@ -21,8 +21,11 @@ def check_site_files(node_config: Mapping[str, Any], classes: list[str] | None =
     data = Path(node_config["data-path"])
     if not data.exists():
         raise SiteConfigError(f"data-path {data} does not exist")
-    if data.is_file() and data.suffix != ".npz":
-        raise SiteConfigError(f"data-path {data} is a file but not an .npz; give an ImageFolder directory or an .npz")
+    from common.data.formats import described, file_formats, format_for  # data code stays out of --help
+
+    if data.is_file() and not format_for(data).is_file:
+        raise SiteConfigError(f"data-path {data} is a file but not {described(file_formats())}; give "
+                              f"{described()}")
     if data.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in data.iterdir()):
         raise SiteConfigError(f"data-path {data} has no class sub-folders; an ImageFolder tree has one folder per class")
     state = Path(node_config["state-dir"])
