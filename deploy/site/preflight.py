@@ -78,7 +78,19 @@ def check_site_data(node_config: Mapping[str, Any], classes: list[str] | None = 
     counts = [a + b for a, b in zip(site.train.class_counts(), site.val.class_counts())]
     classes = ", ".join(f"{name} {count}" for name, count in zip(site.train.classes, counts))
     return (f"data: {len(site.train)} training + {len(site.val)} validation images, "
-            f"{len(site.train.classes)} classes ({classes})")
+            f"{len(site.train.classes)} classes ({classes})" + data_notes(site))
+
+
+def data_notes(site: Any) -> str:
+    """What the loader changed or left out, for the operator: conversions, conflicting copies, test copies."""
+    report = site.train.report
+    notes = [f"converted {report.converted} images ({report.summary()})"] if report.conversions else []
+    if report.conflicting:
+        notes.append(f"dropped {report.conflicting} images stored under two classes (named in the log)")
+    if site.test_copies:
+        notes.append(f"{site.test_copies} images are byte-identical copies of central test images (test-hashes): "
+                     "counted, never trained or validated on")
+    return "".join(f"; {note}" for note in notes)
 
 
 
