@@ -8,6 +8,7 @@ library the loader reads them with.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import struct
 import unicodedata
@@ -113,6 +114,22 @@ def test_sixteen_bit_rgb_tiff_is_read_as_stored(tmp_path: Path) -> None:
     values[0, 0] = 4095
     root = _tree_of(tmp_path / "export", {"a/scan.tif": values, "b/x.png": None})
     assert np.array_equal(_loaded(root, "a/scan.tif"), _expected(values, 4095))
+
+
+def test_a_compressed_sixteen_bit_tiff_without_its_codec_names_the_fix(tmp_path: Path) -> None:
+    if importlib.util.find_spec("imagecodecs") is not None:
+        pytest.skip(reason="imagecodecs is installed here, so tifffile has the LZW codec this test does without")
+    root = _tree_of(tmp_path / "export", {"a/x.png": None, "b/x.png": None})
+    path = root / "a" / "lzw.tif"
+    tifffile.imwrite(path, np.full((SIZE, SIZE, 3), 4095, np.uint16), photometric="rgb")
+    with tifffile.TiffFile(path) as tif:
+        where = tif.pages.first.tags["Compression"].valueoffset
+    raw = bytearray(path.read_bytes())
+    raw[where:where + 2] = (5).to_bytes(2, "little")  # the tag now says LZW, as a scanner's export would
+    path.write_bytes(bytes(raw))
+    data = load_image_folder(root, SIZE, use_cache=False)
+    assert data.report.skipped == 1
+    assert "a/lzw.tif: this TIFF's compression needs the imagecodecs package" in data.report.skipped_examples[0]
 
 
 def test_npz_twelve_bit_arrays_share_the_rule(tmp_path: Path) -> None:

@@ -88,6 +88,9 @@ def _tiff_values(path: Path, max_pixels: int) -> tuple[np.ndarray, int]:
     except FileProblem:
         raise
     except Exception as err:  # noqa: BLE001 - tifffile raises many types for one unreadable file
+        if "imagecodecs" in str(err):  # LZW, JPEG, ... in a 16-bit or float TIFF: tifffile decodes them with it
+            raise FileProblem(f"this TIFF's compression needs the imagecodecs package ({err}): pip install "
+                              "imagecodecs, or export the image uncompressed or with deflate (zip)") from None
         raise FileProblem(f"cannot read this TIFF ({type(err).__name__}: {err})") from None
     if values.ndim == 3 and axes.startswith("S"):  # planar (one plane per channel): channels last
         values = np.moveaxis(values, 0, -1)

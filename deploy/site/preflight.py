@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.files import private_dir
 from deploy.site.node_config import SiteConfigError
+
+if TYPE_CHECKING:
+    from common.data.sources import SiteData
 
 
 def check_site_files(node_config: Mapping[str, Any], classes: list[str] | None = None) -> list[str]:
@@ -81,7 +84,7 @@ def check_site_data(node_config: Mapping[str, Any], classes: list[str] | None = 
             f"{len(site.train.classes)} classes ({classes})" + data_notes(site))
 
 
-def data_notes(site: Any) -> str:
+def data_notes(site: SiteData) -> str:
     """What the loader changed or left out, for the operator: conversions, conflicting copies, test copies."""
     report = site.train.report
     notes = [f"converted {report.converted} images ({report.summary()})"] if report.conversions else []
