@@ -10,7 +10,7 @@ The same ClientApp serves both worlds:
   budget, point it at other data, choose which patients sit in its validation split,
   switch `strict` or read its DP randomness. Optional keys: `epsilon-per-job`,
   `epsilon-per-period`, `period-days`, `accept-budget-change`, `val-fraction`, `share-diagnostics`, `dp-seed`, `split-key`,
-  `allow-non-private`, `strict` (docs/DEPLOYMENT.md).
+  `allow-non-private`, `strict`, `test-hashes` (docs/DEPLOYMENT.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from common.privacy.dp_seed import dp_seed_problem
 DEPLOYMENT_KEYS = ("data-path", "site-id", "epsilon-budget", "delta", "state-dir")
 OPTIONAL_DEPLOYMENT_KEYS = (
     "allow-non-private", "strict", "epsilon-per-job", "accept-budget-change", "val-fraction", "share-diagnostics",
-    "dp-seed", "split-key", "privacy-unit", "groups-csv", "epsilon-per-period", "period-days",
+    "dp-seed", "split-key", "privacy-unit", "groups-csv", "epsilon-per-period", "period-days", "test-hashes",
 )
 # A per-job cap of a quarter of the lifetime budget: one run (or one resumed job) spends at most a
 # quarter. It does not bound a coordinator that starts many runs: each opens a grant of its own, up to
@@ -63,6 +63,7 @@ class SiteIdentity:
     split_key: str = field(default="", repr=False)  # secret; "" = generated once into state-dir
     privacy_unit: str = "auto"  # auto | patient | patch
     groups_csv: Path | None = None  # deployed: the site's own patient mapping (default data-path/groups.csv)
+    test_hashes: Path | None = None  # deployed: the centre's test-image SHA-256s (sha256sum format), never trained on
 
     @property
     def job_cap(self) -> float:
@@ -184,4 +185,5 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
         split_key=str(node_config.get("split-key", "")),
         privacy_unit=str(node_config.get("privacy-unit", "auto")),
         groups_csv=resolve_path(str(node_config["groups-csv"])) if node_config.get("groups-csv") else None,
+        test_hashes=resolve_path(str(node_config["test-hashes"])) if node_config.get("test-hashes") else None,
     )

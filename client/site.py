@@ -35,6 +35,7 @@ from common.audit.canaries import AUDITED_PARTITION, with_run_canaries
 from common.config.run_config import ConfigError, RunConfig
 from common.config.stain_settings import augments
 from common.config.strategies import proximal_mu_ok
+from common.data.content import read_hash_list
 from common.data.imageset import DataError
 from common.data.sources import SiteData, check_classes, deployed_site, simulated_site, stain_handled
 from common.files import append_private
@@ -86,9 +87,10 @@ def failure_code(err: BaseException) -> str:
 def load_site_data(identity: SiteIdentity, config: RunConfig, classes: list[str] | None = None) -> SiteData:
     if identity.deployed:
         assert identity.data_path is not None
+        test_hashes = read_hash_list(identity.test_hashes) if identity.test_hashes else frozenset()
         return stain_handled(deployed_site(identity.data_path, config.image_size, identity.val_fraction,
                                            site_split_key(identity), strict=identity.strict, classes=classes,
-                                           groups_csv=identity.groups_csv), config)
+                                           groups_csv=identity.groups_csv, test_hashes=test_hashes), config)
     data = simulated_site(config, identity.partition_id, identity.num_partitions)
     return with_run_canaries(data, config) if identity.partition_id == AUDITED_PARTITION else data
 
@@ -118,6 +120,7 @@ def run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest) 
         "diagnostics": _local_diagnostics(data, result),
         "skipped_files": data.train.report.skipped, "skipped_examples": data.train.report.skipped_examples,
         "stain_fallbacks": data.train.report.stain_fallbacks,  # stays here: counts of images, never names
+        "test_copies_withheld": data.test_copies,  # copies of central test images (test-hashes): never sent
     })
     return result
 

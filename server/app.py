@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config.run_config import RunConfig
 from common.config.strategies import describe_strategy
-from common.data.sources import central_test_set, dataset_classes
+from common.data.sources import central_test_set, classes_without_training_images, dataset_classes
 from common.logging_setup import setup_logging
 from common.model.factory import initial_model
 from common.model.network import frozen_fingerprint, get_trainable_state, trainable_names
@@ -98,6 +98,7 @@ def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
             "versions": versions(), "weights": source.as_dict(), "classes": classes,
             "test_examples": len(test), "test_class_counts": test.class_counts(),
             "test_stain_fallbacks": test.report.stain_fallbacks,
+            "classes_without_training_images": classes_without_training_images(config),  # issue 25
             "trainable_tensors": len(state), "trainable_parameters": int(sum(v.size for v in state.values())),
             "trainable_names": trainable_names(model), "frozen_fingerprint": fingerprint,
             "bn_statistics": {"setting": config.bn_statistics, "public_images": public_images},

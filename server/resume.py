@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from common.paths import RUN_FILE
+from common.config.toml_values import toml_value
+from common.paths import CHECKPOINTS_DIR, FINAL_CHECKPOINT, REPORT_HTML_FILE, RUN_FILE
 from server.run_store import RunStore, load_checkpoint
 
 log = logging.getLogger("fedpath.server")
@@ -53,7 +54,7 @@ def check_start(run_dir: Path, config: Mapping[str, Any]) -> None:
     `run_dir` is where this run writes (`common.paths.run_dir`); `config` its run config as
     `RunConfig.to_mapping` gives it. Reads run.json only, so a launcher can ask before Flower starts.
     """
-    recorded_path = Path(run_dir) / "run.json"
+    recorded_path = Path(run_dir) / RUN_FILE
     if not config.get("resume-from"):
         if recorded_path.exists():
             raise ResumeError(f"{run_dir} already holds a run (run.json); a new run never writes into another run's "
@@ -68,9 +69,9 @@ def check_start(run_dir: Path, config: Mapping[str, Any]) -> None:
               if key not in MAY_DIFFER and key in recorded.get("config", {}) and recorded["config"][key] != value}
     if differ:
         given = ", ".join(f"{k}={new!r}" for k, (_, new) in differ.items())
-        original = " ".join(f"{k}={_toml(old)}" for k, (old, _) in differ.items())
+        original = " ".join(f"{k}={toml_value(old)}" for k, (old, _) in differ.items())
         raise ResumeError(f"resume-from={run_dir} was started with another configuration than this run's ({given}); "
-                          f"a resumed run continues the same job: resume with --run-config \"{original}\" "
+                          f"a resumed run continues the same job: resume with --run-config '{original}' "
                           "(its run.json holds every key), or start a new run")
 
 
@@ -78,18 +79,11 @@ def finished_message(run_dir: Path, recorded: Mapping[str, Any]) -> str:
     """Why a finished run is not resumed, and the documented way to train its model further."""
     planned = recorded.get("config", {}).get("num-server-rounds", "?")
     return (f"resume-from={run_dir} is a finished run (run.json has its end time; {planned} rounds planned; its "
-            f"report is {run_dir / 'report.html'}): resume-from continues only a run that did not finish, and a "
+            f"report is {run_dir / REPORT_HTML_FILE}): resume-from continues only a run that did not finish, and a "
             "finished run's report is never overwritten. To train its model further, start a new job from it: "
-            f"--run-config \"weights='{run_dir / 'checkpoints' / 'final.pt'}'\" (a new run directory and report; "
+            f"--run-config \"weights='{run_dir / CHECKPOINTS_DIR / FINAL_CHECKPOINT}'\" (a new run directory and report; "
             "each site grants the new job from what remains of its own budget). To re-make its report: "
             f"python -m server.report {run_dir}")
-
-
-def _toml(value: Any) -> str:
-    """A run-config value as --run-config takes it: strings quoted, booleans lower-case."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return f"'{value}'" if isinstance(value, str) else repr(value)
 
 
 def find_resume_point(store: RunStore, meta: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> ResumePoint:

@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from common.config.checks import NAMED_DATASETS
 from common.config.run_config import ConfigError, load_app_config, resolve_path
@@ -65,8 +66,8 @@ def preflight(run_config: list[str], app_dir: Path = REPO, sites: int | None = N
         if official_test is None:
             check_splittable(pool.labels, pool.groups, pool.classes, f"dataset {data.dataset}")
         test = sources.central_test_set(data)
-        for site in range(sites or 0):
-            sources.simulated_site(data, site, sites or 0)
+        trained = [sources.simulated_site(data, site, sites or 0).train.class_counts() for site in range(sites or 0)]
+        copies = sources.copies_of_test_images(data)
     except DataError as err:
         body = textwrap.fill(str(err), width=100, initial_indent="  ", subsequent_indent="  ",
                              break_long_words=False, break_on_hyphens=False)
@@ -77,6 +78,27 @@ def preflight(run_config: list[str], app_dir: Path = REPO, sites: int | None = N
     print(f"data: {len(pool)} images of {len(pool.classes)} classes ({', '.join(pool.classes)}), "
           f"{len(test)} in the central test set; skipped {pool.report.skipped} unreadable and "
           f"{pool.report.hidden} hidden files", flush=True)
+    for line in data_warnings(pool, test, copies, trained):
+        print(line, flush=True)
+
+
+def data_warnings(pool: Any, test: Any, copies: int, trained: list[list[int]]) -> list[str]:
+    """What the experimenter should know before the run: conversions, dropped copies, test copies, untaught classes.
+
+    `trained` holds each simulated site's training class counts (none: the sites were not cut here).
+    """
+    lines = [f"data: converted {pool.report.converted} images: {pool.report.summary()}"] if pool.report.conversions else []
+    if pool.report.conflicting:
+        lines.append(f"data: dropped {pool.report.conflicting} images stored under two classes (named in the log)")
+    if copies:
+        lines.append(f"data: excluded {copies} images from every site: byte-identical copies of central test images")
+    if trained:
+        totals = [sum(counts) for counts in zip(*trained)]
+        for name, tested, held in zip(test.classes, test.class_counts(), totals):
+            if tested and not held:
+                lines.append(f"warning: class {name}: no training images at any of the {len(trained)} sites, but "
+                             f"{tested} in the central test set: every one of them will be misclassified")
+    return lines
 
 
 def preflight_privacy(run_config: list[str], sites: int, app_dir: Path = REPO) -> None:

@@ -40,9 +40,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def site_files(tmp_path: Path) -> dict[str, Path]:
     data = tmp_path / "export"
-    for name in ("benign", "tumour"):
+    for shade, name in enumerate(("benign", "tumour")):  # two different images: copies under two classes are dropped
         (data / name).mkdir(parents=True)
-        Image.new("RGB", (8, 8), (200, 100, 150)).save(data / name / "x.png")
+        Image.new("RGB", (8, 8), (200, 100, 150 + shade)).save(data / name / "x.png")
     keys = pki.make_site_keys(tmp_path / "keys", "site-a")
     certs = pki.make_test_pki(tmp_path / "certs")
     return {"data": data, "state": tmp_path / "state", "key": keys.private_key, "ca": certs.ca_cert}

@@ -62,8 +62,8 @@ def test_an_unfinished_run_resumes_only_with_its_own_configuration(tmp_path: Pat
     run_dir = build_run_dir(tmp_path / "runs", rounds=3, complete=False)
     check_start(run_dir, _config(run_dir, **{"round-timeout": 60.0, "output-dir": "elsewhere"}))  # may differ
     with pytest.raises(ResumeError, match=r"another configuration than this run's \(num-server-rounds=5, "
-                                          r"policy='head'\).*--run-config \"num-server-rounds=3 "
-                                          r"policy='norm-head'\""):
+                                          r"policy='head'\).*--run-config 'num-server-rounds=3 "
+                                          r"policy=\"norm-head\"'"):
         check_start(run_dir, _config(run_dir, **{"num-server-rounds": 5, "policy": "head"}))
 
 

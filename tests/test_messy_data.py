@@ -38,11 +38,11 @@ def _png(path: Path, seed: int, size: tuple[int, int] = (24, 24)) -> Path:
     return path
 
 
-def _tree(root: Path, classes: dict[str, int]) -> Path:
+def _tree(root: Path, classes: dict[str, int], seed: int = 0) -> Path:
     for c, (name, count) in enumerate(classes.items()):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            _png(root / name / f"{i}.png", seed=100 * c + i)
+            _png(root / name / f"{i}.png", seed=seed + 100 * c + i)
     return root
 
 
@@ -77,7 +77,7 @@ def test_class_folder_linked_inside_the_tree_is_refused_naming_both(tmp_path: Pa
 
 
 def test_linked_folder_outside_the_tree_is_followed(tmp_path: Path) -> None:
-    storage = _tree(tmp_path / "storage", {"scans": 4})
+    storage = _tree(tmp_path / "storage", {"scans": 4}, seed=1000)  # other images than the export's
     root = _tree(tmp_path / "export", {"benign": 3})
     os.symlink(storage / "scans", root / "tumour")  # an export assembled from links is fine
     data = load_image_folder(root, SIZE)
@@ -278,17 +278,20 @@ def test_npz_pathmnist_names_explain_labels_with_a_missing_class(tmp_path: Path)
 
 def test_npz_float_images_in_unit_range_are_scaled_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     images = np.full((12, 8, 8, 3), 0.5, dtype=np.float32)  # the case: read as black images
+    images[:, 0, 0, 0] = np.arange(12) / 255  # twelve different images (copies under two labels are dropped)
     with caplog.at_level(logging.WARNING, logger="fedpath.data"):
         pool, test = load_npz(_npz(tmp_path / "floats.npz", images=images), 8)
-    assert pool.images.min() == pool.images.max() == 128 and test.images.max() == 128
+    assert pool.images[:, 1:].min() == pool.images[:, 1:].max() == 128 and test.images[:, 1:].max() == 128
+    assert pool.images[:, 0, 0, 0].tolist() == list(range(12))
     assert "assumed the [0, 1] scale" in caplog.text and "floats.npz" in caplog.text
 
 
 def test_npz_float_images_in_byte_range_are_kept_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     images = np.full((12, 8, 8, 3), 200.0)
+    images[:, 0, 0, 0] = np.arange(12)  # twelve different images
     with caplog.at_level(logging.WARNING, logger="fedpath.data"):
         pool, _ = load_npz(_npz(tmp_path / "floats.npz", images=images), 8)
-    assert pool.images.max() == 200 and "assumed the [0, 255] scale" in caplog.text
+    assert pool.images.max() == 200 and len(pool) == 12 and "assumed the [0, 255] scale" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Loading site data (synthetic, ImageFolder, MedMNIST .npz) and splitting it across sites."""
+"""Loading site data (synthetic, and the on-disk formats of `formats.py`: ImageFolder, MedMNIST .npz) and splitting it across sites."""
 
 from common.data.imageset import DataError, ImageSet, LoadReport
 

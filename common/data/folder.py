@@ -1,63 +1,38 @@
 """ImageFolder trees (one sub-folder per class), decoded once and cached.
 
 Hospital exports are messy: zero-byte files, thumbnails, stray text files, grayscale,
-RGBA or 16-bit scans, oversized images, looping links. By default a file that fails to
-open or decode, for whatever reason, is skipped, counted and named in the log; with
-`strict` it is an error naming it. Hidden files and folders are never data. Problems of
-the tree as a whole (empty or aliased class folders, malformed groups.csv) are refused
-before anything is decoded (`common/data/tree_checks.py`, `common/data/groups_csv.py`). Every
-image is converted to RGB and fitted to `image_size` by resize + centre crop
-(`PIL.ImageOps.fit`), so odd sizes and aspect ratios are handled consistently.
+RGBA, 16-bit or float scans, rotated JPEGs, oversized images, looping links, the same image
+twice. By default a file that fails to open or decode, for whatever reason, is skipped,
+counted and named in the log; with `strict` it is an error naming it. Hidden files and folders
+are never data. Problems of the tree as a whole (empty, aliased or same-named class folders,
+malformed groups.csv) are refused before anything is decoded (`common/data/tree_checks.py`,
+`common/data/groups_csv.py`). Every file is decoded as a viewer shows it (`common/data/decode.py`:
+stored bit depth and EXIF orientation) and fitted to `image_size` by resize + centre crop
+(`PIL.ImageOps.fit`); byte-identical files under different classes are dropped (`strict`: refused).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_KEY, FileProblem, check_pixels
-from common.data.groups_csv import GroupRows, read_group_rows, report_unmatched_rows
+from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS, FileProblem, few
+from common.data.content import conflicting_labels, describe_conflicts, file_hash
+from common.data.decode import decode_file
+from common.data.folder_cache import DecodedTree, cache_dir, cache_path, load_cache, save_cache
+from common.data.groups_csv import GroupRows, nfc, read_group_rows, report_unmatched_rows
 from common.data.imageset import DataError, ImageSet, LoadReport
-from common.data.tree_checks import aliases_error, check_class_folders, is_hidden, seen_before
-from common.files import atomic_file
+from common.data.tree_checks import aliases_error, check_class_folders, check_class_names, is_hidden, seen_before
 from common.progress import progress
 
 log = logging.getLogger("fedpath.data")
-_CACHE_VERSION = "2"  # 2: skipped_files, max-image-pixels in the key
-
-
-def cache_dir() -> Path:
-    """Where decoded arrays are cached: `$FEDPATH_CACHE_DIR`, else `~/.cache/fedpath`.
-
-    The cache holds decoded copies of site images, so it belongs on the site's own disk,
-    next to the data it was made from.
-    """
-    return Path(os.environ.get("FEDPATH_CACHE_DIR", Path.home() / ".cache" / "fedpath"))
-
-
-def to_rgb_array(img: Image.Image, image_size: int) -> tuple[np.ndarray, bool]:
-    """RGB uint8 (image_size, image_size, 3); also says whether a mode conversion was needed."""
-    converted = img.mode != "RGB"
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if img.mode in ("RGBA", "LA", "P", "PA"):
-        img = img.convert("RGBA")
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))  # slide background is white
-        img = Image.alpha_composite(white, img)
-    img = img.convert("RGB")
-    if img.size != (image_size, image_size):
-        img = ImageOps.fit(img, (image_size, image_size), method=Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8), converted
+__all__ = ["cache_dir", "load_image_folder", "read_groups_csv"]
 
 
 @dataclass
@@ -77,6 +52,7 @@ def _scan(root: Path) -> _Tree:
     tree = _Tree(sorted(p.name for p in root.iterdir() if not is_hidden(p.name) and p.is_dir()), hidden=hidden)
     if not tree.classes:
         raise DataError(f"{root} has no class sub-folders; an ImageFolder tree has one folder per class")
+    check_class_names(root, tree.classes)
     root_real, seen = os.path.realpath(root), dict[str, str]()
 
     def unlistable(err: OSError) -> None:
@@ -107,21 +83,6 @@ def read_groups_csv(path: Path) -> dict[str, str]:
     return read_group_rows(path).group_of
 
 
-def _file_key(path: Path) -> str:
-    try:
-        stat = path.stat()
-    except OSError:  # a broken or looping link: it is skipped (or refused) on every load
-        return "unreadable"
-    return f"{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def _fingerprint(root: Path, files: list[tuple[str, int]], image_size: int, settings: str) -> str:
-    digest = hashlib.sha256(f"{_CACHE_VERSION}|{root.resolve()}|{image_size}|{settings}".encode())
-    for rel, label in files:
-        digest.update(f"{rel}|{label}|{_file_key(root / rel)}\n".encode())
-    return digest.hexdigest()[:24]
-
-
 def _let_pil_open(max_pixels: int) -> None:
     """PIL refuses images above 2 x `Image.MAX_IMAGE_PIXELS` by itself; let `max-image-pixels` decide.
 
@@ -129,23 +90,6 @@ def _let_pil_open(max_pixels: int) -> None:
     """
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels
-
-
-def _decode(path: Path, image_size: int, max_pixels: int) -> tuple[np.ndarray, bool]:
-    """One file as an RGB array; any failure is about this file alone."""
-    if path.stat().st_size == 0:
-        raise FileProblem("zero-byte file")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_pixels decides
-        try:
-            img = Image.open(path)
-        except Image.DecompressionBombError as err:
-            raise FileProblem(f"{err} More than {MAX_PIXELS_KEY}={max_pixels:,} pixels (raise {MAX_PIXELS_KEY} if "
-                              "this is a real image, or export it smaller)") from None
-        with img:
-            check_pixels(img.size, max_pixels)
-            img.draft("RGB", (image_size, image_size))  # JPEG: decode at reduced scale
-            return to_rgb_array(img, image_size)
 
 
 _EXPECTED = (FileProblem, UnidentifiedImageError, OSError, ValueError, SyntaxError)
@@ -189,50 +133,78 @@ def load_image_folder(
     groups_path = groups_csv or (root / "groups.csv" if (root / "groups.csv").exists() else None)
     rows = read_group_rows(groups_path) if groups_path else None
     if rows is not None:
-        report_unmatched_rows(rows, {rel for rel, _ in tree.files})
+        report_unmatched_rows(rows, {nfc(rel) for rel, _ in tree.files})
 
     _let_pil_open(max_pixels)
-    key = _fingerprint(root, tree.files, image_size, f"{max_pixels}") + ("-strict" if strict else "")
-    cached = cache_dir() / f"imagefolder-{key}.npz"
-    loaded = _load_cache(cached) if use_cache and cached.exists() else None
-    if loaded is not None:
-        images, label_array, paths, report = loaded
-        log.info("loaded %d decoded images of %s from cache %s", len(label_array), root, cached)
-    else:
-        images, label_array, paths, report = _decode_all(root, tree, image_size, strict, max_pixels)
-        if use_cache:
-            _save_cache(cached, images, label_array, paths, report)
+    decoded = _decoded(root, tree, image_size, strict, max_pixels, use_cache)
+    report = decoded.report
     for rel, err in unlistable:
         report.skip(rel, str(err))
     for rel in tree.hidden:
         report.hide(rel)
     _log_report(root, report)
-    image_counts = np.bincount(label_array, minlength=len(tree.classes)).tolist()
+    decoded = _drop_conflicting(root, tree.classes, decoded, strict)
+    image_counts = np.bincount(decoded.labels, minlength=len(tree.classes)).tolist()
     declared = check_class_folders(root, tree.classes, image_counts, known_classes, what="readable images")
     if declared:
         log.info("%s declares classes it has no images of (empty folders): %s", root, ", ".join(declared))
-    return ImageSet(images, label_array, _groups_for(paths, rows), tree.classes, report, patient_groups=rows is not None)
+    return ImageSet(decoded.images, decoded.labels, _groups_for(decoded.paths, rows), tree.classes, report,
+                    patient_groups=rows is not None, content=decoded.content)
 
 
-def _decode_all(
-    root: Path, tree: _Tree, image_size: int, strict: bool, max_pixels: int
-) -> tuple[np.ndarray, np.ndarray, list[str], LoadReport]:
+def _decoded(root: Path, tree: _Tree, image_size: int, strict: bool, max_pixels: int, use_cache: bool) -> DecodedTree:
+    """The tree's files decoded: from the cache where these files were decoded with these settings."""
+    cached = cache_path(root, tree.files, image_size, f"{max_pixels}{'-strict' if strict else ''}")
+    loaded = load_cache(cached) if use_cache and cached.exists() else None
+    if loaded is not None:
+        log.info("loaded %d decoded images of %s from cache %s", len(loaded.labels), root, cached)
+        return loaded
+    decoded = _decode_all(root, tree, image_size, strict, max_pixels)
+    if use_cache:
+        save_cache(cached, decoded)
+    return decoded
+
+
+def _decode_all(root: Path, tree: _Tree, image_size: int, strict: bool, max_pixels: int) -> DecodedTree:
     report = LoadReport()
     images: list[np.ndarray] = []
     labels: list[int] = []
     paths: list[str] = []
+    content: list[str] = []
     for rel, label in progress(tree.files, desc=f"decoding {root.name}", unit="img"):
         try:
-            array, converted = _decode(root / rel, image_size, max_pixels)
+            done = decode_file(root / rel, image_size, max_pixels)
+            digest = file_hash(root / rel)
         except Exception as err:  # noqa: BLE001 - any failure of one file must not end the run (strict=false)
             _skip_or_stop(report, root, rel, err, strict)
             continue
-        report.converted += int(converted)
-        images.append(array)
+        report.count(done.conversions)
+        images.append(done.array)
         labels.append(label)
         paths.append(rel)
+        content.append(digest)
     stacked = np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return stacked, np.asarray(labels, dtype=np.int64), paths, report
+    return DecodedTree(stacked, np.asarray(labels, dtype=np.int64), paths, np.asarray(content, dtype="<U64"), report)
+
+
+def _drop_conflicting(root: Path, classes: list[str], decoded: DecodedTree, strict: bool) -> DecodedTree:
+    """Byte-identical files under different classes: every copy dropped (named in the log), or refused (strict)."""
+    mask = conflicting_labels(decoded.content, decoded.labels)
+    if not mask.any():
+        return decoded
+    copies = describe_conflicts(decoded.content, decoded.labels, decoded.paths, classes, mask)
+    what = (f"{int(mask.sum())} files under {root} are byte-identical copies filed under different classes, so "
+            f"their class cannot be known: {few(copies)}")
+    if strict:
+        raise DataError(f"{what}. Delete the copy in the wrong class folder (strict=true refuses them; with "
+                        "strict=false every copy is dropped)")
+    for line in copies:
+        log.info("dropped under %s (one image under several classes): %s", root, line)
+    log.warning("%s; dropped every copy. Delete the copy in the wrong class folder to keep the image", what)
+    keep = ~mask
+    decoded.report.conflicting = int(mask.sum())
+    return DecodedTree(decoded.images[keep], decoded.labels[keep], [p for p, k in zip(decoded.paths, keep) if k],
+                       decoded.content[keep], decoded.report)
 
 
 def _log_report(root: Path, report: LoadReport) -> None:
@@ -249,43 +221,17 @@ def _log_report(root: Path, report: LoadReport) -> None:
             "skipped %d hidden files or folders under %s (never used as data), e.g. %s",
             report.hidden, root, ", ".join(report.hidden_examples),
         )
+    if report.conversions:
+        log.info("converted %d files under %s: %s", report.converted, root, report.summary())
 
 
 def _groups_for(paths: list[str], rows: GroupRows | None) -> np.ndarray:
     if rows is None:
         return np.asarray(paths, dtype=str)
-    missing = [p for p in paths if p not in rows.group_of]
+    missing = [p for p in paths if nfc(p) not in rows.group_of]
     if missing:
         raise DataError(
             f"{len(missing)} images have no group in {rows.source} (e.g. {missing[:3]}); "
             "every image needs a row 'path,group' so splits can keep patients together"
         )
-    return np.asarray([rows.group_of[p] for p in paths], dtype=str)
-
-
-def _load_cache(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], LoadReport] | None:
-    try:
-        with np.load(path, allow_pickle=False) as blob:
-            report = LoadReport(int(blob["skipped"]), blob["skipped_examples"].tolist(), int(blob["converted"]),
-                                blob["skipped_files"].tolist())
-            return blob["images"], blob["labels"], blob["paths"].tolist(), report
-    except (OSError, KeyError, ValueError) as err:
-        log.warning("ignoring unreadable cache %s (%s); decoding again", path, err)
-        return None
-
-
-def _save_cache(path: Path, images: np.ndarray, labels: np.ndarray, paths: list[str], report: LoadReport) -> None:
-    try:
-        with atomic_file(path, "wb", private=True) as handle:  # decoded patient images: 0600 in a 0700 directory
-            np.savez(
-                handle,
-                images=images,
-                labels=labels,
-                paths=np.asarray(paths, dtype=str),
-                skipped=report.skipped,
-                skipped_examples=np.asarray(report.skipped_examples, dtype=str),
-                skipped_files=np.asarray(report.skipped_files, dtype=str),
-                converted=report.converted,
-            )
-    except OSError as err:  # a read-only home must not stop training
-        log.warning("could not write cache %s: %s", path, err)
+    return np.asarray([rows.group_of[nfc(p)] for p in paths], dtype=str)

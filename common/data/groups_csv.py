@@ -13,6 +13,7 @@ import csv
 import io
 import logging
 import posixpath
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +33,15 @@ class GroupRows:
 
 
 
+def nfc(path: str) -> str:
+    """A path in Unicode NFC: a Mac writes file names decomposed (NFD: 'a' + combining umlaut), Windows and
+    most editors composed (NFC); the same name to the eye, different strings, so both sides compare in NFC."""
+    return unicodedata.normalize("NFC", path)
+
+
 def normalise_relpath(path: str) -> str:
-    """A groups.csv path in the loader's form: `/`-separated, no `./`, no stray spaces."""
-    return posixpath.normpath(path.strip().replace("\\", "/")).removeprefix("./")
+    """A groups.csv path in the loader's form: `/`-separated, no `./`, no stray spaces, Unicode NFC."""
+    return nfc(posixpath.normpath(path.strip().replace("\\", "/")).removeprefix("./"))
 
 
 

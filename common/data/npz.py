@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS
-from common.data.folder import to_rgb_array
-from common.data.imageset import DataError, ImageSet
+from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS, few
+from common.data.content import array_hashes, conflicting_labels, describe_conflicts
+from common.data.decode import fit_rgb
+from common.data.imageset import DataError, ImageSet, LoadReport
 from common.data.npz_checks import (
     check_image_shape,
     check_label_range,
@@ -44,9 +45,12 @@ PATHMNIST_CLASSES = [
 _REQUIRED = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-def _to_rgb_batch(images: np.ndarray, image_size: int, name: str, path: Path, max_pixels: int) -> np.ndarray:
+def _to_rgb_batch(
+    images: np.ndarray, image_size: int, name: str, path: Path, max_pixels: int, report: LoadReport
+) -> np.ndarray:
     check_image_shape(images, name, path, max_pixels)
-    images = to_uint8(images, name, path)
+    images, scale = to_uint8(images, name, path)
+    report.count([] if scale.as_stored else [scale.conversion], len(images))
     if images.ndim == 3:  # grayscale (N, H, W)
         images = images[..., None]
     if images.shape[-1] == 1:
@@ -56,7 +60,7 @@ def _to_rgb_batch(images: np.ndarray, image_size: int, name: str, path: Path, ma
         images = (images[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
     if images.shape[1:3] == (image_size, image_size):
         return np.ascontiguousarray(images)
-    return np.stack([to_rgb_array(Image.fromarray(img), image_size)[0] for img in images])
+    return np.stack([fit_rgb(Image.fromarray(img), image_size) for img in images])
 
 
 def record_ids(images: np.ndarray) -> np.ndarray:
@@ -125,20 +129,41 @@ def load_npz(
     for s in splits:
         check_label_range(labels[s], f"{s}_labels", classes, path)
     pool_splits = ["train"] + (["val"] if "val_images" in parts and "val" in labels else [])
+    pool_report = LoadReport()
     pool = ImageSet(
-        np.concatenate([_to_rgb_batch(parts[f"{s}_images"], image_size, f"{s}_images", path, max_pixels)
+        np.concatenate([_to_rgb_batch(parts[f"{s}_images"], image_size, f"{s}_images", path, max_pixels, pool_report)
                         for s in pool_splits]),
         np.concatenate([labels[s] for s in pool_splits]),
         np.concatenate([record_ids(parts[f"{s}_images"]) for s in pool_splits]),
-        list(classes),
+        list(classes), pool_report,
+        content=np.concatenate([array_hashes(parts[f"{s}_images"]) for s in pool_splits]),
     )
+    test_report = LoadReport()
     test = ImageSet(
-        _to_rgb_batch(parts["test_images"], image_size, "test_images", path, max_pixels),
+        _to_rgb_batch(parts["test_images"], image_size, "test_images", path, max_pixels, test_report),
         labels["test"],
         np.asarray([f"test-{i}" for i in range(len(labels["test"]))]),
-        list(classes),
+        list(classes), test_report, content=array_hashes(parts["test_images"]),
     )
-    return pool, test
+    pool_names = [f"{s}_images[{i}]" for s in pool_splits for i in range(len(labels[s]))]
+    test_names = [f"test_images[{i}]" for i in range(len(test))]
+    return _drop_conflicting(pool, pool_names, path), _drop_conflicting(test, test_names, path)
+
+
+def _drop_conflicting(data: ImageSet, names: list[str], path: Path) -> ImageSet:
+    """Byte-identical records under different labels: every copy dropped, each named in the log."""
+    mask = conflicting_labels(data.content_ids(), data.labels)
+    if not mask.any():
+        return data
+    copies = describe_conflicts(data.content_ids(), data.labels, names, data.classes, mask)
+    for line in copies:
+        log.info("dropped from %s (one image under several labels): %s", path, line)
+    log.warning("%s: %d records are byte-identical copies stored under different labels, so their class cannot be "
+                "known: %s; dropped every copy. Remove the wrong copy to keep the image", path, int(mask.sum()),
+                few(copies))
+    kept = data.subset(np.flatnonzero(~mask))
+    kept.report.conflicting = int(mask.sum())
+    return kept
 
 
 def load_pathmnist(image_size: int, root: Path | None = None) -> tuple[ImageSet, ImageSet]:

@@ -15,6 +15,8 @@ import numpy as np
 
 from common.data.checks import FileProblem, check_pixels, few
 from common.data.imageset import DataError
+from common.data.pixels import PixelProblem, PixelScale
+from common.data.pixels import to_uint8 as pixels_to_uint8
 
 log = logging.getLogger("fedpath.data")
 
@@ -112,34 +114,17 @@ def classes_from_labels(labels: Sequence[np.ndarray], path: Path, names: Sequenc
 
 
 
-def to_uint8(images: np.ndarray, name: str, path: Path) -> np.ndarray:
-    """Pixel values as uint8, saying which scale was assumed; refuse values no scale explains.
-
-    Floats must be in [0, 1] or [0, 255]; integers in 0..255 or 0..65535 (16-bit).
-    """
-    if images.dtype == np.uint8:
-        return images
-    kind = images.dtype.kind
-    if kind not in "iuf":
-        raise DataError(f"{path}: {name} holds {images.dtype} values, not pixel intensities")
-    if kind == "f" and images.size and not np.isfinite(images).all():
-        raise DataError(f"{path}: {name} holds {int((~np.isfinite(images)).sum())} NaN or infinite values")
-    low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
-    if low < 0:
-        raise DataError(f"{path}: {name} ({images.dtype}) has values down to {low:g}: pixels cannot be negative "
-                        "(normalised with a mean and std?); store the raw pixel values")
-    if kind == "f" and high <= 1.0:
-        top, scale = 1.0, "[0, 1]"
-    elif high <= 255:
-        top, scale = 255.0, "[0, 255]"
-    elif kind != "f" and high <= 65535:
-        top, scale = 65535.0, "16-bit [0, 65535]"
-    else:
-        valid = "[0, 1] nor [0, 255]" if kind == "f" else "0..255 nor 0..65535"
-        raise DataError(f"{path}: {name} ({images.dtype}) has values up to {high:g}, which fit neither {valid}; "
-                        "store 8-bit pixel values")
-    log.warning("%s: %s are %s in [%g, %g]; assumed the %s scale", path, name, images.dtype, low, high, scale)
-    return np.clip(images.astype(np.float32) * np.float32(255.0 / top) + np.float32(0.5), 0, 255).astype(np.uint8)
+def to_uint8(images: np.ndarray, name: str, path: Path) -> tuple[np.ndarray, PixelScale]:
+    """Pixel values as uint8 by the one rule of `common.data.pixels` (the scale read from the whole array's
+    range), saying which scale was assumed; values no scale explains are refused naming the array."""
+    try:
+        converted, scale = pixels_to_uint8(images)
+    except PixelProblem as err:
+        raise DataError(f"{path}: {name} {err}") from None
+    if not scale.as_stored:
+        low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        log.warning("%s: %s are %s in [%g, %g]; assumed the %s scale", path, name, images.dtype, low, high, scale.name)
+    return converted, scale
 
 
 

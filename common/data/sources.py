@@ -19,9 +19,11 @@ import numpy as np
 from common.config.run_config import RunConfig, resolve_path
 from common.config.stain_settings import normalises, parse_reference
 from common.data.checks import check_splittable
-from common.data.folder import DEFAULT_MAX_IMAGE_PIXELS, load_image_folder
+from common.data.content import copies_of
+from common.data.folder import DEFAULT_MAX_IMAGE_PIXELS
+from common.data.formats import FORMATS, LoadOptions, described, load_dataset
 from common.data.imageset import DataError, ImageSet
-from common.data.npz import load_npz, load_pathmnist
+from common.data.npz import load_pathmnist
 from common.data.partition import (
     holdout_public,
     holdout_test,
@@ -32,6 +34,7 @@ from common.data.partition import (
 from common.data.stain import apply_stain_shift
 from common.data.stain_handling import normalise_images
 from common.data.synthetic import make_synthetic
+from common.data.tree_checks import class_key
 
 log = logging.getLogger("fedpath.data")
 
@@ -42,6 +45,9 @@ class SiteData:
 
     train: ImageSet
     val: ImageSet
+    # Deployed: training images byte-identical to a central test image (`test-hashes`), counted in n but
+    # never trained on (`ImageSet.withheld`), and dropped from validation. A count for the site's own log.
+    test_copies: int = 0
 
 
 @functools.lru_cache(maxsize=4)
@@ -55,15 +61,13 @@ def load_source(
     if dataset == "pathmnist":
         return load_pathmnist(image_size)
     path = resolve_path(dataset)
-    if path.suffix == ".npz":
-        return load_npz(path, image_size, max_pixels=max_pixels)
     if not path.exists():
         raise DataError(
-            f"dataset {dataset!r} is neither 'synthetic', 'pathmnist', an .npz file nor an existing "
-            f"ImageFolder directory (looked for {path})"
+            f"dataset {dataset!r} is neither 'synthetic', 'pathmnist' nor an existing "
+            f"{described(FORMATS).removeprefix('an ')} (looked for {path})"
         )
     groups = resolve_path(groups_csv) if groups_csv else None
-    return load_image_folder(path, image_size, groups, strict=strict, max_pixels=max_pixels), None
+    return load_dataset(path, LoadOptions(image_size, strict, max_pixels, groups))
 
 
 def load_pool(config: RunConfig) -> tuple[ImageSet, ImageSet | None]:
@@ -75,8 +79,19 @@ def load_pool(config: RunConfig) -> tuple[ImageSet, ImageSet | None]:
 
 
 
-def _split(config: RunConfig) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarray]:
-    """(all images, indices the sites share, central test set, indices of the public share)."""
+@dataclass(frozen=True)
+class _Split:
+    """How a simulation cuts its dataset: the sites' share, the central test set and the public share."""
+
+    pool: ImageSet  # every image of the dataset (but an official test set)
+    site_idx: np.ndarray  # pool indices the sites share
+    test: ImageSet
+    public_idx: np.ndarray  # pool indices held out for the centre's public use
+    test_copies: int  # pool images byte-identical to a test image: in no site's share, nor the public one
+
+
+def _split(config: RunConfig) -> _Split:
+    """The one cut of `dataset` that the server and every simulated site derive alike."""
     pool, official_test = load_pool(config)
     if official_test is not None:
         pool_idx, test = np.arange(len(pool)), official_test
@@ -85,9 +100,28 @@ def _split(config: RunConfig) -> tuple[ImageSet, np.ndarray, ImageSet, np.ndarra
         pool_idx, test_idx = holdout_test(pool.groups, pool.labels, len(pool.classes), config.test_fraction,
                                           config.seed)
         test = pool.subset(test_idx)
-    site_idx, public_idx = holdout_public(pool.groups, pool.labels, pool_idx, len(pool.classes),
+    copies = copies_of(pool.content_ids()[pool_idx], test.content_ids())
+    if copies.any():
+        log.info("%d images of %s are byte-identical copies of central test images: no site trains on them",
+                 int(copies.sum()), config.dataset)
+    site_idx, public_idx = holdout_public(pool.groups, pool.labels, pool_idx[~copies], len(pool.classes),
                                           config.public_fraction, config.seed)
-    return pool, site_idx, test, public_idx
+    return _Split(pool, site_idx, test, public_idx, int(copies.sum()))
+
+
+def copies_of_test_images(config: RunConfig) -> int:
+    """How many images of `dataset` no simulated site trains on because a central test image has the same bytes."""
+    return _split(config).test_copies
+
+
+def classes_without_training_images(config: RunConfig) -> list[str]:
+    """Classes of the central test set of which the sites' share of `dataset` holds no image.
+
+    In a simulation no site can learn them, so their test images are all misclassified, whatever the model.
+    """
+    cut = _split(config)
+    share = np.bincount(cut.pool.labels[cut.site_idx], minlength=len(cut.pool.classes))
+    return [name for name, tested, held in zip(cut.pool.classes, cut.test.class_counts(), share) if tested and not held]
 
 
 def public_share(config: RunConfig) -> ImageSet:
@@ -96,10 +130,10 @@ def public_share(config: RunConfig) -> ImageSet:
     They stand for public data the coordinating centre may hold, e.g. to pretrain the
     backbone non-privately (`python -m server.pretrain`): no hospital's data is in it.
     """
-    pool, _, _, public_idx = _split(config)
-    if len(public_idx) == 0:
+    cut = _split(config)
+    if len(cut.public_idx) == 0:
         raise DataError("public-fraction is 0: there is no public share to use")
-    return pool.subset(public_idx)
+    return cut.pool.subset(cut.public_idx)
 
 
 def public_share_as_trained(config: RunConfig) -> ImageSet:
@@ -109,7 +143,7 @@ def public_share_as_trained(config: RunConfig) -> ImageSet:
 
 def central_test_set(config: RunConfig) -> ImageSet:
     """The held-out test set every round's global model is evaluated on (stain-normalised as the sites' data)."""
-    return _normalised(_split(config)[2], config)
+    return _normalised(_split(config).test, config)
 
 
 def dataset_classes(config: RunConfig) -> list[str]:
@@ -120,9 +154,10 @@ def simulated_site(config: RunConfig, site: int, num_sites: int) -> SiteData:
     """Site `site` of `num_sites` in a simulation: its share, split into train and val."""
     if not 0 <= site < num_sites:
         raise DataError(f"partition-id {site} is outside 0..{num_sites - 1}")
-    pool, pool_idx, _, _ = _split(config)
+    cut = _split(config)
+    pool = cut.pool
     shares = partition_sites(
-        pool.groups, pool.labels, pool_idx, len(pool.classes), num_sites,
+        pool.groups, pool.labels, cut.site_idx, len(pool.classes), num_sites,
         config.partitioning, config.dirichlet_alpha, config.seed,
     )
     train_idx, val_idx = keyed_train_val(
@@ -138,47 +173,65 @@ def all_simulated_sites(config: RunConfig, num_sites: int) -> list[SiteData]:
 def deployed_site(
     data_path: Path, image_size: int, val_fraction: float, split_key: bytes, strict: bool = False,
     classes: list[str] | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, groups_csv: Path | None = None,
+    test_hashes: frozenset[str] = frozenset(),
 ) -> SiteData:
     """A real site's data from its own `data-path` (ImageFolder tree or .npz).
 
     Every argument is the site's own (node config / state dir), never the coordinator's: the
     local validation split is keyed by `split_key` (`keyed_train_val`). An `.npz` carries no
     class names: its labels are checked against the federation's `classes` (label k is classes[k]).
+    `test_hashes` are the central test set's SHA-256s (`test-hashes`): a training image with one of
+    them is withheld (`withheld_copies`), a validation image with one is dropped.
     """
     return _deployed(str(data_path), image_size, val_fraction, split_key, strict,
-                     tuple(classes) if classes else None, max_pixels, str(groups_csv) if groups_csv else "")
+                     tuple(classes) if classes else None, max_pixels, str(groups_csv) if groups_csv else "",
+                     test_hashes)
 
 
 @functools.lru_cache(maxsize=2)
 def _deployed(
     data_path: str, image_size: int, val_fraction: float, split_key: bytes, strict: bool,
-    classes: tuple[str, ...] | None, max_pixels: int, groups_csv: str = "",
+    classes: tuple[str, ...] | None, max_pixels: int, groups_csv: str = "", test_hashes: frozenset[str] = frozenset(),
 ) -> SiteData:
-    path = Path(data_path)
-    if path.suffix == ".npz":
-        pool, _ = load_npz(path, image_size, list(classes) if classes else None, max_pixels=max_pixels)
-    else:
-        pool = load_image_folder(path, image_size, Path(groups_csv) if groups_csv else None, strict=strict,
-                                 max_pixels=max_pixels, known_classes=classes)
+    options = LoadOptions(image_size, strict, max_pixels, Path(groups_csv) if groups_csv else None, classes)
+    pool, _ = load_dataset(Path(data_path), options)  # an official test split stays unused at a site
     train_idx, val_idx = keyed_train_val(pool.groups, np.arange(len(pool)), val_fraction, split_key)
-    return SiteData(pool.subset(train_idx), pool.subset(val_idx))
+    return withheld_copies(SiteData(pool.subset(train_idx), pool.subset(val_idx)), test_hashes, data_path)
+
+
+def withheld_copies(data: SiteData, test_hashes: frozenset[str], where: str) -> SiteData:
+    """A deployed site's data with copies of central test images withheld from training.
+
+    The hashes come from the coordinator, who may craft them to probe for one image it knows. So a
+    withheld training image still counts everywhere a count is sent or planned with (n, patients,
+    the sampling rate, the steps): it is only left out of each Poisson batch after sampling, a rule
+    per record that never looks at another (docs/PRIVACY.md, "Test images at the sites"). The
+    number withheld stays in the site's own log.
+    """
+    if not test_hashes:
+        return data
+    in_train = copies_of(data.train.content_ids(), test_hashes)
+    in_val = copies_of(data.val.content_ids(), test_hashes)
+    if in_train.any() or in_val.any():
+        log.warning("%s: %d training and %d validation images are byte-identical copies of central test images "
+                    "(test-hashes): never trained on, not validated on", where, int(in_train.sum()), int(in_val.sum()))
+    train = dataclasses.replace(data.train, withheld=in_train)
+    return SiteData(train, data.val.subset(np.flatnonzero(~in_val)), int(in_train.sum() + in_val.sum()))
 
 
 def _with_stain(data: SiteData, config: RunConfig, site: int) -> SiteData:
     if config.stain_shift <= 0:
         return data
-    shift = lambda s: ImageSet(  # noqa: E731
-        apply_stain_shift(s.images, config.stain_shift, config.seed, site), s.labels, s.groups, s.classes, s.report,
-        s.patient_groups,
-    )
-    return SiteData(shift(data.train), shift(data.val))
+    shift = lambda s: dataclasses.replace(  # noqa: E731
+        s, images=apply_stain_shift(s.images, config.stain_shift, config.seed, site))
+    return SiteData(shift(data.train), shift(data.val), data.test_copies)
 
 
 def stain_handled(data: SiteData, config: RunConfig) -> SiteData:
     """A site's data as it trains under `stain`: normalised to the run's reference where asked (cached)."""
     if not normalises(config.stain):
         return data
-    return SiteData(_normalised(data.train, config), _normalised(data.val, config))
+    return SiteData(_normalised(data.train, config), _normalised(data.val, config), data.test_copies)
 
 
 def _normalised(images: ImageSet, config: RunConfig) -> ImageSet:
@@ -189,7 +242,7 @@ def _normalised(images: ImageSet, config: RunConfig) -> ImageSet:
         log.info("stain normalisation kept %d of %d images as they were (background or no stain estimate)",
                  fallbacks, len(images))
     report = dataclasses.replace(images.report, stain_fallbacks=fallbacks)
-    return ImageSet(out, images.labels, images.groups, images.classes, report, images.patient_groups)
+    return dataclasses.replace(images, images=out, report=report)
 
 
 def check_classes(site_classes: list[str], federation_classes: list[str], where: str) -> None:
@@ -203,6 +256,10 @@ def check_classes(site_classes: list[str], federation_classes: list[str], where:
         detail.append(f"unexpected classes {unexpected}")
     if missing:
         detail.append(f"missing classes {missing} (an empty folder declares a class the site has no images of)")
+    alike = [f"{u!r} is {m!r}" for u in unexpected for m in missing if class_key(u) == class_key(m)]
+    if alike:
+        detail.append(f"names that differ only in case, surrounding spaces or Unicode form ({', '.join(alike)}): "
+                      "rename the folder to the federation's name exactly")
     if not detail:
         detail.append(f"same classes in another order {site_classes}")
     raise DataError(

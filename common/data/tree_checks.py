@@ -8,6 +8,7 @@ says why each rule refuses rather than guesses).
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +22,29 @@ def is_hidden(name: str) -> bool:
     """Dot-files/folders (`.DS_Store`, `.ipynb_checkpoints`) and OS clutter are never data."""
     return name.startswith(".") or name in _OS_CLUTTER
 
+
+
+def class_key(name: str) -> str:
+    """A class name as names are compared: Unicode NFC, surrounding spaces stripped, case folded.
+
+    Only for checking: `lung_aca `, `Lung_ACA` and `lung_aca` are one class to a pathologist, and as
+    three folders they would silently be three classes (or a site's class the federation lacks).
+    """
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
+def check_class_names(root: Path, classes: Sequence[str]) -> None:
+    """Refuse class folders whose names differ only in case, surrounding spaces or Unicode form."""
+    same: dict[str, list[str]] = {}
+    for name in classes:
+        same.setdefault(class_key(name), []).append(name)
+    clashes = [names for names in same.values() if len(names) > 1]
+    if clashes:
+        named = "; ".join(" and ".join(repr(str(root / n)) for n in names) for names in clashes[:EXAMPLES])
+        raise DataError(
+            f"class folders that name the same class (names are compared ignoring case, surrounding spaces and "
+            f"Unicode form): {named}. Move the images into one folder per class and delete the other"
+        )
 
 
 def seen_before(directory: str, root_real: str, seen: dict[str, str]) -> str | None:
@@ -95,6 +119,7 @@ def check_class_folders(
         raise DataError(
             f"class folder(s) {named} hold no {what}, so each would be a class nothing is trained or tested "
             "on. Add its images or delete the folder"
-            + ("" if what == "files" else " (the files there were skipped as unreadable; see the log above)")
+            + ("" if what == "files" else " (the files there were skipped as unreadable, or dropped as copies of "
+               "files in another class folder; see the log above)")
         )
     return declared

@@ -43,6 +43,9 @@ def train_local(
         raise ValueError("no training examples")
     if settings.dp:
         return train_private(model, data, settings, history, desc)
+    data = data.trainable()  # without DP no count is protected: withheld records are simply left out
+    if len(data) == 0:
+        raise ValueError("no training examples left once copies of central test images are withheld")
     model.to(device()).train()
     tensors = as_tensor_dataset(data).tensors
     batches = _ShuffledBatches(tensors[0], tensors[1], min(settings.batch_size, len(data)),

@@ -24,9 +24,11 @@ from common.training.patient_dp import (
     PATIENT,
     PatientPoissonSampler,
     PatientPrivateTraining,
+    PatientStep,
     make_private_per_patient,
     patient_index,
 )
+from common.training.patient_dp.group_norms import PatchGroups
 from common.training.settings import TrainOutcome, TrainSettings
 
 
@@ -34,16 +36,35 @@ class _RecordBatches:
     """One epoch of DP steps: (uint8 images, labels, step) per Poisson step over records."""
 
     def __init__(self, sampler: PatientPoissonSampler, images: torch.Tensor, labels: torch.Tensor,
-                 stain: StainAugmenter | None = None) -> None:
+                 stain: StainAugmenter | None = None, withheld: np.ndarray | None = None) -> None:
         self.sampler, self.images, self.labels, self.stain = sampler, images, labels, stain
+        self.withheld = torch.from_numpy(withheld) if withheld is not None and withheld.any() else None
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, Any]]:
         for step in self.sampler:
+            if self.withheld is not None:
+                step = without_rows(step, self.withheld)
             images = self.images[step.indices]
             yield (self.stain(images, step.indices) if self.stain else images), self.labels[step.indices], step
+
+
+def without_rows(step: PatientStep, withheld: torch.Tensor) -> PatientStep:
+    """The step without its withheld rows (a deployed site's copies of central test images).
+
+    Dropped after sampling, by a rule per row that never looks at another: the sampling rate, the
+    steps and every count stay those of all the site's records, so a coordinator that crafts the
+    test hashes cannot read from them whether one image is there; a patient left with no rows sits
+    the step out (docs/PRIVACY.md, "Test images at the sites").
+    """
+    keep = ~withheld[step.indices]
+    if bool(keep.all()):
+        return step
+    kept = torch.bincount(step.groups.index[keep], minlength=step.groups.num_groups)
+    present = kept > 0
+    return PatientStep(step.indices[keep], PatchGroups.from_sizes(kept[present]), step.patients[present])
 
 
 def record_sampler(data: ImageSet, settings: TrainSettings) -> PatientPoissonSampler:
@@ -73,7 +94,7 @@ def train_private(
         max_grad_norm=settings.max_grad_norm, grad_sample_mode=settings.grad_sample_mode,
     )
     tensors = as_tensor_dataset(data).tensors
-    batches = _RecordBatches(sampler, tensors[0], tensors[1], stain_augmenter(data, settings))
+    batches = _RecordBatches(sampler, tensors[0], tensors[1], stain_augmenter(data, settings), data.withheld)
     extra = attach_extra_records(private.optimizer, private.module, settings.extra_records, float(sampler.sample_rate), 0)
     try:
         steps, mean_loss, masked = run_epochs(

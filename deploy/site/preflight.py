@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.files import private_dir
 from deploy.site.node_config import SiteConfigError
+
+if TYPE_CHECKING:
+    from common.data.sources import SiteData
 
 
 def check_site_files(node_config: Mapping[str, Any], classes: list[str] | None = None) -> list[str]:
@@ -21,8 +24,11 @@ def check_site_files(node_config: Mapping[str, Any], classes: list[str] | None =
     data = Path(node_config["data-path"])
     if not data.exists():
         raise SiteConfigError(f"data-path {data} does not exist")
-    if data.is_file() and data.suffix != ".npz":
-        raise SiteConfigError(f"data-path {data} is a file but not an .npz; give an ImageFolder directory or an .npz")
+    from common.data.formats import described, file_formats, format_for  # data code stays out of --help
+
+    if data.is_file() and not format_for(data).is_file:
+        raise SiteConfigError(f"data-path {data} is a file but not {described(file_formats())}; give "
+                              f"{described()}")
     if data.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in data.iterdir()):
         raise SiteConfigError(f"data-path {data} has no class sub-folders; an ImageFolder tree has one folder per class")
     state = Path(node_config["state-dir"])
@@ -75,7 +81,19 @@ def check_site_data(node_config: Mapping[str, Any], classes: list[str] | None = 
     counts = [a + b for a, b in zip(site.train.class_counts(), site.val.class_counts())]
     classes = ", ".join(f"{name} {count}" for name, count in zip(site.train.classes, counts))
     return (f"data: {len(site.train)} training + {len(site.val)} validation images, "
-            f"{len(site.train.classes)} classes ({classes})")
+            f"{len(site.train.classes)} classes ({classes})" + data_notes(site))
+
+
+def data_notes(site: SiteData) -> str:
+    """What the loader changed or left out, for the operator: conversions, conflicting copies, test copies."""
+    report = site.train.report
+    notes = [f"converted {report.converted} images ({report.summary()})"] if report.conversions else []
+    if report.conflicting:
+        notes.append(f"dropped {report.conflicting} images stored under two classes (named in the log)")
+    if site.test_copies:
+        notes.append(f"{site.test_copies} images are byte-identical copies of central test images (test-hashes): "
+                     "counted, never trained or validated on")
+    return "".join(f"; {note}" for note in notes)
 
 
 

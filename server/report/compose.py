@@ -275,6 +275,8 @@ def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None)
             "test_examples": run.get("test_examples"),
             "test_class_counts": run.get("test_class_counts"),
             "test_stain_fallbacks": run.get("test_stain_fallbacks"),  # stain normalisation kept these as they were
+            # issue 25: test-set classes the run's dataset holds no image of outside the test set (simulation: no site)
+            "classes_without_training_images": run.get("classes_without_training_images", []),
             "trainable_parameters": run.get("trainable_parameters"),
             "rounds_planned": config.get("num-server-rounds"),
             "rounds_completed": max((line["round"] for line in rounds), default=None),

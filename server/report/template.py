@@ -163,7 +163,9 @@ TEMPLATE = """<!DOCTYPE html>
   <dl class="facts">
     <dt>Task</dt><dd>{{ task }}: {% for c in classes %}<span class="pill">{{ c }}</span>{% endfor %}</dd>
     <dt>Data</dt><dd>{{ dataset }}; central test set of {{ run.test_examples if run.test_examples is not none else 'n/a' }}
-      images (majority class {{ chance }}: a model that always guesses it gets this accuracy)</dd>
+      images (majority class {{ chance }}: a model that always guesses it gets this accuracy)
+      {#- issue 25: one line per test-set class with no training image #}
+      {% for c in run.classes_without_training_images %}<div class="untrained-class"><strong>class {{ c }}: no training images</strong> in the run's dataset outside the central test set (in a simulation: at no site)</div>{% endfor %}</dd>
     <dt>Sites</dt><dd>{{ sites_count }} ({{ site_names }})</dd>
     <dt>Rounds</dt><dd>{{ rounds_text }}{% if resumed %}; resumed {{ resumed | length }} time(s){% endif %}</dd>
     <dt>Model</dt><dd>{{ model_text }}</dd>
