@@ -124,6 +124,12 @@ def verify(data: dict[str, Any], key: bytes | None) -> Head | None:
         raise IntegrityError("the values sealed with its last link were changed", digest)
     if chain[-1][3] != digest:
         raise IntegrityError(_what_changed(values, head_values(data), chain[-1]), digest)
+    return head_of(block)
+
+
+def head_of(block: dict[str, Any]) -> Head:
+    """The head of a chain this process sealed or verified (no check here: `verify` is the check)."""
+    chain = block["chain"]
     return Head(seq=chain[-1][0], mac=chain[-1][4], time=chain[-1][1], began=chain[0][2], began_at=chain[0][1])
 
 

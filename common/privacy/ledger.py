@@ -208,7 +208,7 @@ class PrivacyLedger:
         sealed = integrity.seal(data, key, "; ".join([*self.pending, event]))
         atomic_write_json(self.path, sealed, private=True)  # 0600 in a 0700 state-dir
         self.chain_block, self.pending = sealed[integrity.BLOCK], []
-        self.head = integrity.verify(sealed, key)
+        self.head = integrity.head_of(self.chain_block)
 
     # -- recording --------------------------------------------------------------------
     def commit_round(self, history: list[tuple[float, float, int]], record: dict[str, Any]) -> None:
