@@ -10,7 +10,9 @@ The same ClientApp serves both worlds:
   budget, point it at other data, choose which patients sit in its validation split,
   switch `strict` or read its DP randomness. Optional keys: `epsilon-per-job`,
   `epsilon-per-period`, `period-days`, `accept-budget-change`, `val-fraction`, `share-diagnostics`, `dp-seed`, `split-key`,
-  `allow-non-private`, `strict`, `test-hashes` (docs/DEPLOYMENT.md).
+  `allow-non-private`, `strict`, `test-hashes`, `privacy-unit`, `groups-csv`, and the operator's acknowledgements
+  `accept-new-ledger` (a new ledger at ε 0: `common.privacy.new_ledger`) and `accept-ledger-edit` (a ledger
+  changed outside fedpath: `common.privacy.integrity`) (docs/DEPLOYMENT.md).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from common.config.checks import DEFAULT_PERIOD_DAYS, PRIVACY_UNIT_SETTINGS, per
 from common.config.run_config import ConfigError, RunConfig, resolve_path
 from common.paths import SITES_DIR, run_dir, simulated_site_id
 from common.privacy.dp_seed import dp_seed_problem
+from common.privacy.new_ledger import parse_ack
 
 DEPLOYMENT_KEYS = ("data-path", "site-id", "epsilon-budget", "delta", "state-dir")
 OPTIONAL_DEPLOYMENT_KEYS = (
     "allow-non-private", "strict", "epsilon-per-job", "accept-budget-change", "val-fraction", "share-diagnostics",
-    "dp-seed", "split-key", "privacy-unit", "groups-csv", "epsilon-per-period", "period-days", "test-hashes",
+    "dp-seed", "split-key", "privacy-unit", "groups-csv", "epsilon-per-period", "period-days", "test-hashes", "accept-new-ledger",
+    "accept-ledger-edit",
 )
 # A per-job cap of a quarter of the lifetime budget: one run (or one resumed job) spends at most a
 # quarter. It does not bound a coordinator that starts many runs: each opens a grant of its own, up to
@@ -64,6 +68,8 @@ class SiteIdentity:
     privacy_unit: str = "auto"  # auto | patient | patch
     groups_csv: Path | None = None  # deployed: the site's own patient mapping (default data-path/groups.csv)
     test_hashes: Path | None = None  # deployed: the centre's test-image SHA-256s (sha256sum format), never trained on
+    accept_new_ledger: str = ""  # "YYYY-MM-DD": the operator acknowledges a new ledger at ε 0 that day (deployed)
+    accept_ledger_edit: str = ""  # hex digest prefix: the operator accepts a ledger changed outside fedpath
 
     @property
     def job_cap(self) -> float:
@@ -125,7 +131,18 @@ def check_deployment_node_config(node_config: Mapping[str, Any]) -> tuple[float,
     change = str(node_config.get("accept-budget-change", ""))
     if change and parse_budget_change(change) is None:
         raise ConfigError(f'accept-budget-change must read "OLD->NEW" (e.g. "8->12"), got {change!r}')
+    _check_acknowledgements(node_config)
     return budget, delta
+
+
+def _check_acknowledgements(node_config: Mapping[str, Any]) -> None:
+    new_ledger = str(node_config.get("accept-new-ledger", ""))
+    if new_ledger and parse_ack(new_ledger) is None:
+        raise ConfigError(f'accept-new-ledger must be a date "YYYY-MM-DD" (today\'s), got {new_ledger!r}')
+    edit = str(node_config.get("accept-ledger-edit", ""))
+    if edit and (len(edit) < 16 or any(c not in "0123456789abcdefABCDEF" for c in edit)):
+        raise ConfigError(f"accept-ledger-edit must be the 16 hex digits the ledger's integrity refusal printed, "
+                          f"got {edit!r}")
 
 
 def parse_budget_change(text: str) -> tuple[float, float] | None:
@@ -186,4 +203,6 @@ def site_identity(node_config: Mapping[str, Any], config: RunConfig, run_id: int
         privacy_unit=str(node_config.get("privacy-unit", "auto")),
         groups_csv=resolve_path(str(node_config["groups-csv"])) if node_config.get("groups-csv") else None,
         test_hashes=resolve_path(str(node_config["test-hashes"])) if node_config.get("test-hashes") else None,
+        accept_new_ledger=str(node_config.get("accept-new-ledger", "")),
+        accept_ledger_edit=str(node_config.get("accept-ledger-edit", "")),
     )

@@ -15,12 +15,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from client.identity import SiteIdentity
+from client.identity import SiteIdentity, parse_budget_change
 from client.round_state import RoundState
 from client.round_types import RoundResult
 from common.privacy.accounting import BudgetExhausted, calibrate_noise, check_round, epsilon_of, grant_job
 from common.privacy.jobs import JobRecord, bind_run, choose_job, is_granted, recorded_grant, refusal_record
-from common.privacy.ledger import PrivacyLedger
+from common.privacy.ledger import LedgerError, PrivacyLedger
+from common.privacy.new_ledger import new_ledger_problem
 from common.privacy.period import PeriodAllowance, epsilon_in_period, rounds_in_period
 from common.training.steps import round_steps
 
@@ -29,7 +30,7 @@ log = logging.getLogger("fedpath.site")
 
 def spend_on_record(identity: SiteIdentity) -> tuple[float, float]:
     """(cumulative ε, ε of the trailing period or 0 without an allowance) the ledger records, read only."""
-    data = PrivacyLedger.recorded(identity.state_dir)
+    data = PrivacyLedger.recorded(identity.state_dir, identity.accept_ledger_edit)
     if data is None:
         return 0.0, 0.0
     delta = float(data["delta"])
@@ -37,6 +38,28 @@ def spend_on_record(identity: SiteIdentity) -> tuple[float, float]:
     if identity.epsilon_per_period <= 0:
         return spent, 0.0
     return spent, epsilon_in_period(data.get("rounds", []), identity.period_days, delta)
+
+
+def open_site_ledger(state: RoundState) -> PrivacyLedger:
+    """The site's ledger, verified (`common.privacy.integrity`); a new one only where the site may start at ε 0.
+
+    A deployed site starts a ledger only with its operator's dated acknowledgement, a simulated one only in a
+    directory without signs of an earlier ledger (`common.privacy.new_ledger`). What opening it changed (an
+    acknowledged budget change, the adoption of a ledger from before the integrity chain, an accepted edit) is
+    written at once, so the trail holds it even if the round then refuses.
+    """
+    identity = state.identity
+    problem = new_ledger_problem(identity.state_dir, identity.site_id, identity.deployed, identity.accept_new_ledger)
+    if problem:
+        raise LedgerError(problem)
+    how = (f"created (accept-new-ledger={identity.accept_new_ledger})" if identity.deployed
+           else "created (a simulated site's first round)")
+    ledger = PrivacyLedger.open(identity.state_dir, identity.site_id, state.delta, identity.epsilon_budget,
+                                unit=state.unit, accept_budget_change=parse_budget_change(identity.accept_budget_change),
+                                accept_edit=identity.accept_ledger_edit, created=how)
+    if ledger.needs_save:
+        ledger.save("opened by the site")
+    return ledger
 
 
 def planned_steps(state: RoundState, usable: int) -> tuple[int, float]:
@@ -83,7 +106,7 @@ def plan_job(state: RoundState, ledger: PrivacyLedger, sample_rate: float, steps
                 state, ledger, f"the site's allowance per period leaves no room for this job: {err}"))
     ledger.jobs[key] = JobRecord(state.grant, sigma, sample_rate, steps, remaining_rounds, request.server_round,
                                  request.run_id, _allowance(state)).as_dict()
-    ledger.save()
+    ledger.save("job")
     log.info("site %s grants job %s epsilon %.3g (asked %g, per-job cap %g, lifetime %g, spent %.3f); noise "
              "multiplier %.3f for %d steps per round", identity.site_id, key, state.grant.granted, config.epsilon,
              identity.job_cap, identity.epsilon_budget, state.grant.spent_before, sigma, steps)

@@ -42,6 +42,7 @@ class RoundState:
     grant: JobGrant | None = None
     epsilon_in_period: float = 0.0  # ε of the site's rounds in its trailing period (0 when it sets no allowance)
     local: dict[str, Any] = field(default_factory=dict)  # for the site's own log only (e.g. an ignored job id)
+    overridden: list[str] = field(default_factory=list)  # run-config keys its own settings won over (client.overrides)
 
     def reply(self, status: str, refusal: str = "", update: dict[str, np.ndarray] | None = None,
               sigma: float = 0.0, steps: int = 0, sample_rate: float = 0.0, train_loss: float = float("nan"),
@@ -75,8 +76,10 @@ class RoundState:
         return SiteReplyContent(
             site_id=self.identity.site_id, status=status, refusal=refusal, randomness=self.randomness,
             privacy_unit=self.unit, metrics=metrics, diagnostics=diagnostics, update=update,
+            overridden=",".join(self.overridden),
         )
 
     def refuse(self, code: str, detail: str) -> RoundResult:
-        log.warning("site %s refuses round %d: %s", self.identity.site_id, self.request.server_round, detail)
+        log.warning("site %s refuses round %d (unit of privacy: one %s): %s", self.identity.site_id,
+                    self.request.server_round, self.unit, detail)
         return RoundResult(self.reply("refused", refusal=code), local_reason=detail, local=self.local)

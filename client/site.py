@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.identity import SiteIdentity, parse_budget_change
-from client.job_planning import plan_job, planned_steps, round_over_budget, spend_on_record
+from client.identity import SiteIdentity
+from client.job_planning import open_site_ledger, plan_job, planned_steps, round_over_budget, spend_on_record
+from client.overrides import announce_job, ignored_run_config
+from client.privacy_unit import UnitUndecided, resolve_privacy_unit, unit_statement
 from client.round_state import RoundState
 from client.round_types import RoundRequest, RoundResult
 from client.server_input import ServerInputError, check_server_input
@@ -40,6 +42,7 @@ from common.data.imageset import DataError
 from common.data.sources import SiteData, check_classes, deployed_site, simulated_site, stain_handled
 from common.files import append_private
 from common.model.network import get_trainable_state
+from common.paths import SITE_LOG
 from common.privacy.accounting import epsilon_of
 from common.privacy.delta import auto_delta, check_delta
 from common.privacy.ledger import LedgerError, PrivacyLedger, site_lock
@@ -53,26 +56,13 @@ from common.wire.instruction import InstructionError
 
 log = logging.getLogger("fedpath.site")
 
-SITE_LOG = "site-rounds.jsonl"
-
-
-def resolve_privacy_unit(setting: str, data: SiteData) -> str:
-    """The unit of privacy in force: the site's setting, `auto` = patient where the data names patients."""
-    named = data.train.patient_groups
-    if setting == "auto":
-        return PATIENT if named else PATCH
-    if setting == PATIENT and not named:
-        raise ConfigError(
-            "privacy-unit=patient needs the site's patient (or slide) of every patch: a groups.csv "
-            "('path,group') in the data folder or at groups-csv; without one use privacy-unit=patch"
-        )
-    return setting
-
 
 def failure_code(err: BaseException) -> str:
     """The fixed code (common.wire.reply.FAILURES) under which a site's exception crosses the wire."""
     if isinstance(err, DataError):
         return "data"
+    if isinstance(err, UnitUndecided):
+        return "privacy-unit"
     if isinstance(err, ConfigError):
         return "config"
     if isinstance(err, ModelMismatch):
@@ -157,12 +147,16 @@ def _open_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest
                 data: SiteData) -> tuple[RoundState, int]:
     """The round's unit of privacy, its record count and δ, all decided by the site's own data and config."""
     n = len(data.train)
-    unit = resolve_privacy_unit(identity.privacy_unit, data) if config.dp else PATCH
+    unit = resolve_privacy_unit(identity.privacy_unit, data, identity.deployed) if config.dp else PATCH
     records, usable = patient_counts(data.train.groups, config.max_patches_per_patient) if unit == PATIENT else (n, n)
     delta = identity.delta if identity.delta is not None else auto_delta(records)
+    ignored = ignored_run_config(identity, config, unit)
+    announce_job(identity, config, request.run_id, unit, delta, ignored)  # the job's banner, once
     epsilon, epsilon_in_period = spend_on_record(identity)
     state = RoundState(identity, config, request, data, delta, time.time(), unit=unit, records=records,
-                       epsilon=epsilon, epsilon_in_period=epsilon_in_period)
+                       epsilon=epsilon, epsilon_in_period=epsilon_in_period, overridden=list(ignored))
+    if ignored:
+        state.local["ignored_run_config"] = ignored  # the site's own log, every round; only the names are sent
     return state, usable
 
 
@@ -210,10 +204,7 @@ def _train_non_private(state: RoundState, model: torch.nn.Module) -> RoundResult
 def _train_private(state: RoundState, model: torch.nn.Module, steps: int, sample_rate: float) -> RoundResult:
     """Under the site lock: grant and σ, budget check, DP-SGD, and the spend on disk before any reply."""
     identity, request = state.identity, state.request
-    ledger = PrivacyLedger.open(identity.state_dir, identity.site_id, state.delta, identity.epsilon_budget,
-                                unit=state.unit, accept_budget_change=parse_budget_change(identity.accept_budget_change))
-    if ledger.budget_changed:
-        ledger.save()
+    ledger = open_site_ledger(state)
     state.epsilon = ledger.epsilon()
     planned = plan_job(state, ledger, sample_rate, steps)
     if planned.refusal is not None:
@@ -236,8 +227,10 @@ def _train_private(state: RoundState, model: torch.nn.Module, steps: int, sample
         **_period_use(state, ledger, (sigma, outcome.sample_rate, outcome.steps)),
     })
     state.epsilon = ledger.epsilon()
-    log.info("site %s round %d: epsilon spent so far %.3f of %.3g (this job may reach %.3f)", identity.site_id,
-             request.server_round, state.epsilon, identity.epsilon_budget, state.grant.limit)
+    state.local["ledger_head"] = ledger.head.short() if ledger.head else ""  # matches the ledger's chain (auditors)
+    log.info("site %s round %d: epsilon spent so far %.3f of %.3g (this job may reach %.3f); %s; ledger %s",
+             identity.site_id, request.server_round, state.epsilon, identity.epsilon_budget, state.grant.limit,
+             unit_statement(state.unit, identity.privacy_unit), state.local["ledger_head"])
     return _trained(state, model, outcome, sigma)
 
 

@@ -11,14 +11,12 @@ with the ledger: a new key reshuffles the split).
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
-from pathlib import Path
 
 from client.identity import SiteIdentity
-from common.files import PRIVATE_FILE_MODE, open_private, private_dir
+from common.files import load_or_create_key
+from common.paths import SPLIT_KEY_FILE
 
-SPLIT_KEY_FILE = "split-key"
+__all__ = ["SPLIT_KEY_FILE", "load_or_create_key", "site_split_key"]
 
 
 def site_split_key(identity: SiteIdentity) -> bytes:
@@ -26,31 +24,3 @@ def site_split_key(identity: SiteIdentity) -> bytes:
     if identity.split_key:
         return hashlib.sha256(f"fedpath-split-key:{identity.split_key}".encode()).digest()
     return load_or_create_key(identity.state_dir / SPLIT_KEY_FILE)
-
-
-def load_or_create_key(path: Path) -> bytes:
-    """Read a hex key, or create it atomically: written to a temp file, then linked into place
-    (link fails if another process got there first, whose key is then used)."""
-    private_dir(path.parent)  # the state-dir: 0700
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_bytes(32).hex() + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    if path.stat().st_mode & 0o077:  # a key file from before state-dir files were private: tighten it
-        path.chmod(PRIVATE_FILE_MODE)
-    try:
-        key = bytes.fromhex(path.read_text().strip())
-    except ValueError:
-        key = b""
-    if len(key) < 16:
-        raise ValueError(f"{path} does not hold a hex key of at least 16 bytes; restore it from backup")
-    return key

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -100,3 +101,45 @@ def atomic_write_text(path: Path, text: str, private: bool = False) -> None:
 def atomic_write_json(path: Path, payload: Any, private: bool = False) -> None:
     with atomic_file(path, private=private) as handle:
         json.dump(payload, handle, indent=1)
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """A site's secret key file (hex, 0600): read it, or create 32 random bytes atomically.
+
+    Written to a temp file, then linked into place (link fails if another process got there first,
+    whose key is then used). Used for the split key and the ledger's integrity key.
+    """
+    private_dir(path.parent)  # the state-dir: 0700
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_bytes(32).hex() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        _fsync_dir(path.parent)
+    key = read_key(path)
+    assert key is not None
+    return key
+
+
+def read_key(path: Path) -> bytes | None:
+    """The hex key in `path` (at least 16 bytes), None when there is no such file; ValueError when unusable."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if path.stat().st_mode & 0o077:  # a key file from before state-dir files were private: tighten it
+        path.chmod(PRIVATE_FILE_MODE)
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise ValueError(f"{path} does not hold a hex key of at least 16 bytes; restore it from backup")
+    return key

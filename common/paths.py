@@ -1,7 +1,8 @@
 """Where a run's files live, computed identically by the server and simulated sites, and their names.
 
 Every name a run directory holds is defined here once: the server writes them, the report, a
-resumed run, the launcher and the harness read them (what each file holds: `server.run_store`).
+resumed run, the launcher and the harness read them (what each file holds: `server.run_store`);
+so are the names a site's state-dir holds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ SITES_DIR = "sites"  # simulated sites' state (ledger, site log) unless ledger-d
 def round_checkpoint(server_round: int) -> str:
     """The name of a round's checkpoint in CHECKPOINTS_DIR (sorts by round)."""
     return f"round-{server_round:04d}.pt"
+
+
+# A site's state-dir (simulation: <run>/sites/site-K): its privacy ledger, its own log of every round and its split
+# key (the ledger's integrity key is named in common.privacy.integrity).
+LEDGER_FILE = "privacy-ledger.json"
+SITE_LOG = "site-rounds.jsonl"
+SPLIT_KEY_FILE = "split-key"
 
 
 def run_dir(config: RunConfig, run_id: int) -> Path:

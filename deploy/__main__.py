@@ -12,6 +12,7 @@ COMMANDS = {
     "sites": ("deploy.register", "main_sites", "which node is which site: id, registered name, status, key fingerprint"),
     "superlink": ("deploy.superlink", "main", "start the SuperLink (TLS + SuperNode authentication)"),
     "site": ("deploy.site.command", "main", "check a site's configuration and start its SuperNode"),
+    "run": ("deploy.run", "main", "check a job's run config (naming any key the SuperLink would refuse), flwr run it"),
 }
 
 

@@ -60,6 +60,7 @@ class SiteReply:
     refusal: str = ""
     bytes_down: int = 0
     bytes_up: int = 0
+    overridden: list[str] = field(default_factory=list)  # run-config keys the site's own settings won over
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class SiteReply:
             "diagnostics": self.diagnostics,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
+            "overridden": self.overridden,
         }
 
 
@@ -213,7 +215,8 @@ class FedPathStrategy:
             return SiteReply(node_id, name, "rejected", f"reply does not follow the fedpath schema: {err}",
                              bytes_down=down, bytes_up=up), False
         reply = SiteReply(node_id, decoded.site_id, decoded.status, decoded.reason, decoded.metrics,
-                          decoded.diagnostics, decoded.randomness, decoded.privacy_unit, decoded.refusal, down, up)
+                          decoded.diagnostics, decoded.randomness, decoded.privacy_unit, decoded.refusal, down, up,
+                          decoded.overridden_keys)
         if decoded.status == "refused" or arrays is None:
             reply.status = "refused"
             reply.reason = reply.reason or "no update sent"

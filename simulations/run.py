@@ -102,15 +102,23 @@ def data_warnings(pool: Any, test: Any, copies: int, trained: list[list[int]]) -
 
 
 def preflight_privacy(run_config: list[str], sites: int, app_dir: Path = REPO) -> None:
-    """Refuse a δ that some simulated site could not accept (δ > 1/(10·n)) before anything starts.
+    """Refuse a unit of privacy the sites cannot decide, or a δ that some simulated site could not accept
+    (δ > 1/(10·n)), before anything starts.
 
-    The sites would refuse it themselves, each with a failure; this says it once, with the numbers
-    (the launcher is the experimenter's own process, so counts may be printed here).
+    The sites would refuse them themselves, each with a failure; this says it once, with the numbers
+    (the launcher is the experimenter's own process, so counts may be printed here). The unit: data that
+    names no patients trains only with `privacy-unit='patch'` said explicitly (client.privacy_unit).
     """
     config = load_app_config(app_dir / "pyproject.toml", run_config)
-    if not config.dp or config.delta == 0:
+    if not config.dp:
         return
+    from client.privacy_unit import resolve_privacy_unit  # noqa: PLC0415 - torch-free; kept out of --help
     from common.data.sources import simulated_site  # loads torch-free data code; kept out of --help
+
+    if sites:
+        resolve_privacy_unit(config.privacy_unit, simulated_site(config, 0, sites), deployed=False)  # UnitUndecided
+    if config.delta == 0:
+        return
 
     sizes = {k: len(simulated_site(config, k, sites).train) for k in range(sites)}
     bad = {k: n for k, n in sizes.items() if check_delta(config.delta, n)}

@@ -11,7 +11,9 @@ train with real Opacus DP-SGD.
 One federation serves the module (starting it costs ~20 s); the runs are:
 
 * run A, 2 rounds, all three sites, default privacy settings; the coordinator asks for
-  epsilon=1000. Each site grants only its own share: site-b and site-c (lifetime 8, default
+  epsilon=1000, and for `delta=0.05`, `privacy-unit=patient`, `site-epsilon-budget=1000`, `strict=true` and
+  `site-share-diagnostics=true`, which each site ignores, logs once and names in its reply. Each site
+  grants only its own share: site-b and site-c (lifetime 8, default
   per-job cap = a quarter, 2) spend at most 2; site-a (lifetime 8, `epsilon-per-job=8`) may
   spend its whole budget. The report's header shows the grants and budgets of the ledgers.
 * run B, 1 round, default settings again: site-a refuses (its lifetime budget is spent),
@@ -53,6 +55,7 @@ from common.wire import reply as wire
 from deploy.flower import flower_bin, flower_env
 from simulations.local_superlink import free_port
 from simulations.processes import kill_processes_with_env
+from tests.helpers.site_inputs import new_site
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +68,9 @@ BUDGET = 8.0  # every site's lifetime budget
 SITE_A_PER_JOB = 8.0  # site-a lets one job spend its whole budget; the others keep the default (a quarter)
 CONNECTION = "fedpath"
 RUN_TIMEOUT = 300
+# What a coordinator asks that every deployed site takes from its own node config instead (issue 24).
+IGNORED_BY_SITES = {"delta": 0.05, "privacy-unit": "patient", "site-epsilon-budget": 1000.0, "strict": True,
+                    "site-share-diagnostics": True}
 
 
 @dataclass
@@ -125,7 +131,8 @@ class Federation:
         """`python -m deploy site ...` for `site` (its data), signing with `key`, keeping state in `state`."""
         node_config = (
             f'data-path="{self.root / "data" / site}" site-id="{key or site}" '
-            f'epsilon-budget={self.budgets.get(site, BUDGET)} delta={DELTA} state-dir="{state or self.state(site)}"'
+            f'epsilon-budget={self.budgets.get(site, BUDGET)} delta={DELTA} state-dir="{state or self.state(site)}" '
+            + " ".join(f'{k}="{v}"' for k, v in new_site().items())  # patch-level DP, chosen; a new ledger, acknowledged
             + (f" epsilon-per-job={SITE_A_PER_JOB}" if site == "site-a" else "") + (f" {extra}" if extra else "")
         )
         return [
@@ -292,7 +299,7 @@ def run_a(federation: Federation) -> RunResult:
     code, output, run_dir = federation.run(
         _run_config(**{"num-server-rounds": 2, "min-available-nodes": 3, "epsilon": 1000.0, "strategy": "fedyogi",
                        "weights": str(federation.root / "resnet18.pth"),
-                       "dataset": str(federation.root / "data" / "central")}),
+                       "dataset": str(federation.root / "data" / "central"), **IGNORED_BY_SITES}),
         federation.root / "logs" / "run-a.log",
     )
     assert code == 0, f"flwr run failed ({code}):\n{output[-4000:]}"
@@ -355,11 +362,18 @@ def test_two_rounds_each_site_spends_only_what_it_grants_the_job(federation: Fed
         log = federation.daemons[site_id].text()
         assert f"{site_id} round 1 epoch 1/1" in log and f"site {site_id} round 1: epsilon spent so far" in log
         assert ".png" not in log and "patch-" not in log
+        # the unit in the launcher's banner, the job's banner and every round's line; the ignored keys, once
+        unit = "unit of privacy: one patch (privacy-unit=patch; a patient with k patches is protected only as a group)"
+        assert f"budget epsilon=8 delta=0.0001, {unit}" in log and f"fedpath site {site_id}, run {run_id}: {unit}" in log
+        assert all(unit in line for line in log.splitlines() if "epsilon spent so far" in line)
+        assert log.count("ignores the coordinator's run-config keys") == 1
+        assert "delta=0.05 (applies 0.0001)" in log and 'privacy-unit="patient" (applies "patch")' in log
     # every value the sites sent is declared by the reply schema (the server would have rejected it otherwise)
     for line in (run_a.run_dir / "metrics.jsonl").read_text().splitlines():
         for reply in json.loads(line).get("sites", []):
             assert set(reply["metrics"]) <= {f.key for f in wire.FIELDS if f.record == wire.METRICS}
             assert reply["status"] in ("trained", "refused") and reply["diagnostics"] is None
+            assert set(IGNORED_BY_SITES) <= set(reply["overridden"])  # named in the reply, not applied
 
 
 def test_killed_site_does_not_stop_the_run_and_keeps_its_ledger(federation: Federation, run_a: RunResult) -> None:

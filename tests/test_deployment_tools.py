@@ -33,6 +33,7 @@ from deploy.site.node_config import format_node_config
 from deploy.superlink import SuperLinkConfigError, plan_superlink
 from deploy.superlink import build_parser as superlink_parser
 from simulations.local_superlink import free_port
+from tests.helpers.site_inputs import new_site
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,7 +51,7 @@ def site_files(tmp_path: Path) -> dict[str, Path]:
 
 def node_config(files: dict[str, Path], **override: object) -> str:
     values: dict[str, object] = {"data-path": str(files["data"]), "site-id": "site-a", "epsilon-budget": 8.0,
-                                 "delta": 1e-5, "state-dir": str(files["state"])}
+                                 "delta": 1e-5, "state-dir": str(files["state"]), **new_site()}
     values.update(override)
     return " ".join(f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in values.items() if v is not None)
 
@@ -114,7 +115,8 @@ def test_node_config_file_is_accepted_and_paths_become_absolute(site_files: dict
     monkeypatch.chdir(tmp_path)
     toml = tmp_path / "site-a.toml"
     toml.write_text('data-path = "export"\nsite-id = "site-a"\nepsilon-budget = 4\ndelta = 1e-5\n'
-                    'state-dir = "state"\nallow-non-private = false\n')
+                    'state-dir = "state"\nallow-non-private = false\n'
+                    + "".join(f'{k} = "{v}"\n' for k, v in new_site().items()))
     site = plan(site_files, config=str(toml))
     assert site.node_config["data-path"] == str(tmp_path / "export")  # the ClientApp runs elsewhere
     assert site.node_config["state-dir"] == str(tmp_path / "state")

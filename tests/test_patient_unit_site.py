@@ -9,17 +9,20 @@ import pytest
 from opacus.accountants import PRVAccountant
 
 from client.identity import SiteIdentity, site_identity
+from client.privacy_unit import UnitUndecided
 from client.round_types import RoundRequest
-from client.site import run_round
+from client.site import failure_code, run_round
 from common.config.run_config import ConfigError, RunConfig
 from common.data.sources import dataset_classes, simulated_site
 from common.model.factory import initial_model
 from common.model.network import frozen_fingerprint, get_trainable_state
+from common.paths import SITE_LOG
 from common.privacy.accounting import epsilon_of
 from common.privacy.ledger import LEDGER_FILE
 from common.training.patient_dp import patient_counts
 from common.training.steps import epoch_steps
 from tests.conftest import tiny_run_config, write_image_tree
+from tests.helpers.site_inputs import new_site
 
 
 def _request(config: RunConfig) -> RoundRequest:
@@ -58,15 +61,25 @@ def test_groups_known_means_patient_level_by_default_and_the_ledger_says_so(tmp_
 
 
 @pytest.mark.slow  # a site round, sigma calibrated
-def test_patient_level_without_patient_ids_is_refused_with_the_fix(tmp_path: Path) -> None:
+def test_without_patient_ids_a_site_trains_at_patch_level_only_when_its_node_config_says_so(tmp_path: Path) -> None:
+    """The defect: a site whose data lost its groups.csv trained at patch level without a word (issue 24)."""
     write_image_tree(tmp_path / "data", per_class=20)
     node = {"data-path": str(tmp_path / "data"), "site-id": "h", "epsilon-budget": 8.0, "delta": 1e-5,
-            "state-dir": str(tmp_path / "state")}
+            "state-dir": str(tmp_path / "state"), "accept-new-ledger": new_site()["accept-new-ledger"]}
     config = RunConfig.from_mapping({"image-size": 32, "batch-size": 16, "num-server-rounds": 1})
     model, _ = initial_model(config, 2)
     request = RoundRequest(1, 1, get_trainable_state(model), ["benign", "tumour"], frozen_fingerprint(model))
     with pytest.raises(ConfigError, match="groups.csv"):
         run_round(site_identity({**node, "privacy-unit": "patient"}, config, 1), config, request)
-    # auto: no patient ids, so the unit is the patch, and the reply says so
-    result = run_round(site_identity(node, config, 1), config, request)
+    # auto (the default) without patient ids: refused before anything trains, with the fix, under its own code
+    with pytest.raises(UnitUndecided, match='never falls back to the patch.*privacy-unit="patch" in its node config'
+                       ) as refused:
+        run_round(site_identity(node, config, 1), config, request)
+    assert failure_code(refused.value) == "privacy-unit" and not (tmp_path / "state" / LEDGER_FILE).exists()
+    log = [json.loads(line) for line in (tmp_path / "state" / SITE_LOG).read_text().splitlines()]
+    assert log[-1]["status"] == "failed" and log[-1]["code"] == "privacy-unit"  # the full reason stays here
+    assert "never falls back" in log[-1]["error"]
+    # said explicitly in the node config: patch level, and the reply says so
+    result = run_round(site_identity({**node, "privacy-unit": "patch"}, config, 1), config, request)
     assert result.status == "trained" and result.reply.privacy_unit == "patch"
+    assert json.loads((tmp_path / "state" / LEDGER_FILE).read_text())["unit"] == "patch"

@@ -40,6 +40,7 @@ from common.training.patient_dp import patient_counts
 from common.training.settings import TrainSettings
 from server.target_statistics import public_batchnorm_statistics
 from tests.conftest import tiny_run_config, write_image_tree
+from tests.helpers.site_inputs import new_site
 
 SECRET, OTHER_SECRET = "ab" * 32, "cd" * 32
 CLASSES = ["benign", "tumour"]
@@ -59,7 +60,7 @@ def _patient_tree(root: Path) -> Path:
 def _node(state: Path, data: Path, **extra: object) -> dict[str, object]:
     """The site's own node config; val-fraction 0 keeps every patch in training (n and patients exact)."""
     return {"data-path": str(data), "site-id": "hospital-a", "epsilon-budget": 8.0, "delta": 1e-3,
-            "state-dir": str(state), "val-fraction": 0, **extra}
+            "state-dir": str(state), "val-fraction": 0, "accept-new-ledger": new_site()["accept-new-ledger"], **extra}
 
 
 def _request(config: RunConfig, classes: list[str] = CLASSES, bn_statistics: bytes | None = None) -> RoundRequest:

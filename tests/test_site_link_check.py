@@ -32,6 +32,7 @@ from deploy.register import list_sites, register_site
 from deploy.site.command import main as site_main
 from simulations.local_superlink import free_port
 from simulations.processes import kill_processes_with_env
+from tests.helpers.site_inputs import new_site
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,7 @@ class Link:
         state = self.root / "state" / site
         self.homes.append(state / "flwr-home")
         node_config = (f'data-path="{self.root / "data"}" site-id="{site}" epsilon-budget=8.0 delta=1e-5 '
-                       f'state-dir="{state}"')
+                       f'state-dir="{state}" ' + " ".join(f'{k}="{v}"' for k, v in new_site().items()))
         return [*DEPLOY, "site", "--superlink", self.address, "--root-certificates", str(self.root / "certs" / "ca.crt"),
                 "--private-key", str(self.key(site)), "--runtime-port", str(free_port()), "--node-config", node_config,
                 *extra]

@@ -24,6 +24,7 @@ from common.model.network import frozen_fingerprint, get_trainable_state
 from common.privacy.randomness import public_randomness
 from common.training.local import train_local
 from common.training.settings import TrainSettings
+from tests.helpers.site_inputs import new_site
 
 CLASSES = ("lung_aca", "lung_n", "lung_scc")
 
@@ -187,7 +188,7 @@ def test_patient_level_dp_training_with_stain_augmentation(real_patches: np.ndar
 @pytest.mark.slow  # a site round with Macenko fits
 def test_site_round_trains_under_dp_with_normalize_and_augment(lc25000: Path, tmp_path: Path) -> None:
     node = {"data-path": str(_real_tree(lc25000, tmp_path / "site", 8)), "site-id": "h", "epsilon-budget": 8.0,
-            "delta": 1e-3, "state-dir": str(tmp_path / "state"), "privacy-unit": "patch"}
+            "delta": 1e-3, "state-dir": str(tmp_path / "state"), **new_site()}
     config = RunConfig.from_mapping({"image-size": 32, "batch-size": 8, "num-server-rounds": 1, "min-site-examples": 5,
                                      "stain": "normalize+augment"})
     model, _ = initial_model(config, 3)

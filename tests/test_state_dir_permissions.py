@@ -20,8 +20,10 @@ from client.site import SITE_LOG, run_round
 from client.site_keys import SPLIT_KEY_FILE, site_split_key
 from common.data.folder import cache_dir, load_image_folder
 from common.files import atomic_write_text
+from common.privacy.integrity import KEY_FILE
 from common.privacy.ledger import LEDGER_FILE, PrivacyLedger, site_lock
 from tests.conftest import write_image_tree
+from tests.helpers.site_inputs import new_site
 
 
 @pytest.fixture
@@ -40,7 +42,8 @@ def _mode(path: Path) -> int:
 
 def _deployed(state: Path, data: Path) -> SiteIdentity:
     return SiteIdentity(site_id="site-a", deployed=True, state_dir=state, epsilon_budget=8.0, delta=1e-3,
-                        data_path=data, epsilon_per_job=8.0, val_fraction=0.2)
+                        data_path=data, epsilon_per_job=8.0, val_fraction=0.2, privacy_unit="patch",
+                        accept_new_ledger=new_site()["accept-new-ledger"])
 
 
 def test_every_state_dir_file_of_a_real_round_is_private(tmp_path: Path, open_umask: None) -> None:
@@ -57,7 +60,7 @@ def test_every_state_dir_file_of_a_real_round_is_private(tmp_path: Path, open_um
     request = RoundRequest(1, 1, get_trainable_state(model), ["benign", "tumour"], frozen_fingerprint(model))
     assert run_round(_deployed(state, data), config, request).status == "trained"
     files = sorted(p for p in state.rglob("*") if p.is_file())
-    assert {p.name for p in files} >= {LEDGER_FILE, SITE_LOG, SPLIT_KEY_FILE, ".lock"}
+    assert {p.name for p in files} >= {LEDGER_FILE, KEY_FILE, SITE_LOG, SPLIT_KEY_FILE, ".lock"}
     assert _mode(state) == 0o700
     assert {p.name: _mode(p) for p in files} == {p.name: 0o600 for p in files}
 

@@ -30,7 +30,7 @@ from common.data.npz import load_npz
 from common.privacy.randomness import public_randomness
 from common.training.patient_dp import PatientPoissonSampler, patient_counts, patient_index
 from common.training.private import without_rows
-from deploy.site.preflight import check_site_data
+from deploy.site.preflight import check_site_files
 from server.report.compose import compose_report
 from server.report.html import render_html
 from server.test_hashes import main as write_test_hashes
@@ -195,8 +195,10 @@ def test_the_site_pre_flight_says_how_many_test_copies_it_withholds(tmp_path: Pa
     data = site_tree(tmp_path / "data", per_class=10)
     (tmp_path / "test.sha256").write_text("".join(f"{_sha256(data / 'benign' / f'{i}.png')}  t{i}.png\n"
                                                   for i in range(3)))
-    note = check_site_data(deployed_node(tmp_path, data, **{"test-hashes": str(tmp_path / "test.sha256")}))
-    assert note.startswith("data: ") and ("3 images are byte-identical copies of central test images (test-hashes): "
+    notes = check_site_files(deployed_node(tmp_path, data, **{"test-hashes": str(tmp_path / "test.sha256")}),
+                             write=False).notes
+    note = next(n for n in notes if n.startswith("data: "))
+    assert ("3 images are byte-identical copies of central test images (test-hashes): "
                                           "counted, never trained or validated on") in note
 
 

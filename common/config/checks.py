@@ -23,7 +23,8 @@ PARTITIONINGS = ("iid", "dirichlet")
 NAMED_DATASETS = ("synthetic", "pathmnist")
 NAMED_WEIGHTS = ("auto", "imagenet", "none")
 GRAD_SAMPLE_MODES = ("auto", "hooks", "ghost")
-# auto: patient where the data names patients (groups.csv, synthetic slides), patch otherwise.
+# auto: patient where the data names patients (groups.csv, synthetic slides); data that names none is refused
+# (client.privacy_unit): a site trains at patch level only when its configuration says `patch`.
 PRIVACY_UNIT_SETTINGS = ("auto", "patient", "patch")
 
 # A site's ε allowance per period (common.privacy.period): the period's default length, in days.

@@ -54,7 +54,7 @@ class RunConfig:
     site_accept_budget_change: str = ""
     site_share_diagnostics: bool = False
     site_dp_seed: str = ""
-    privacy_unit: str = "auto"  # simulation (deployed sites: node config): auto = patient where groups are known
+    privacy_unit: str = "auto"  # simulation (deployed sites: node config): auto = patient, no groups: refused
     max_patches_per_patient: int = DEFAULT_MAX_PATCHES_PER_PATIENT
     noise_multiplier: float = 0.0
     max_grad_norm: float = 1.0

@@ -9,6 +9,10 @@ Durability: the file is replaced atomically (temp file, fsync, rename, fsync of 
 directory) under an exclusive lock, and a round's spend is committed before its update
 leaves the site, so a crash can over-count but never under-count. A file that cannot be
 parsed stops the site with an error: resetting it silently would forget real spending.
+
+Tamper evidence (`common.privacy.integrity`): every write appends a link to an HMAC chain under the site's
+ledger key (`state-dir/ledger-key`), and every read verifies it, so a hand edit is refused, not believed.
+A ledger from before the chain is adopted once, on its first write, with a logged notice.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import fcntl
 import getpass
 import json
+import logging
 import os
 import socket
 import time
@@ -28,10 +33,14 @@ from typing import Any
 from opacus.accountants import RDPAccountant
 
 from common.files import atomic_write_json, open_private, private_dir
+from common.paths import LEDGER_FILE
+from common.privacy import integrity
 from common.privacy.accounting import epsilon_of
 
+log = logging.getLogger("fedpath.site")
+__all__ = ["FORMAT", "LEDGER_FILE", "LedgerError", "PrivacyLedger", "site_lock"]
+
 FORMAT = "fedpath-privacy-ledger/1"
-LEDGER_FILE = "privacy-ledger.json"
 
 
 class LedgerError(RuntimeError):
@@ -62,6 +71,11 @@ class PrivacyLedger:
     # True when `open` applied a new lifetime budget: the site (round or launcher) saves it, so the
     # audit trail holds the change; a mere reader never writes.
     budget_changed: bool = field(default=False, compare=False)
+    # The integrity chain as read (None: a new or never-chained ledger), its verified head, and what the next
+    # write must record before its own event (created, adopted, an acknowledged edit).
+    chain_block: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    head: integrity.Head | None = field(default=None, compare=False)
+    pending: list[str] = field(default_factory=list, compare=False)
 
     # -- accounting -------------------------------------------------------------------
     def epsilon(self) -> float:
@@ -78,19 +92,22 @@ class PrivacyLedger:
     @classmethod
     def open(
         cls, state_dir: Path, site_id: str, delta: float, epsilon_budget: float, unit: str | None = None,
-        accept_budget_change: tuple[float, float] | None = None,
+        accept_budget_change: tuple[float, float] | None = None, accept_edit: str = "", created: str = "created",
     ) -> PrivacyLedger:
         """Load the site's ledger, or start an empty one if the site has never trained.
 
         `unit` is the site's unit of privacy (the site always passes it; None only reads the
         recorded one, "patch" for a new ledger). A raised lifetime budget is refused unless `accept_budget_change` names exactly the
         old and the new value (the operator's acknowledgement); every change, raise or cut,
-        is appended to `budget_changes` (saved with the ledger's next write).
+        is appended to `budget_changes` (saved with the ledger's next write). The integrity chain must
+        verify (`accept_edit`: the content digest an operator acknowledged, accept-ledger-edit); a new
+        ledger's first write records `created` (how it came to be).
         """
         path = Path(state_dir) / LEDGER_FILE
         if not path.exists():
-            return cls(path, site_id, delta, epsilon_budget, unit=unit or "patch")
+            return cls(path, site_id, delta, epsilon_budget, unit=unit or "patch", pending=[f"{created} by {_who()}"])
         data = _read(path)
+        head, pending = _verified(path, data, accept_edit)
         if data.get("site_id") != site_id:
             raise LedgerError(
                 f"{path} belongs to site {data.get('site_id')!r}, not {site_id!r}; each site needs its own state-dir"
@@ -119,6 +136,7 @@ class PrivacyLedger:
             runs={str(k): str(v) for k, v in data.get("runs", {}).items()},
             budget_changes=list(data.get("budget_changes", [])),
             unit=recorded_unit,
+            chain_block=data.get(integrity.BLOCK) if head else None, head=head, pending=pending,  # accepted: new chain
         )
         ledger.budget_changed = ledger._change_budget(epsilon_budget, accept_budget_change)
         return ledger
@@ -135,19 +153,36 @@ class PrivacyLedger:
                 "its node config (simulation: site-accept-budget-change) to acknowledge it; the change is recorded "
                 "in the ledger. Lowering a budget needs no acknowledgement."
             )
-        self.budget_changes.append({
-            "time": time.time(), "old": old, "new": new, "by": _who(),
-            "how": "accept-budget-change" if new > old else "lowered",
-        })
+        spent = self.epsilon()
+        how = "accept-budget-change" if new > old else "lowered" if new >= spent else "lowered below spent: exhausted"
+        self.budget_changes.append({"time": time.time(), "old": old, "new": new, "by": _who(), "how": how,
+                                    "spent": spent})
+        if new < spent:
+            log.warning("site %s: lifetime budget lowered from %g to %g, below the epsilon %.3f already spent: the "
+                        "site is now exhausted and refuses every round", self.site_id, old, new, spent)
         self.epsilon_budget = new
         return True
 
+    @property
+    def exhausted(self) -> bool:
+        """True when what is spent reaches the lifetime budget (e.g. after lowering it below the spend)."""
+        return self.epsilon() >= self.epsilon_budget
+
+    @property
+    def needs_save(self) -> bool:
+        """True when opening changed what the file should say (a budget change, adoption, an accepted edit)."""
+        return self.budget_changed or (bool(self.pending) and self.path.exists())
+
     @staticmethod
-    def recorded(state_dir: Path) -> dict[str, Any] | None:
-        """The ledger file's content, checked, read only (None when the site has never trained): for
-        replies that must state the site's spend before any round is planned."""
+    def recorded(state_dir: Path, accept_edit: str = "") -> dict[str, Any] | None:
+        """The ledger file's content, checked (its integrity too), read only (None when the site has never
+        trained): for replies that must state the site's spend before any round is planned."""
         path = Path(state_dir) / LEDGER_FILE
-        return _read(path) if path.exists() else None
+        if not path.exists():
+            return None
+        data = _read(path)
+        _verified(path, data, accept_edit)
+        return data
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,9 +201,14 @@ class PrivacyLedger:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
-    def save(self) -> None:
-        """Atomically replace the ledger file with the current state."""
-        atomic_write_json(self.path, self.to_json(), private=True)  # 0600 in a 0700 state-dir
+    def save(self, event: str = "update") -> None:
+        """Atomically replace the ledger file with the current state, one more link in its integrity chain."""
+        key = integrity.ledger_key(self.path.parent, create=True)
+        data = {**self.to_json(), **({integrity.BLOCK: self.chain_block} if self.chain_block else {})}
+        sealed = integrity.seal(data, key, "; ".join([*self.pending, event]))
+        atomic_write_json(self.path, sealed, private=True)  # 0600 in a 0700 state-dir
+        self.chain_block, self.pending = sealed[integrity.BLOCK], []
+        self.head = integrity.head_of(self.chain_block)
 
     # -- recording --------------------------------------------------------------------
     def commit_round(self, history: list[tuple[float, float, int]], record: dict[str, Any]) -> None:
@@ -179,11 +219,19 @@ class PrivacyLedger:
             raise LedgerError("the accountant history after training does not extend the ledger's history")
         self.history = [(float(s), float(q), int(n)) for s, q, n in history]
         self.rounds.append({**record, "epsilon_after": self.epsilon(), "time": time.time()})
-        self.save()
+        self.save("round")
 
     def record_refusal(self, record: dict[str, Any]) -> None:
         self.refusals.append({**record, "time": time.time()})
-        self.save()
+        self.save("refusal")
+
+
+def _verified(path: Path, data: dict[str, Any], accept_edit: str) -> tuple[integrity.Head | None, list[str]]:
+    """The chain's head and the events the next write must record (`integrity.check`); LedgerError when it fails."""
+    try:
+        return integrity.check(path, data, accept_edit, _who())
+    except ValueError as err:  # IntegrityError (with the fix), or an unreadable ledger-key
+        raise LedgerError(str(err)) from None
 
 
 def _close(a: float, b: float) -> bool:

@@ -56,6 +56,9 @@ FIELDS: tuple[ReplyField, ...] = (
     ReplyField("randomness", SITE, str, CONFIGURED,
                "where the site's DP noise came from: 'secure' (OS CSPRNG) or 'site-seed' (reproducible)"),
     ReplyField("privacy-unit", SITE, str, CONFIGURED, "what one DP record is: 'patient' or 'patch'"),
+    ReplyField("overridden", SITE, str, CONFIGURED,
+               "the run-config keys this site did not apply because its own settings win, comma-separated from a "
+               "fixed list ('' when none; a simulated site applies the run config)"),
     ReplyField("num-examples", METRICS, int, ACCOUNTING,
                "n, the number of training records; FedAvg weighs by it (0 when refused)"),
     ReplyField("epsilon", METRICS, float, ACCOUNTING, "the site's cumulative ε over everything it ever released"),
@@ -101,12 +104,22 @@ REFUSALS: dict[str, str] = {
     "period-allowance-exceeded": "this round would take the ε of the site's rounds in its trailing period beyond "
                                  "its allowance per period (epsilon-per-period)",
 }
+# The run-config keys a deployed site takes from its own node config instead (client.overrides): the only words
+# `overridden` may hold.
+OVERRIDABLE: tuple[str, ...] = (
+    "delta", "privacy-unit", "val-fraction", "strict", "ledger-dir", "site-epsilon-budget", "site-epsilon-per-job",
+    "site-epsilon-per-period", "site-period-days", "site-accept-budget-change", "site-share-diagnostics",
+    "site-dp-seed",
+)
 # Fixed failure codes: an exception at a site crosses the wire only as one of these.
 FAILURES: dict[str, str] = {
     "data": "the site could not load or check its data",
     "config": "the site's configuration (node config or run config) is invalid for this site",
     "model": "the site's model does not match the server's (weights, arch, policy or classes)",
-    "ledger": "the site's privacy ledger refused the round (unreadable, other site, or changed δ/unit/budget)",
+    "ledger": "the site's privacy ledger refused the round (unreadable, failed its integrity check, missing, other "
+              "site, or changed δ/unit/budget)",
+    "privacy-unit": "the site's data names no patients and its operator has not chosen patch-level DP "
+                    "(privacy-unit=patch), so it trains at neither unit",
     "server-input": "the server sent an instruction with undeclared or missing keys, or non-finite or out-of-range "
                     "weights, statistics or numbers; refused before any data was read",
     "internal": "an unexpected error at the site",
@@ -130,10 +143,15 @@ class SiteReplyContent:
     metrics: dict[str, float]
     diagnostics: dict[str, Any] | None = None
     update: dict[str, Any] | None = field(default=None, repr=False)
+    overridden: str = ""  # comma-separated keys of OVERRIDABLE (client.overrides)
 
     @property
     def reason(self) -> str:
         return REFUSALS.get(self.refusal, "")
+
+    @property
+    def overridden_keys(self) -> list[str]:
+        return [k for k in self.overridden.split(",") if k]
 
 
 def _fields(record: str) -> list[ReplyField]:
@@ -157,7 +175,7 @@ def _typed(f: ReplyField, value: Any) -> Any:
 def encode(reply: SiteReplyContent) -> dict[str, dict[str, Any]]:
     """Records to send: {"metrics": {...}, "site": {...}, "diagnostics": {...}?}; arrays separately."""
     site = {"site-id": reply.site_id, "status": reply.status, "refusal": reply.refusal,
-            "randomness": reply.randomness, "privacy-unit": reply.privacy_unit}
+            "randomness": reply.randomness, "privacy-unit": reply.privacy_unit, "overridden": reply.overridden}
     metrics = {f.key: _typed(f, reply.metrics[f.key]) for f in _fields(METRICS)}
     out: dict[str, dict[str, Any]] = {METRICS: metrics, SITE: site}
     if reply.diagnostics is not None:
@@ -184,6 +202,9 @@ def _check(records: Mapping[str, Mapping[str, Any]]) -> None:
         raise ReplyError(f"status must be trained or refused, got {site.get('status')!r}")
     if site.get("refusal") and site["refusal"] not in REFUSALS:
         raise ReplyError(f"unknown refusal code {site['refusal']!r}")
+    unknown = [k for k in str(site.get("overridden", "")).split(",") if k and k not in OVERRIDABLE]
+    if unknown:
+        raise ReplyError(f"overridden names keys {unknown} outside the fixed list of overridable run-config keys")
 
 
 def decode(records: Mapping[str, Mapping[str, Any]], update: dict[str, Any] | None) -> SiteReplyContent:
@@ -192,7 +213,7 @@ def decode(records: Mapping[str, Mapping[str, Any]], update: dict[str, Any] | No
     site = records[SITE]
     return SiteReplyContent(
         site_id=str(site["site-id"]), status=str(site["status"]), refusal=str(site["refusal"]),
-        randomness=str(site["randomness"]), privacy_unit=str(site["privacy-unit"]),
+        randomness=str(site["randomness"]), privacy_unit=str(site["privacy-unit"]), overridden=str(site["overridden"]),
         metrics={k: _typed(FIELD_BY_KEY[k], v) for k, v in records[METRICS].items()},
         diagnostics=dict(records[DIAGNOSTICS]) if DIAGNOSTICS in records else None,
         update=update,

@@ -2,7 +2,9 @@
 
 * `command`     — the command line (`main`);
 * `node_config` — the node config file the site's daemon reads;
-* `preflight`   — data, state-dir and ledger checked before anything starts;
+* `preflight`   — data, classes, unit of privacy and state-dir checked before anything starts;
+* `ledger_check` — the privacy ledger verified, and changed only by a real start (never by `--check`);
 * `plan`        — TLS, the site key and the `flower-supernode` command;
-* `link_status` — what the SuperLink answered, as an exit status.
+* `link_status` — what the SuperLink answered, as an exit status;
+* `leftovers`   — Flower processes of this site's previous daemon, ended by PID before it starts again.
 """

@@ -15,11 +15,19 @@ launcher checks, before anything connects:
   the coordinator's run config);
 * `data-path` is an ImageFolder tree or an `.npz` file that the ClientApp's own loader
   accepts (empty class folders, unreadable files under strict=true, ... are refused in the
-  loader's words); `state-dir` is writable; an existing privacy ledger there is readable and
-  belongs to this site with this delta;
+  loader's words), with the federation's classes (`--classes`) and a unit of privacy (a
+  patient where the data names patients; the patch only with `privacy-unit="patch"`);
+  `state-dir` is writable; an existing privacy ledger there is readable, passes its integrity
+  check and belongs to this site with this delta and unit; a missing one is started (at ε 0)
+  only with `accept-new-ledger="<today's date>"`;
+* Flower processes left by this site's previous daemon (a ClientApp that outlived a killed
+  SuperNode) are ended by PID (`deploy.site.leftovers`); a daemon of this site still running
+  stops the start;
 * TLS: a readable root certificate (or the system's trust store), and the site's EC key
   for SuperNode authentication. Plaintext only with `--insecure-local-testing`, and then
   only to a loopback address.
+
+`--check` and `--check-link` change no ledger and end no process: they say what a start would do.
 
 Then it asks the SuperLink whether the key is registered and its node free
 (`deploy.link_check`): Flower's SuperNode says `Failed to activate SuperNode` for both an
@@ -51,6 +59,7 @@ from pathlib import Path
 
 from client.identity import DEPLOYMENT_KEYS, OPTIONAL_DEPLOYMENT_KEYS
 from deploy import link_check
+from deploy.site.leftovers import end_leftovers, mark_daemon
 from deploy.site.link_status import link_status
 from deploy.site.node_config import SiteConfigError
 from deploy.site.plan import SitePlan, plan_site
@@ -108,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     except (SiteConfigError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    state = Path(plan.node_config["state-dir"])
+    try:
+        plan.notes += end_leftovers(state, act=not (args.check or args.check_link))
+    except SiteConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.check or args.check_link:
         _summary(plan)
         print(" ".join(shlex.quote(c) for c in plan.command))
@@ -119,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         status = link_status(plan, args.activation_wait, checking=False)
         if status:
             return status
+    mark_daemon(state, plan.env)  # this PID becomes the daemon: its children carry the token (deploy.site.leftovers)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(plan.command[0], plan.command, plan.env)
@@ -141,7 +157,8 @@ def _log_to(path: Path) -> None:
 def _summary(plan: SitePlan) -> None:
     config = plan.node_config
     print(f"fedpath site {plan.site_id}: data {config['data-path']}, state {config['state-dir']}, "
-          f"budget epsilon={config['epsilon-budget']:g} delta={config['delta']:g}", file=sys.stderr)
+          f"budget epsilon={config['epsilon-budget']:g} delta={config['delta']:g}, {plan.unit_statement}",
+          file=sys.stderr)
     for note in plan.notes:
         print(f"  {note}", file=sys.stderr)
 

@@ -32,6 +32,7 @@ class SitePlan:
     log_file: Path | None
     notes: list[str]
     link: LinkTarget | None = None  # None: plaintext testing, no key to ask the SuperLink about
+    unit_statement: str = ""  # the unit of privacy the site will train at, and why (deploy.site.preflight)
 
 
 
@@ -51,14 +52,16 @@ class LinkTarget:
 
 
 def plan_site(args: argparse.Namespace) -> SitePlan:
-    """Check everything and build the command; raises SiteConfigError."""
+    """Check everything and build the command; raises SiteConfigError. `--check`/`--check-link` write no ledger."""
     try:
         host, port = split_address(args.superlink)
     except ValueError as err:
         raise SiteConfigError(f"--superlink: {err}") from None
     node_config = check_node_config(parse_node_config(args.node_config))
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    notes = check_site_files(node_config, classes)
+    checking = bool(getattr(args, "check", False) or getattr(args, "check_link", False))
+    found = check_site_files(node_config, classes, write=not checking)
+    notes = found.notes
     state = Path(node_config["state-dir"])
 
     command = [flower_bin("flower-supernode"), "--superlink", args.superlink]
@@ -76,7 +79,7 @@ def plan_site(args: argparse.Namespace) -> SitePlan:
     env = flower_env(flwr_home)
     env.setdefault("FEDPATH_CACHE_DIR", str(state / "cache"))
     log_file = Path(args.log_file).expanduser().resolve() if args.log_file else None
-    return SitePlan(node_config["site-id"], node_config, command, env, log_file, notes, link)
+    return SitePlan(node_config["site-id"], node_config, command, env, log_file, notes, link, found.unit_statement)
 
 
 def _connection(args: argparse.Namespace, host: str, port: int,

@@ -1,26 +1,39 @@
-"""Pre-flight checks of a site's machine: its data, its state directory and its privacy ledger.
+"""Pre-flight checks of a site's machine: its data, classes and unit of privacy, its state directory, its ledger.
 
 Run by `python -m deploy site` before anything connects, so that a site whose data the
 ClientApp would refuse, whose state directory is not writable or whose ledger belongs to
 another site stops at start-up with a message naming what to fix, not at its first round.
+With `write=False` (`--check`, `--check-link`) it changes no ledger: the file stays byte-identical.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.files import private_dir
+from deploy.site.ledger_check import check_ledger
 from deploy.site.node_config import SiteConfigError
 
 if TYPE_CHECKING:
     from common.data.sources import SiteData
 
 
-def check_site_files(node_config: Mapping[str, Any], classes: list[str] | None = None) -> list[str]:
-    """Data, state directory and ledger checks; returns notes for the operator."""
+@dataclass(frozen=True)
+class SiteFiles:
+    """What the pre-flight found: notes for the operator and the unit of privacy the site will train at."""
+
+    notes: list[str]
+    unit: str
+    unit_statement: str
+
+
+def check_site_files(node_config: Mapping[str, Any], classes: list[str] | None = None,
+                     write: bool = True) -> SiteFiles:
+    """Data, classes, unit of privacy, state directory and ledger; SiteConfigError naming what to fix."""
     data = Path(node_config["data-path"])
     if not data.exists():
         raise SiteConfigError(f"data-path {data} does not exist")
@@ -45,13 +58,14 @@ def check_site_files(node_config: Mapping[str, Any], classes: list[str] | None =
     if not os.access(state, os.W_OK | os.X_OK):
         raise SiteConfigError(f"state-dir {state} is not writable by this user; the privacy ledger lives there")
 
-    notes = _check_ledger(node_config, state)
-    notes.append(check_site_data(node_config, classes))
-    return notes
+    site = _load_site(node_config, classes)
+    notes = [_data_note(site), *_check_classes(site, classes, data)]
+    unit, statement = _unit(node_config, site)
+    notes += check_ledger(node_config, state, unit, write)
+    return SiteFiles(notes, unit, statement)
 
 
-
-def check_site_data(node_config: Mapping[str, Any], classes: list[str] | None = None) -> str:
+def _load_site(node_config: Mapping[str, Any], classes: list[str] | None) -> Any:
     """Load `data-path` through the ClientApp's own loader now, not at the first round hours later.
 
     `client.site.load_site_data` is what the ClientApp calls each round (it reads the site's
@@ -72,12 +86,15 @@ def check_site_data(node_config: Mapping[str, Any], classes: list[str] | None = 
     previous = os.environ.get("FEDPATH_CACHE_DIR")
     os.environ["FEDPATH_CACHE_DIR"] = previous or str(Path(node_config["state-dir"]) / "cache")  # as the daemon's
     try:
-        site = load_site_data(site_identity(node_config, config, run_id=0), config, classes)
+        return load_site_data(site_identity(node_config, config, run_id=0), config, classes)
     except (DataError, OSError) as err:
         raise SiteConfigError(f"data-path cannot be trained on: {err}") from None
     finally:
         if previous is None:
             os.environ.pop("FEDPATH_CACHE_DIR", None)
+
+
+def _data_note(site: Any) -> str:
     counts = [a + b for a, b in zip(site.train.class_counts(), site.val.class_counts())]
     classes = ", ".join(f"{name} {count}" for name, count in zip(site.train.classes, counts))
     return (f"data: {len(site.train)} training + {len(site.val)} validation images, "
@@ -96,31 +113,46 @@ def data_notes(site: SiteData) -> str:
     return "".join(f"; {note}" for note in notes)
 
 
+def _check_classes(site: Any, classes: list[str] | None, data: Path) -> list[str]:
+    """The data's classes against the federation's (`--classes`), as the ClientApp checks them every round.
 
-def _check_ledger(node_config: Mapping[str, Any], state: Path) -> list[str]:
-    """The existing privacy ledger must belong to this site and delta; say what it holds."""
-    from client.identity import parse_budget_change
-    from common.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
+    A data-path one level too high (an export folder whose sub-folders are batches or scanners, each holding
+    the class folders) loads as classes named after those sub-folders; it must stop here, not in round 1.
+    """
+    from common.data.imageset import DataError
+    from common.data.sources import check_classes
 
-    notes = []
-    if (state / LEDGER_FILE).exists():
-        try:
-            ledger = PrivacyLedger.open(
-                state, node_config["site-id"], node_config["delta"], node_config["epsilon-budget"],
-                unit=None,  # the unit in force is resolved with the data at the first round
-                accept_budget_change=parse_budget_change(str(node_config.get("accept-budget-change", ""))),
-            )
-        except (LedgerError, KeyError, TypeError, ValueError) as err:
-            raise SiteConfigError(f"the privacy ledger in state-dir cannot be used: {err}") from None
-        if ledger.budget_changed:  # the operator's (acknowledged) change is on record before the site starts
-            ledger.save()
-        notes.append(
-            f"privacy ledger {ledger.path}: epsilon {ledger.epsilon():.3f} of {node_config['epsilon-budget']:g} "
-            f"spent in {len(ledger.rounds)} round(s) (delta={ledger.delta:g}, unit of privacy: one {ledger.unit})"
-        )
-        for change in ledger.budget_changes:
-            notes.append(f"lifetime budget changed from {change['old']:g} to {change['new']:g} by {change['by']} "
-                         f"({change['how']})")
-    else:
-        notes.append(f"no privacy ledger yet in {state}: this site has not trained; it starts at epsilon 0")
-    return notes
+    found = list(site.train.classes)
+    if not classes:
+        return [f"no --classes: the class folders ({', '.join(found)}) are checked against the federation's class "
+                "list only at the first round; give --classes A,B,... to check them now"]
+    try:
+        check_classes(found, classes, f"data-path {data}")
+    except DataError as err:
+        raise SiteConfigError(f"{err}. {_class_fix(data, classes)}") from None
+    return []
+
+
+def _class_fix(data: Path, classes: list[str]) -> str:
+    if data.is_dir():
+        for sub in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            inside = {p.name for p in sub.iterdir() if p.is_dir()}
+            if inside & set(classes):
+                return (f"data-path looks one level too high: {sub} holds class folders "
+                        f"({', '.join(sorted(inside & set(classes)))}); point data-path at {sub} (one export "
+                        "folder per site and node config)")
+    return ("Rename the class folders to the federation's class names, or ask the coordinator for the class list "
+            "(an empty folder named after a class declares a class this site has no images of)")
+
+
+def _unit(node_config: Mapping[str, Any], site: Any) -> tuple[str, str]:
+    """The unit of privacy the ClientApp will train at, decided now from the same data and node config."""
+    from client.privacy_unit import resolve_privacy_unit, unit_statement
+    from common.config.run_config import ConfigError
+
+    setting = str(node_config.get("privacy-unit", "auto"))
+    try:
+        unit = resolve_privacy_unit(setting, site, deployed=True)
+    except ConfigError as err:
+        raise SiteConfigError(str(err)) from None
+    return unit, unit_statement(unit, setting)

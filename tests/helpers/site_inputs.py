@@ -3,6 +3,7 @@ the run config and the server's request."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from PIL import Image
@@ -33,10 +34,16 @@ def site_config(**extra: object) -> RunConfig:
     return RunConfig.from_mapping(values)
 
 
+def new_site() -> dict[str, str]:
+    """What a new deployed site over a tree without groups.csv says in its node config: patch-level DP, chosen
+    explicitly, and today's acknowledgement that its ledger starts at epsilon 0 (common.privacy.new_ledger)."""
+    return {"privacy-unit": "patch", "accept-new-ledger": dt.date.today().isoformat()}
+
+
 def deployed_node(tmp_path: Path, data: Path, **node: object) -> dict[str, object]:
-    """A deployed site's node config over `data`, its state under `tmp_path / "state"`."""
+    """A new deployed site's node config over `data` (`new_site`), its state under `tmp_path / "state"`."""
     return {"data-path": str(data), "site-id": "hospital-a", "epsilon-budget": 8.0, "delta": 1e-4,
-            "state-dir": str(tmp_path / "state"), **node}
+            "state-dir": str(tmp_path / "state"), **new_site(), **node}
 
 
 def round_request(config: RunConfig, classes: list[str] = CLASSES) -> RoundRequest:
