@@ -23,17 +23,21 @@ ATTACK = {"delta": 0.05, "privacy-unit": "patch", "site-epsilon-budget": 1000.0,
           "site-epsilon-per-period": 0.0}
 
 
-def _settings(tmp_path: Path, config: dict) -> dict[str, dict]:
-    run_dir = write_accounted_run(tmp_path, [SiteCase("site-0", "patient"), SiteCase("site-1", "patient")], 2,
-                                  config=config)
+# What deployed sites name in their replies' `overridden` when asked ATTACK (client/overrides.py).
+NAMED = ("delta", "privacy-unit", "site-epsilon-budget", "site-dp-seed", "strict", "site-share-diagnostics")
+
+
+def _settings(tmp_path: Path, config: dict, named: tuple[str, ...] = ()) -> dict[str, dict]:
+    run_dir = write_accounted_run(tmp_path, [SiteCase("site-0", "patient", overridden=named),
+                                             SiteCase("site-1", "patient", overridden=named)], 2, config=config)
     report = compose_report(run_dir)
     return {row["key"]: row for row in report["privacy_settings"]}
 
 
 def test_keys_the_sites_did_not_apply_are_marked_overridden_with_what_they_applied(tmp_path: Path) -> None:
-    rows = _settings(tmp_path, ATTACK)
+    rows = _settings(tmp_path, ATTACK, NAMED)
     for key in ("delta", "privacy-unit", "site-epsilon-budget", "site-dp-seed", "noise-multiplier", "epsilon",
-                "site-share-diagnostics"):
+                "site-share-diagnostics", "strict"):
         assert rows[key]["verdict"] == OVERRIDDEN, (key, rows[key])
     assert rows["delta"]["sites"][0] == {"site_id": "site-0", "applied": "1e-05", "status": OVERRIDDEN}
     assert rows["privacy-unit"]["sites"][1]["applied"] == "patient"
@@ -41,8 +45,11 @@ def test_keys_the_sites_did_not_apply_are_marked_overridden_with_what_they_appli
     assert rows["site-dp-seed"]["sites"][0]["applied"] == "secure"  # the mode; the seed itself is never sent
     assert rows["delta"]["text"] == ("delta = 0.05: overridden by the sites' own settings (site-0 applied 1e-05; "
                                      "site-1 applied 1e-05)")
-    # what no reply shows is said to be unconfirmed, never marked as applied
-    assert rows["strict"]["verdict"] == NOT_REPORTED and rows["site-epsilon-per-job"]["verdict"] == NOT_REPORTED
+    # a key whose value no reply carries: overridden where the sites name it, applied where they reply without
+    # naming it; and what no reply can show at all is said to be unconfirmed, never marked as applied
+    assert rows["strict"]["sites"][0] == {"site_id": "site-0", "applied": "its own setting", "status": OVERRIDDEN}
+    assert rows["site-epsilon-per-job"]["verdict"] == "applied"
+    assert rows["max-patches-per-patient"]["verdict"] == NOT_REPORTED
     assert rows["max-grad-norm"]["verdict"] == "applied" and rows["dp"]["verdict"] == "applied"
     assert set(rows) == set(PRIVACY_KEYS)
 

@@ -5,9 +5,10 @@ A coordinator may set `privacy-unit=patch`, `delta=0.05`, `site-epsilon-budget=1
 node config and ledger win) and a simulated site takes the `site-*` keys as its node config. So
 the report must not list the run config as if it applied: for each privacy key this module reads
 the site summaries (`server/report/compose.py`, folded from the replies) and says, per site,
-whether the value it reported is the one the job asked for, or its own. Where the reply carries
-no value that shows it (`common/wire/reply.py`), the key is marked "not reported": the report
-cannot confirm it, and says so instead of guessing.
+whether the value it reported is the one the job asked for, or its own. For keys whose value no
+reply carries but that a site compares with its own settings (`common.wire.reply.OVERRIDABLE`),
+the reply's `overridden` names the ones its own setting won over. Where nothing in the reply shows
+a key, it is marked "not reported": the report cannot confirm it, and says so instead of guessing.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.config.toml_values import toml_value
+from common.wire.reply import OVERRIDABLE
 from server.report.format import is_number, short
 
 APPLIED, OVERRIDDEN, SITE_DECIDES, NOT_REPORTED, NO_REPLY = (
@@ -122,17 +124,29 @@ def _shown(value: Any) -> str:
     return short(value) if is_number(value) else str(value)
 
 
+AS_ASKED, OWN_SETTING = "the value asked", "its own setting"
+
+
+def _named_overridden(key: str) -> Callable[[dict[str, Any]], Any]:
+    """For a key whose applied value no reply carries: what a site that replied says through `overridden`."""
+    return lambda site: (OWN_SETTING if key in site.get("overridden", []) else AS_ASKED) if site.get("replied") else None
+
+
 def _setting(check: Check, config: dict[str, Any], sites: list[dict[str, Any]]) -> dict[str, Any]:
     asked = config.get(check.key)
     row: dict[str, Any] = {"key": check.key, "asked": toml_value(asked),
                            "reply_value": check.reply, "sites": []}
     if check.reported is None or check.matches is None:
-        return {**row, "verdict": NOT_REPORTED, "text": f"{check.key}: {VERDICT_TEXT[NOT_REPORTED]} (no reply value "
-                "shows it; a deployed site takes it from its own node config)"}
+        if check.key not in OVERRIDABLE:
+            return {**row, "verdict": NOT_REPORTED, "text": f"{check.key}: {VERDICT_TEXT[NOT_REPORTED]} (no reply "
+                    "value shows it; a deployed site takes it from its own node config)"}
+        check = Check(check.key, "overridden", _named_overridden(check.key), lambda _, applied: applied == AS_ASKED)
     for site in sites:
         value = check.reported(site)
         status = NO_REPLY if value is None else \
             {True: APPLIED, False: OVERRIDDEN, None: SITE_DECIDES}[check.matches(asked, value)]
+        if status == APPLIED and check.key in site.get("overridden", []):
+            status = OVERRIDDEN  # the site says its own setting won, whatever value it reports
         row["sites"].append({"site_id": site["site_id"], "applied": None if value is None else _shown(value),
                              "status": status})
     statuses = {s["status"] for s in row["sites"]} - {NO_REPLY}

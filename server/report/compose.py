@@ -118,6 +118,7 @@ def _new_site(site_id: str, config: dict[str, Any]) -> dict[str, Any]:
         "dp": bool(config.get("dp", True)), "val_examples": None, "steps": 0, "randomness": None,
         "privacy_unit": None, "shares_diagnostics": False, "replied": False,  # replied: sent its values
         "epsilon_per_period": None, "period_days": None, "epsilon_in_period": None,
+        "overridden": [],  # run-config keys the site's own settings won over, as its replies named them
     }
 
 
@@ -128,6 +129,7 @@ def _add_reply(site: dict[str, Any], reply: dict[str, Any], round_number: int) -
     site["replied"] = site["replied"] or bool(metrics)
     if reply.get("privacy_unit"):
         site["privacy_unit"] = reply["privacy_unit"]
+    site["overridden"] = sorted(set(site["overridden"]) | set(reply.get("overridden") or []))
     if reply.get("randomness") and reply.get("status") in ("trained", "rejected"):
         site["randomness"] = reply["randomness"]  # a refusal comes before the site draws its randomness
     if diagnostics or metrics.get("shares-diagnostics"):

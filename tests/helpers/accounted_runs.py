@@ -40,6 +40,7 @@ class SiteCase:
     exhausted: bool = False  # this job's first round uses up its lifetime budget; it refuses the rest
     allowance: bool = False  # an allowance per period (epsilon-per-period)
     refuses_all: bool = False  # earlier jobs used up its budget: it refuses every round of this run
+    overridden: tuple[str, ...] = ()  # run-config keys its own settings won over, as its replies name them
 
 
 def accountant_epsilon(history: list[tuple[float, float, int]]) -> float:
@@ -101,7 +102,7 @@ def replies(case: SiteCase, rounds: int, node: int, asked: float = ASKED) -> dic
         out[r] = SiteReply(node, case.site_id, "trained" if trained else "refused",
                            "" if trained else "the site's privacy budget leaves no room for this job",
                            metrics, None, "secure", case.unit, "" if trained else "budget-exhausted",
-                           51984, 51984 if trained else 0).as_dict()
+                           51984, 51984 if trained else 0, list(case.overridden)).as_dict()
     return out
 
 
