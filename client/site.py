@@ -33,7 +33,6 @@ from client.round_types import RoundRequest, RoundResult
 from client.server_input import ServerInputError, check_server_input
 from client.site_keys import site_split_key
 from client.site_model import ModelMismatch, start_model
-from common.audit.canaries import AUDITED_PARTITION, with_run_canaries
 from common.config.run_config import ConfigError, RunConfig
 from common.config.stain_settings import augments
 from common.config.strategies import proximal_mu_ok
@@ -42,7 +41,7 @@ from common.data.imageset import DataError
 from common.data.sources import SiteData, check_classes, deployed_site, simulated_site, stain_handled
 from common.files import append_private
 from common.model.network import get_trainable_state
-from common.paths import SITE_LOG
+from common.paths import AUDITED_PARTITION, SITE_LOG
 from common.privacy.accounting import epsilon_of
 from common.privacy.delta import auto_delta, check_delta
 from common.privacy.ledger import LedgerError, PrivacyLedger, site_lock
@@ -82,7 +81,12 @@ def load_site_data(identity: SiteIdentity, config: RunConfig, classes: list[str]
                                            site_split_key(identity), strict=identity.strict, classes=classes,
                                            groups_csv=identity.groups_csv, test_hashes=test_hashes), config)
     data = simulated_site(config, identity.partition_id, identity.num_partitions)
-    return with_run_canaries(data, config) if identity.partition_id == AUDITED_PARTITION else data
+    if identity.partition_id != AUDITED_PARTITION or config.audit_canaries <= 0:
+        return data
+    # Simulation audit only: the audit's code is loaded here, never at a deployed site nor in a run without canaries.
+    from common.audit.canaries import with_run_canaries
+
+    return with_run_canaries(data, config)
 
 
 def run_round(identity: SiteIdentity, config: RunConfig, request: RoundRequest) -> RoundResult:

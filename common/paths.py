@@ -51,3 +51,10 @@ def run_dir(config: RunConfig, run_id: int) -> Path:
 def simulated_site_id(partition_id: int) -> str:
     """The name of the simulated site of Flower's partition `partition_id` (its ledger's directory too)."""
     return f"site-{partition_id}"
+
+
+# The simulated site (partition id) that trains with a run's audit canaries (`audit-canaries`), and its name in
+# replies, records and the report. Here, not in common.audit, so the site can tell it is the one without
+# importing the audit (which it loads, lazily, only when a simulation asks for canaries).
+AUDITED_PARTITION = 0
+AUDITED_SITE = simulated_site_id(AUDITED_PARTITION)

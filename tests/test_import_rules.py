@@ -7,11 +7,13 @@ checked on every run. Imports under `if TYPE_CHECKING:` never run and do not cou
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
 
-from tests.helpers.source_tree import Import, imports, module_name, python_files, relative
+from tests.helpers.source_tree import REPO, Import, imports, module_name, python_files, relative
 
 HEAVY = ("torch", "torchvision", "opacus", "flwr", "torchstain")
 FEDPATH = ("common", "server", "client", "deploy", "simulations")
@@ -87,11 +89,20 @@ def test_import_rule(rule: str) -> None:
     assert breaks == [], f"{rule}: " + "; ".join(breaks)
 
 
-@pytest.mark.xfail(strict=True, reason="client/site.py imports common.audit.canaries at module level until the "
-                                       "lead moves the audit hook out of the site's path (issue 22)")
 def test_the_site_imports_no_audit_at_module_level() -> None:
     """common/audit/__init__ and client/__init__: a deployed site never holds canaries."""
     assert Rule(("client",), ("common.audit",), module_level_only=True).breaks() == []
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch, Opacus and Flower
+def test_loading_the_sites_path_loads_no_audit_module() -> None:
+    """What a hospital's daemon imports to train (the ClientApp, the round, the training package, the launcher)
+    loads no module of `common.audit` and not the harness: checked in a fresh interpreter, not by reading the code."""
+    probe = ("import sys; import client.app, client.site, common.training.local, common.training.private, deploy.site.command; "
+             "print(','.join(sorted(m for m in sys.modules if m.startswith(('common.audit', 'simulations.harness')))))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=True)
+    assert done.stdout.strip() == "", f"the site's path loaded {done.stdout.strip()}"
 
 
 def test_the_rules_see_imports_at_all() -> None:

@@ -22,11 +22,9 @@ from typing import Any
 import numpy as np
 
 from common.data.imageset import ImageSet
-from common.paths import simulated_site_id
+from common.paths import AUDITED_PARTITION, AUDITED_SITE  # noqa: F401 - re-exported: the audit's names for them
 
 CANARY_PREFIX = "canary-"
-AUDITED_PARTITION = 0  # the simulated site (partition id) that trains with a run's canaries
-AUDITED_SITE = simulated_site_id(AUDITED_PARTITION)  # its name in replies, records and the report
 RUN_CANARY_STREAM = 1212  # separates a run's canary randomness from every other use of its seed
 
 
