@@ -24,7 +24,7 @@ the Fleet API it uses anyway, signed with its own key, exactly as its SuperNode 
 1. `ActivateNode` with heartbeat interval 0, outside Flower's bounds [10, 1800] s. Flower
    1.42's handler looks the key up *before* it checks the interval, so an unregistered key
    gets `2004 Failed to activate SuperNode` and a registered one `2003 Invalid heartbeat
-   interval`; the node is not activated either way (tests/test_site_link_check.py checks
+   interval`; the node is not activated either way (tests/deploy/test_site_link_check.py checks
    this against a real SuperLink, so a Flower upgrade that changes it fails there).
 2. For a registered key, a real `ActivateNode` (Flower's 30 s interval): success means the
    node was free, and it is deactivated again at once (what a SuperNode does on SIGTERM), so

@@ -92,7 +92,7 @@ TINY_SIMULATION = (
     "num-server-rounds=2 synthetic-images=600 image-size=32 batch-size=32 lr=0.1 "
     "epsilon=8.0 delta=1e-4 seed=1 bootstrap-samples=100 "
     "audit-canaries=40 "  # site-0 trains with canaries: the report's privacy audit, from a real run
-    "strategy='fedadam'"  # the real-run coverage of Flower's FedOpt family (tests/test_strategies.py has the rest)
+    "strategy='fedadam'"  # the real-run coverage of Flower's FedOpt family (tests/server/test_strategies.py has the rest)
 )
 
 

@@ -1,7 +1,7 @@
 """Classification metrics for the central evaluation, in plain NumPy.
 
 Kept free of scikit-learn (not in the design card's package list); each function is
-small enough to check against hand-computed cases in tests/test_metrics.py.
+small enough to check against hand-computed cases in tests/evaluation/test_metrics.py.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def bootstrap_headline_cis(
     A resample is a vector of counts (how often each example was drawn), so each metric
     becomes a weighted metric: confusion matrices are one matrix product, and AUCs come
     from per-score-block weight sums. Same indices and same values as `bootstrap_ci` with
-    the per-metric functions (tests/test_metrics.py checks), ~100x faster.
+    the per-metric functions (tests/evaluation/test_metrics.py checks), ~100x faster.
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     n, classes = probs.shape

@@ -121,7 +121,7 @@ def conv2d_norm_sample(
     ||G_n A_n^T||_F^2 = sum_{t,s} (G_n^T G_n)_{ts} (A_n^T A_n)_{ts}: the "ghost norm" trick,
     cheaper whenever T^2 < C*D (deep layers). Otherwise G_n A_n^T is formed directly, which
     is still cheap there (early layers have few channels). Exact, not an approximation:
-    tests/test_dp_fast_paths.py checks it against per-sample gradients.
+    tests/training/test_dp_fast_paths.py checks it against per-sample gradients.
     """
     if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
         grads = compute_conv_grad_sample(layer, activations, backprops)

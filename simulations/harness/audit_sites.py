@@ -9,7 +9,7 @@ broken on purpose while the site still *claims* the calibrated mechanism (`FAULT
 
 Both run fedpath's own training path with other settings, not a patched copy of it, and the claimed
 accountant history is what a site with that bug would write. The audit must find such runs inconsistent
-(bound > claimed ε); `tests/test_audit_gradient_canaries.py` checks that it does, with the odds computed.
+(bound > claimed ε); `tests/audit/test_audit_gradient_canaries.py` checks that it does, with the odds computed.
 """
 
 from __future__ import annotations

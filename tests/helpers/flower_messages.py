@@ -1,7 +1,7 @@
 """Real Flower `Message`s built like a site's reply, and a Grid of three nodes, for strategy tests.
 
-The aggregation tests (tests/test_update_screening.py, tests/test_strategies.py,
-tests/test_bn_statistics.py) run real Flower strategies on these; they need the identity
+The aggregation tests (tests/server/test_update_screening.py, tests/server/test_strategies.py,
+tests/model/test_bn_statistics.py) run real Flower strategies on these; they need the identity
 Flower gives a ServerApp process, which the `flower_process` fixture (tests/conftest.py) sets.
 """
 

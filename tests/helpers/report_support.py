@@ -4,7 +4,7 @@ A run directory is written with the project's own pieces: the validated run conf
 (`RunConfig`), the run store (`RunStore`), the strategy's reply record (`SiteReply`) and the
 metric code (`common.evaluation.metrics`) applied to predictions of a classifier that gets better every
 round. The report code then reads it exactly as it reads a real run's directory; the one real
-`flwr run` run is covered by tests/test_report_integration.py.
+`flwr run` run is covered by tests/report/test_report_integration.py.
 """
 
 from __future__ import annotations

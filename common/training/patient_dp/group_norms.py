@@ -25,7 +25,7 @@ from common.model.dp_layers import ChannelAffine, channel_affine_grad_sample
 # i.e. the group behaves like one sample whose positions are its members' positions side by side,
 # and ||g_P||^2 = sum_{i,j in P} <G_i^T G_j, A_i^T A_j> (the cross-sample Gram blocks), or g_P is
 # formed directly as a (C x D) matrix, whichever takes fewer operations. Exact in both cases, checked against
-# per-patient gradients computed by a loop in tests/test_patient_dp.py.
+# per-patient gradients computed by a loop in tests/training/test_patient_dp.py.
 
 
 class PatchGroups:

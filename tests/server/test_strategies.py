@@ -1,7 +1,7 @@
 """Server strategies (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad): config, composition, FedProx at the site.
 
 Aggregation runs real Flower strategies on real `Message`s built like a site's reply
-(tests/test_update_screening.py): the composed class must give exactly what the plain
+(tests/server/test_update_screening.py): the composed class must give exactly what the plain
 Flower strategy gives on the updates that pass screening, and keep fedpath's bookkeeping.
 """
 

@@ -1,6 +1,6 @@
 """The deployment tools without a federation: launcher checks, TLS refusals, key material, config.
 
-Fast: nothing here connects anywhere. The real TLS federation is tests/test_deployment.py.
+Fast: nothing here connects anywhere. The real TLS federation is tests/deploy/test_deployment.py.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from deploy.superlink import build_parser as superlink_parser
 from simulations.local_superlink import free_port
 from tests.helpers.site_inputs import new_site
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

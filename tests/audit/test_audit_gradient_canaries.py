@@ -173,7 +173,7 @@ def test_only_the_simulation_harness_sets_extra_records() -> None:
     import re
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     setting = re.compile(r"""\bextra_records\s*=(?!=)|["']extra_records["']""")
     shipped = [p for folder in ("client", "server", "common", "deploy") for p in (repo / folder).rglob("*.py")]
     assert len(shipped) > 40  # the tree was found

@@ -227,7 +227,7 @@ def test_the_default_reference_is_torchstains() -> None:
 
 
 def test_the_report_states_the_stain_setting(tmp_path: Path) -> None:
-    """run.json -> report.json -> the summary's line (the page itself: tests/test_report_html.py)."""
+    """run.json -> report.json -> the summary's line (the page itself: tests/report/test_report_html.py)."""
     from server.report.compose import compose_report
     from tests.helpers.report_support import build_run_dir
 

@@ -32,7 +32,7 @@ from tests.helpers.site_inputs import new_site
 
 pytestmark = pytest.mark.slow  # Python subprocesses and a Flower daemon
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from common.training.settings import TrainSettings
 from common.training.steps import grad_sample_mode_for
 from tests.conftest import tiny_run_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SEED = "5e" * 32  # a site-held dp-seed of 256 bits
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 

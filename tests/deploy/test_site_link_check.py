@@ -36,7 +36,7 @@ from tests.helpers.site_inputs import new_site
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = [sys.executable, "-m", "deploy"]
 CONNECTION = "fedpath"
 

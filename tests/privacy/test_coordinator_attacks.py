@@ -204,6 +204,6 @@ def test_a_data_error_crosses_the_wire_as_a_fixed_code_without_the_file_name(tmp
 
 def test_privacy_doc_table_is_the_reply_schema() -> None:
     """docs/PRIVACY.md's 'what crosses the wire' table is generated from common/wire/reply.py, not written by hand."""
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "PRIVACY.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "PRIVACY.md").read_text()
     start, end = doc.index(wire.WIRE_TABLE_BEGIN), doc.index(wire.WIRE_TABLE_END) + len(wire.WIRE_TABLE_END)
     assert doc[start:end] == wire.wire_markdown(), "regenerate with: python -m common.wire.reply"

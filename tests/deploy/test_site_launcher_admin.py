@@ -1,7 +1,7 @@
 """The site launcher as a hospital's IT administrator uses it (issue 24): what `--check` may not do, what a
 start records, the unit and classes checked before anything connects, leftovers of a killed daemon.
 
-Fast: in-process, nothing connects. The real commands as subprocesses: tests/test_site_launcher_processes.py.
+Fast: in-process, nothing connects. The real commands as subprocesses: tests/deploy/test_site_launcher_processes.py.
 """
 
 from __future__ import annotations

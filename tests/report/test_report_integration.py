@@ -49,7 +49,7 @@ def test_the_server_writes_both_reports_at_the_end_of_a_run(tiny_simulation_run:
     # audit-canaries=40: site-0 trained with canaries; the server scored them from the models sent and returned.
     # 40 canaries can prove at most ε ≈ 2 (every guess right), below the ε ≈ 8 the site claims: the audit
     # cannot contradict that claim whatever the implementation does, and the report must say so rather than
-    # call the site "consistent" (the audit's power and failures: tests/test_audit_gradient_canaries.py).
+    # call the site "consistent" (the audit's power and failures: tests/audit/test_audit_gradient_canaries.py).
     [audited] = report["privacy_audit"]["sites"]
     site0 = next(s for s in report["sites"] if s["site_id"] == "site-0")
     assert audited["site_id"] == "site-0" and audited["rounds"] == [1, 2] and audited["canaries"] == 40

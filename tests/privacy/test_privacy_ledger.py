@@ -73,7 +73,7 @@ def test_a_restart_does_not_reset_the_spend(tmp_path: Path) -> None:
         f"print(PrivacyLedger.open(Path({str(state)!r}), 'site-1', 1e-4, 8.0).epsilon())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent, env={**os.environ})
+                         cwd=Path(__file__).resolve().parents[2], env={**os.environ})
     assert float(out.stdout) == pytest.approx(first.metrics["epsilon"])
     # A new run (another run id) continues from the old spend rather than starting at 0.
     second = run_round(_site(state, pid=1), config, _request(config, 1, run_id=11))

@@ -59,7 +59,7 @@ from tests.helpers.site_inputs import new_site
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SITES = ("site-a", "site-b", "site-c")
 IMAGES_PER_SITE = 80
 SEED = 5

@@ -1,0 +1,1 @@
+"""Tests of common/data: formats, splits, messy exports, stain handling, test-image copies."""

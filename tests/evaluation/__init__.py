@@ -1,0 +1,1 @@
+"""Tests of common/evaluation: metrics per patch and per patient."""

@@ -1,0 +1,1 @@
+"""Tests of common/model: the DP-compatible ResNet, weight sources, BatchNorm statistics."""

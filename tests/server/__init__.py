@@ -1,0 +1,1 @@
+"""Tests of server/: strategies, update screening, resuming, finished runs, pretraining."""

@@ -1,0 +1,1 @@
+"""Tests of simulations/: real `flwr run` simulations, Ray, durability, the research harness."""
