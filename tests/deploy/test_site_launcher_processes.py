@@ -38,10 +38,10 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[dict[str, Path]]:
     data = tmp_path / "export"
-    for name in ("benign", "tumour"):
+    for c, name in enumerate(("benign", "tumour")):
         (data / name).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (8, 8), (60 * i, 100, 150)).save(data / name / f"{i}.png")
+        for i in range(3):  # every image distinct: a copy under two classes would be dropped (issue 25)
+            Image.new("RGB", (8, 8), (60 * i, 100 + 50 * c, 150)).save(data / name / f"{i}.png")
     home = tmp_path / "state" / "flwr-home"
     yield {"data": data, "state": tmp_path / "state", "home": home, "logs": tmp_path}
     kill_processes_with_env("FLWR_HOME", str(home.resolve()), signal.SIGKILL, wait=5.0)

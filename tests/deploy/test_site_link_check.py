@@ -116,10 +116,10 @@ def link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Link]:
     root = tmp_path_factory.mktemp("link-check")
     fed = Link(root, free_port())
     try:
-        for name in ("benign", "tumour"):
+        for c, name in enumerate(("benign", "tumour")):
             (root / "data" / name).mkdir(parents=True)
-            for i in range(6):
-                Image.new("RGB", (16, 16), (40 * i, 100, 150)).save(root / "data" / name / f"p{i}.png")
+            for i in range(6):  # every image distinct: a copy under two classes would be dropped (issue 25)
+                Image.new("RGB", (16, 16), (40 * i, 100 + 50 * c, 150)).save(root / "data" / name / f"p{i}.png")
         pki.make_test_pki(root / "certs")  # what `deploy test-pki` and `deploy site-keys` run
         for site in ("site-a", "site-b", "rogue"):
             pki.make_site_keys(root / "keys", site)

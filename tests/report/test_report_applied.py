@@ -78,7 +78,7 @@ def test_the_run_configuration_on_the_page_marks_each_privacy_key(tmp_path: Path
     report = compose_report(write_accounted_run(tmp_path, [SiteCase("site-0", "patch")], 2, config=ATTACK))
     marks = {key: verdict for key, _, verdict, _ in build_view(report)["config_items"]}
     assert marks["delta"] == marks["site-epsilon-budget"] == marks["epsilon"] == OVERRIDDEN
-    assert marks["privacy-unit"] == "applied" and marks["strict"] == NOT_REPORTED
+    assert marks["privacy-unit"] == "applied" and marks["max-patches-per-patient"] == NOT_REPORTED
     assert marks["num-server-rounds"] == ""  # not a privacy key: no mark
     text = render_html(report)
     assert ('<span class="k mono">delta</span><span class="v mono">0.05</span><span class="pill bad" '
