@@ -21,6 +21,12 @@ from typing import Any
 
 VALIDATION, ALL = "validation", "all"  # common.config.choices.ROUND_ACCEPTANCE_SETTINGS
 
+RULE = ("a round is kept iff its aggregated model's validation accuracy is >= the best kept so far (round 0 = the "
+        "starting model; a tie keeps the round); a round not kept is dropped, the next round starts from the last "
+        "kept model, and the job's end model is the last kept one")
+NO_PRIVACY_COST = ("judging the sites' DP updates on server-held data is post-processing: it costs no privacy "
+                   "budget and changes no site's ε")
+
 
 def keeps(validation_accuracy: float, best_kept_accuracy: float) -> bool:
     """The acceptance rule: at least as accurate on validation data as the best kept model (ties keep)."""
