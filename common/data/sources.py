@@ -94,12 +94,6 @@ class _Split:
     server_validation: ImageSet | None = None
 
 
-def holds_validation_part(config: RunConfig) -> bool:
-    """Whether the server cuts a validation part from its held-out data: round acceptance needs validation data
-    and there is no public share to validate on (`SERVER_VALIDATION_FRACTION` of the held-out groups)."""
-    return config.round_acceptance == "validation" and config.public_fraction <= 0
-
-
 def _split(config: RunConfig) -> _Split:
     """The one cut of `dataset` that the server and every simulated site derive alike."""
     pool, official_test = load_pool(config)
@@ -120,12 +114,16 @@ def _split(config: RunConfig) -> _Split:
 
 
 def _server_cut(config: RunConfig) -> _Split:
-    """The cut as the server sees it: under `holds_validation_part`, the held-out data (central test split or official
-    test set) is divided by whole groups into the test set and the server's validation part. The held-out part is in
-    no site's share, and a site image with a held-out copy's bytes is withheld from every site (`_split`), so the
-    validation part is group-disjoint from the test set and from every site. The sites never need this cut."""
+    """The cut as the server sees it.
+
+    Under round-acceptance = validation without a public share (public-fraction = 0, or one too small to hold a
+    whole group), the held-out data (central test split or official test set) is divided by whole groups:
+    `SERVER_VALIDATION_FRACTION` to the server's validation part, the rest stays the test set. The held-out part is
+    in no site's share, and a site image with a held-out image's bytes is withheld from every site (`_split`), so
+    the validation part is group-disjoint from the test set and from every site. The sites never need this cut.
+    """
     cut = _split(config)
-    if not holds_validation_part(config):
+    if config.round_acceptance != "validation" or len(cut.public_idx):
         return cut
     test_idx, validation_idx = holdout_server_validation(cut.test.groups, cut.test.labels, np.arange(len(cut.test)),
                                                          len(cut.test.classes), SERVER_VALIDATION_FRACTION, config.seed)

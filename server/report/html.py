@@ -27,13 +27,13 @@ from server.report.officer import officer_text
 from server.report.privacy_text import NOISE_PER_CLIP, explainer, privacy_header, private_sites, unit_text
 from server.report.tables import (
     METRICS,
+    acceptance_text,
     baseline_rows,
     ci_text,
     communication_rows,
     missing_rounds,
     patient_view,
     per_class_rows,
-    acceptance_text,
     round_rows,
     site_rows,
 )

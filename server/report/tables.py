@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from common.wire.reply import largest_site_epsilon
-from server.report.privacy_text import noise_number
 from server.report.format import (
     budget_fraction,
     bytes_text,
@@ -23,6 +22,7 @@ from server.report.format import (
     short,
     spent_percent,
 )
+from server.report.privacy_text import noise_number
 
 METRICS = (("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"), ("macro_f1", "Macro-F1"),
            ("macro_auc", "Macro AUC"))
