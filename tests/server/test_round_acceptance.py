@@ -7,16 +7,13 @@ round never happened (real Flower strategies on real `Message`s, tests/helpers/f
 
 from __future__ import annotations
 
-import tomllib
-
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedYogi
 
-from common.config.run_config import ConfigError, RunConfig
+from common.config.run_config import RunConfig
 from common.data import sources
-from common.paths import REPO
 from common.wire.records import from_array_record, to_array_record
 from server.round_acceptance import ALL, VALIDATION, Decision, RoundAcceptance, keeps
 from server.screening import UpdateScreen
@@ -79,17 +76,6 @@ def test_a_resumed_job_starts_from_the_round_its_model_was_kept_in() -> None:
     start = rule.start(4, 0.6, kept_round=2)
     assert start.best_round == 2 and "resumed from (round 2)" in start.reason
     assert rule.judge(5, 0.59).reason == "validation accuracy 0.5900 < best kept 0.6000 (round 2)"
-
-
-# --- the run-config key ------------------------------------------------------------------------------------
-
-
-def test_round_acceptance_is_a_checked_key_with_validation_as_the_default() -> None:
-    defaults = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert defaults["round-acceptance"] == RunConfig().round_acceptance == VALIDATION
-    assert RunConfig.from_mapping({"round-acceptance": "all"}).round_acceptance == ALL
-    with pytest.raises(ConfigError, match=r"round-acceptance 'best' is unknown; valid values: validation, all"):
-        RunConfig.from_mapping({"round-acceptance": "best"})
 
 
 # --- the validation data: never the test set ---------------------------------------------------------------
