@@ -15,7 +15,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.config.run_config import RunConfig
 from common.config.strategies import describe_strategy
-from common.data.sources import central_test_set, classes_without_training_images, dataset_classes
+from common.data.sources import (
+    central_test_set,
+    classes_without_training_images,
+    dataset_classes,
+    server_validation_set,
+)
 from common.logging_setup import setup_logging
 from common.model.factory import initial_model
 from common.model.network import frozen_fingerprint, get_trainable_state, trainable_names
@@ -29,6 +34,7 @@ from server.privacy_audit import RunAudit
 from server.report import write_report
 from server.report.advice import next_step
 from server.resume import check_start, find_resume_point
+from server.round_acceptance import Decision, RoundAcceptance
 from server.run_store import RunStore
 from server.screening import TrainingBound, UpdateScreen
 from server.strategy import make_strategy
@@ -49,6 +55,7 @@ def main(grid: Grid, context: Context) -> None:
     start = _starting_point(config, store, context.run_id)
     strategy, audit = _strategy_for(config, store, start)
     recorder = _RoundRecorder(config, store, start, strategy, audit)
+    strategy.acceptance = recorder.judge
     remaining = max(0, config.num_server_rounds - start.completed)
     if remaining == 0 and start.completed:
         log.info("all %d rounds were already completed; finishing the report", start.completed)
@@ -72,11 +79,14 @@ class _Start:
     meta: dict[str, Any]
     completed: int
     bn_statistics: bytes | None = None  # re-estimated on the public share (bn-statistics=public), sent every round
+    validation: Any = None  # server-held data rounds are judged on (server.round_acceptance); never `test`
+    kept_round: int | None = None  # a resumed job: the round its model was last kept in (its records say)
 
 
 def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
     classes = dataset_classes(config)
     test = central_test_set(config)
+    validation, validation_source = server_validation_set(config)
     model, source = initial_model(config, len(classes))
     bn_statistics, public_images = public_batchnorm_statistics(config, model, store.root)
     fingerprint = frozen_fingerprint(model)
@@ -85,10 +95,12 @@ def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
         "arch": config.arch, "policy": config.policy, "classes": classes, "weights": source.as_dict(),
         "frozen_fingerprint": fingerprint, "seed": config.seed, "image_size": config.image_size,
     }
-    completed = 0
+    completed, kept_round = 0, None
     if config.resume_from:
         point = find_resume_point(store, meta, {k: tuple(v.shape) for k, v in state.items()})
         completed, state = point.completed_round, point.state
+        kept = [r["acceptance"]["kept_round"] for r in store.rounds() if r["round"] == completed and r.get("acceptance")]
+        kept_round = kept[0] if kept else None
         info = store.read_json(RUN_FILE)
         info.setdefault("resumed", []).append({"run_id": run_id, "after_round": completed, "time": time.time()})
         store.write_json(RUN_FILE, {**info, "end": None})
@@ -102,13 +114,15 @@ def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
             "trainable_tensors": len(state), "trainable_parameters": int(sum(v.size for v in state.values())),
             "trainable_names": trainable_names(model), "frozen_fingerprint": fingerprint,
             "bn_statistics": {"setting": config.bn_statistics, "public_images": public_images},
+            "round_acceptance": {"setting": config.round_acceptance, "validation": validation_source or None,
+                                 "validation_examples": len(validation) if validation is not None else 0},
         })
     log.info(
         "%s, policy %s: %d trainable parameters travel each round (%.1f KiB); weights: %s",
         config.arch, config.policy, sum(v.size for v in state.values()),
         sum(v.nbytes for v in state.values()) / 1024, source.description,
     )
-    return _Start(classes, test, model, fingerprint, state, meta, completed, bn_statistics)
+    return _Start(classes, test, model, fingerprint, state, meta, completed, bn_statistics, validation, kept_round)
 
 
 def _strategy_for(config: RunConfig, store: RunStore, start: _Start) -> tuple[Any, RunAudit | None]:
@@ -136,8 +150,35 @@ def _train_config(start: _Start, store: RunStore) -> ConfigRecord:
                                           start.bn_statistics))
 
 
+class _RoundJudge:
+    """Round acceptance's server side: validation accuracy on server-held data, the rule's decision
+    (`server.round_acceptance`; the strategy acts on it). Never the central test set."""
+
+    def __init__(self, config: RunConfig, start: _Start) -> None:
+        self.mode = config.round_acceptance
+        self.rule = RoundAcceptance(self.mode)
+        self.evaluator = (CentralEvaluator(copy.deepcopy(start.model), start.validation, config.eval_batch_size)
+                          if start.validation is not None else None)
+
+    def accuracy(self, state: dict[str, np.ndarray]) -> float | None:
+        return None if self.evaluator is None else float(self.evaluator.round_metrics(state)["accuracy"])
+
+    def start(self, server_round: int, state: dict[str, np.ndarray], kept_round: int | None) -> Decision:
+        return self.rule.start(server_round, self.accuracy(state), kept_round)
+
+    def judge(self, server_round: int, state: dict[str, np.ndarray]) -> Decision:
+        return self.rule.judge(server_round, self.accuracy(state))
+
+    def no_model(self, server_round: int, why: str) -> Decision:
+        return self.rule.no_model(server_round, why)
+
+
 class _RoundRecorder:
-    """Flower's evaluate_fn: central evaluation of each global model, then its round on disk."""
+    """Flower's evaluate_fn: central evaluation of each global model, then its round on disk.
+
+    The global model of a round not kept (round acceptance) is the last kept one: Flower hands it here, so
+    the round's test metrics and checkpoint are the kept model's, and `latest_state` is the job's end model.
+    """
 
     def __init__(self, config: RunConfig, store: RunStore, start: _Start, strategy: Any,
                  audit: RunAudit | None) -> None:
@@ -145,19 +186,31 @@ class _RoundRecorder:
         self.completed, self.meta = start.completed, start.meta
         self.evaluator = CentralEvaluator(copy.deepcopy(start.model), start.test, config.eval_batch_size)
         self.latest_round, self.latest_state = start.completed, start.state
+        self.judge = _RoundJudge(config, start)
+        self.start_kept_round = start.kept_round
+        self.kept_round = start.completed if start.kept_round is None else start.kept_round
 
     def evaluate(self, flower_round: int, arrays: ArrayRecord) -> MetricRecord:
         server_round = flower_round + self.completed
         round_state = from_array_record(arrays)
         metrics = self.evaluator.round_metrics(round_state)
+        if flower_round == 0:
+            decision = self.judge.start(server_round, round_state, self.start_kept_round)
+            self.strategy.decisions[server_round] = decision
         if flower_round > 0 or self.completed == 0:  # a resumed run's starting point is already recorded
             self._record(server_round, round_state, metrics)
         self.latest_round, self.latest_state = server_round, round_state
+        decision = self.strategy.decisions.get(server_round)
+        if decision is not None:
+            self.kept_round = decision.best_round
         return MetricRecord({k: float(v) for k, v in metrics.items()})
 
     def _record(self, server_round: int, round_state: dict[str, np.ndarray], metrics: dict[str, Any]) -> None:
         sites = [reply.as_dict() for reply in self.strategy.replies.get(server_round, [])]
-        self.store.append_round({"round": server_round, **metrics, "sites": sites, "time": time.time()})
+        decision = self.strategy.decisions.get(server_round)
+        acceptance = decision.as_dict() if decision is not None else None
+        self.store.append_round({"round": server_round, **metrics, "acceptance": acceptance, "sites": sites,
+                                 "time": time.time()})
         self.store.save_round_checkpoint(server_round, round_state, self.meta)
         if self.audit is not None:
             self.store.write_json(AUDIT_FILE, self.audit.as_dict())
@@ -166,12 +219,15 @@ class _RoundRecorder:
             server_round, self.config.num_server_rounds, metrics["accuracy"], metrics["balanced_accuracy"],
             metrics["macro_f1"], metrics["macro_auc"], _round_summary(sites),
         )
+        if decision is not None:
+            log.info("round %d %s: %s", server_round, "kept" if decision.kept else "not kept", decision.reason)
 
 
 def _finish(store: RunStore, recorder: _RoundRecorder, config: RunConfig) -> None:
     """Final evaluation with CIs, the final model, the run's end time and the report."""
     final = recorder.evaluator.final_metrics(recorder.latest_state, config.bootstrap_samples, config.seed)
-    store.write_json(FINAL_EVAL_FILE, {"round": recorder.latest_round, **final})
+    # the end model is the last kept one (round acceptance): `kept_round` says which round's it is
+    store.write_json(FINAL_EVAL_FILE, {"round": recorder.latest_round, "kept_round": recorder.kept_round, **final})
     store.save_final(recorder.evaluator.model, int(recorder.latest_round), recorder.meta)
     store.write_json(RUN_FILE, {**store.read_json(RUN_FILE), "end": time.time()})
     paths = write_report(store.root)

@@ -13,6 +13,13 @@ Flower's FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad (run-config `strategy`,
 The mixin sits before the Flower class in the MRO, so screening happens before any Flower
 aggregation and a round with too few usable updates never reaches it: FedOpt's server state
 (`current_arrays`, set in its configure_train; moments `m_t`, `v_t`) is then left as it was.
+
+Round acceptance (`round-acceptance`, `server.round_acceptance`): after aggregation the mixin asks
+`acceptance` (set by `server.app`) whether to keep the new model. A round not kept returns the model that
+was sent (the last kept one) as the round's model, so Flower's loop sends it again next round and FedOpt's
+configure_train sets `current_arrays` to it; the moments `m_t`, `v_t` are put back as they were before the
+round, and under `validation` FedOpt's bias correction counts kept rounds only, so the server's optimiser
+state is exactly that of a job in which the dropped rounds never happened.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -40,6 +47,7 @@ from common.config.strategies import (
 )
 from common.wire import reply as wire
 from common.wire.records import from_array_record, record_bytes, to_array_record
+from server.round_acceptance import VALIDATION, Decision
 from server.screening import UpdateScreen
 
 log = logging.getLogger("fedpath.server")
@@ -97,6 +105,21 @@ def aggregate_round_metrics(replies: list[RecordDict], weighted_by_key: str) -> 
 _EXCEPTION_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exhausted)): (.+)$", re.MULTILINE)
 
 
+# FedOpt's server state that an aggregation changes (Flower's FedAdam, FedYogi, FedAdagrad): put back when a
+# round is not kept. `current_arrays` is not among them: configure_train sets it from the model sent.
+_SERVER_OPTIMISER_STATE = ("m_t", "v_t")
+
+
+class Acceptance(Protocol):
+    """What the strategy asks about each round's aggregated model (`server.app._RoundJudge`)."""
+
+    mode: str
+
+    def judge(self, server_round: int, state: dict[str, np.ndarray]) -> Decision: ...
+
+    def no_model(self, server_round: int, why: str) -> Decision: ...
+
+
 _SITE_FAILURE = re.compile(re.escape(wire.FAILURE_PREFIX) + r" \[([a-z-]+)\]")
 
 
@@ -148,6 +171,10 @@ class FedPathStrategy:
         self._bytes_down: dict[int, int] = {}
         self._instructions: list[Message] = []
         self._node_names: dict[int, str] = {}
+        # round acceptance (server.app sets it; None = every aggregated model is the next global model)
+        self.acceptance: Acceptance | None = None
+        self.decisions: dict[int, Decision] = {}
+        self._kept_updates = 0  # aggregated models kept in this process (FedOpt's bias correction, `validation`)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -182,9 +209,33 @@ class FedPathStrategy:
                 "round %d: %d usable update(s), fewer than min-accepted-updates=%d; the global model stays as it was",
                 server_round, len(accepted), self.min_accepted_updates,
             )
+            self._no_model(server_round, f"{len(accepted)} usable update(s) < min-accepted-updates="
+                                         f"{self.min_accepted_updates}")
             return None, None
-        arrays, metrics = super().aggregate_train(server_round - self.round_offset, accepted)  # type: ignore[misc]
-        return _same_dtype(arrays, self.screen.reference), metrics
+        judged = self.acceptance is not None and self.acceptance.mode == VALIDATION
+        flower_round = self._kept_updates + 1 if judged else server_round - self.round_offset
+        before = {name: getattr(self, name) for name in _SERVER_OPTIMISER_STATE if hasattr(self, name)}
+        arrays, metrics = super().aggregate_train(flower_round, accepted)  # type: ignore[misc]
+        arrays = _same_dtype(arrays, self.screen.reference)
+        if arrays is None:
+            self._no_model(server_round, "the aggregation returned none")
+            return None, metrics
+        if self.acceptance is None:
+            return arrays, metrics
+        decision = self.acceptance.judge(server_round, from_array_record(arrays))
+        self.decisions[server_round] = decision
+        if decision.kept:
+            self._kept_updates += 1
+            return arrays, metrics
+        log.warning("round %d not kept: %s; the next round starts from the model of round %d",
+                    server_round, decision.reason, decision.best_round)
+        for name, value in before.items():  # Flower rebinds these dicts each round: the old ones are untouched
+            setattr(self, name, value)
+        return to_array_record(self.screen.reference), metrics
+
+    def _no_model(self, server_round: int, why: str) -> None:
+        if self.acceptance is not None:
+            self.decisions[server_round] = self.acceptance.no_model(server_round, why)
 
     def _addressee(self, reply: Message) -> int:
         """The node an (error) reply is about.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from common.config.choices import ARCHITECTURE_NAMES, BN_STATISTICS_SETTINGS, POLICIES
+from common.config.choices import ARCHITECTURE_NAMES, BN_STATISTICS_SETTINGS, POLICIES, ROUND_ACCEPTANCE_SETTINGS
 from common.config.stain_settings import stain_problems
 from common.config.strategies import strategy_problems
 from common.privacy.delta import MAX_DELTA_FACTOR
@@ -177,6 +177,11 @@ def _check_federation(config: RunConfig, problems: _Problems) -> None:
     problems.need(
         config.max_update_norm >= 0,
         f"max-update-norm must be >= 0 (0 = automatic DP bound), got {config.max_update_norm}",
+    )
+    problems.need(
+        config.round_acceptance in ROUND_ACCEPTANCE_SETTINGS,
+        f"round-acceptance {config.round_acceptance!r} is unknown; valid values: {', '.join(ROUND_ACCEPTANCE_SETTINGS)} "
+        "(validation: a round is kept iff its validation accuracy is >= the best kept so far; all: every round)",
     )
     problems.extend(strategy_problems(config.strategy, config.proximal_mu, config.server_lr, config.beta_1, config.beta_2,
                                       config.tau, config.lr))

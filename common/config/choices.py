@@ -18,6 +18,13 @@ CONV_POLICIES: Final[tuple[str, ...]] = ("full", "last-block")
 # Where the frozen BatchNorm statistics come from (common.model.bn_statistics): the backbone's own, or
 # re-estimated by the server on the run's public share (target-domain data it holds) before round 1.
 BN_STATISTICS_SETTINGS: Final[tuple[str, ...]] = ("backbone", "public")
+# Which aggregated models the server keeps (`round-acceptance`, server.round_acceptance): `validation` keeps a
+# round iff its validation accuracy (server-held data, never the test set) is >= the best kept so far (round 0 =
+# the starting model); `all` keeps every round. The first is the default.
+ROUND_ACCEPTANCE_SETTINGS: Final[tuple[str, ...]] = ("validation", "all")
+# round-acceptance = validation with public-fraction = 0: this share of the groups the server holds out for
+# testing is its validation part instead (common.data.sources), group-disjoint from the test set that remains.
+SERVER_VALIDATION_FRACTION: Final[float] = 0.25
 # Patient-level DP: at most this many of a sampled patient's patches per step (`max-patches-per-patient`).
 # It bounds a step's work and keeps its expected patches near the batch size; the per-patient clipping,
 # not the cap, bounds a patient's influence (common.training.patient_dp).

@@ -83,6 +83,8 @@ class RunConfig:
     min_site_examples: int = 10
     min_accepted_updates: int = 1
     max_update_norm: float = 0.0
+    # validation | all: which rounds' models the server keeps (server.round_acceptance)
+    round_acceptance: str = "validation"
     # server strategy (common.config.strategies): Flower's FedAvg, FedProx, FedAdam, FedYogi or FedAdagrad
     strategy: str = DEFAULT_STRATEGY
     proximal_mu: float = 0.01

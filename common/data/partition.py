@@ -19,7 +19,7 @@ import numpy as np
 
 from common.data.imageset import DataError
 
-_TEST, _SITES, _VAL, _PUBLIC = 1, 2, 3, 5  # independent random streams per purpose
+_TEST, _SITES, _VAL, _PUBLIC, _SERVER_VALIDATION = 1, 2, 3, 5, 7  # independent random streams per purpose
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,33 @@ def holdout_public(
     if not pool_ids:
         raise DataError(f"public-fraction={fraction} leaves no data for the sites")
     return table.gather(pool_ids), table.gather(public_ids)
+
+
+def holdout_server_validation(
+    groups: np.ndarray, labels: np.ndarray, indices: np.ndarray, num_classes: int, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(test, server validation): whole groups of the server's held-out `indices`, about `fraction` to validation.
+
+    The server's validation part for round acceptance when it has no public share: group-disjoint from the
+    test set that remains, and from every site (the held-out indices are in no site's share).
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    table = GroupTable.build(groups, labels, indices, num_classes)
+    rng = np.random.default_rng([seed, _SERVER_VALIDATION])
+    validation_ids, test_ids = _stratified_take(table, fraction, rng)
+    if (not validation_ids or not test_ids) and len(table.members) >= 2:
+        # too few groups per class to stratify (small data): whole groups in a seeded order, at least one each side
+        order = [int(g) for g in rng.permutation(len(table.members))]
+        cumulative = np.cumsum(table.sizes[order])
+        take = int(np.clip(np.searchsorted(cumulative, fraction * cumulative[-1]) + 1, 1, len(order) - 1))
+        validation_ids, test_ids = order[:take], order[take:]
+    if not validation_ids or not test_ids:
+        raise DataError(
+            f"round-acceptance=validation needs a server validation part: {fraction:g} of the {len(table.members)} "
+            "held-out groups leaves an empty test set or validation part; set public-fraction > 0 (the public share "
+            "validates), raise test-fraction, or set round-acceptance='all'"
+        )
+    return table.gather(test_ids), table.gather(validation_ids)
 
 
 def partition_sites(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.config.choices import SERVER_VALIDATION_FRACTION
 from common.config.run_config import RunConfig, resolve_path
 from common.config.stain_settings import normalises, parse_reference
 from common.data.checks import check_splittable
@@ -26,6 +27,7 @@ from common.data.imageset import DataError, ImageSet
 from common.data.npz import load_pathmnist
 from common.data.partition import (
     holdout_public,
+    holdout_server_validation,
     holdout_test,
     keyed_train_val,
     partition_sites,
@@ -88,6 +90,8 @@ class _Split:
     test: ImageSet
     public_idx: np.ndarray  # pool indices held out for the centre's public use
     test_copies: int  # pool images byte-identical to a test image: in no site's share, nor the public one
+    # round-acceptance = validation without a public share: groups of the held-out part kept out of `test`
+    server_validation: ImageSet | None = None
 
 
 def _split(config: RunConfig) -> _Split:
@@ -109,6 +113,23 @@ def _split(config: RunConfig) -> _Split:
     return _Split(pool, site_idx, test, public_idx, int(copies.sum()))
 
 
+def _server_cut(config: RunConfig) -> _Split:
+    """The cut as the server sees it.
+
+    Under round-acceptance = validation without a public share (public-fraction = 0, or one too small to hold a
+    whole group), the held-out data (central test split or official test set) is divided by whole groups:
+    `SERVER_VALIDATION_FRACTION` to the server's validation part, the rest stays the test set. The held-out part is
+    in no site's share, and a site image with a held-out image's bytes is withheld from every site (`_split`), so
+    the validation part is group-disjoint from the test set and from every site. The sites never need this cut.
+    """
+    cut = _split(config)
+    if config.round_acceptance != "validation" or len(cut.public_idx):
+        return cut
+    test_idx, validation_idx = holdout_server_validation(cut.test.groups, cut.test.labels, np.arange(len(cut.test)),
+                                                         len(cut.test.classes), SERVER_VALIDATION_FRACTION, config.seed)
+    return dataclasses.replace(cut, test=cut.test.subset(test_idx), server_validation=cut.test.subset(validation_idx))
+
+
 def copies_of_test_images(config: RunConfig) -> int:
     """How many images of `dataset` no simulated site trains on because a central test image has the same bytes."""
     return _split(config).test_copies
@@ -119,7 +140,7 @@ def classes_without_training_images(config: RunConfig) -> list[str]:
 
     In a simulation no site can learn them, so their test images are all misclassified, whatever the model.
     """
-    cut = _split(config)
+    cut = _server_cut(config)
     share = np.bincount(cut.pool.labels[cut.site_idx], minlength=len(cut.pool.classes))
     return [name for name, tested, held in zip(cut.pool.classes, cut.test.class_counts(), share) if tested and not held]
 
@@ -141,9 +162,24 @@ def public_share_as_trained(config: RunConfig) -> ImageSet:
     return _normalised(public_share(config), config)
 
 
+def server_validation_set(config: RunConfig) -> tuple[ImageSet | None, str]:
+    """(the data the server judges rounds on, what it is), as the sites' images look in training.
+
+    Never the central test set: the public share where there is one (`public-fraction` > 0); otherwise, under
+    round-acceptance = validation, `SERVER_VALIDATION_FRACTION` of the groups held out for testing, which the test
+    set then no longer holds; (None, "") under round-acceptance = all without a public share.
+    """
+    cut = _server_cut(config)
+    if len(cut.public_idx):
+        return _normalised(cut.pool.subset(cut.public_idx), config), "public share"
+    if cut.server_validation is not None:
+        return _normalised(cut.server_validation, config), "server validation part of the held-out groups"
+    return None, ""
+
+
 def central_test_set(config: RunConfig) -> ImageSet:
     """The held-out test set every round's global model is evaluated on (stain-normalised as the sites' data)."""
-    return _normalised(_split(config).test, config)
+    return _normalised(_server_cut(config).test, config)
 
 
 def dataset_classes(config: RunConfig) -> list[str]:

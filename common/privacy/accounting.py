@@ -17,6 +17,22 @@ from opacus.accountants import RDPAccountant
 History = list[tuple[float, float, int]]
 
 
+def noise_per_clip(sigma: float, sample_rate: float, records: int) -> float | None:
+    """The std of the DP noise on a step's averaged gradient, per coordinate, in units of the clipping norm C:
+    σ/(q·N), for noise multiplier σ, Poisson rate q and N records in the unit of privacy.
+
+    A DP-SGD step adds N(0, σ²C²) to the sum of the clipped per-record gradients and divides by the expected
+    records per step q·N (Opacus' `expected_batch_size`, `loss_reduction = "mean"`), so the noise on the average
+    has std σ·C/(q·N), while the average itself has norm at most C (every record's clipped gradient pointing the
+    same way). Smaller = more signal per step; comparable across sites, whatever their C. (One record's own
+    share of the average is at most C/(q·N): against that, the noise is σ, whatever N.) None when a value is
+    missing or not positive.
+    """
+    if not (sigma > 0 and 0 < sample_rate <= 1 and records > 0):
+        return None
+    return sigma / (sample_rate * records)
+
+
 def epsilon_of(history: History, delta: float) -> float:
     """Epsilon of an accountant history at `delta` (0 for an empty history)."""
     if not history:

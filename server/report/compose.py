@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from common.paths import AUDIT_FILE, FINAL_EVAL_FILE, RUN_FILE
-from common.privacy.accounting import epsilon_of, with_steps
+from common.privacy.accounting import epsilon_of, noise_per_clip, with_steps
 from server.privacy_audit import summarise
 from server.report.advice import next_step
 from server.report.applied import privacy_settings
 from server.report.privacy_text import privacy_statement
+from server.round_acceptance import NO_PRIVACY_COST, RULE
 from server.run_store import RunStore
 
 REPORT_SCHEMA = "fedpath-report/1"
@@ -89,6 +90,7 @@ def site_summaries(rounds: list[dict[str, Any]], config: dict[str, Any]) -> list
         if not site["dp"]:
             site["epsilon"] = None
         site["epsilon_this_job"] = _epsilon_this_job(site)
+        site["noise_per_clip"] = _noise_per_clip(site)
         site["privacy_statement"] = privacy_statement(site)
     return summaries
 
@@ -106,6 +108,17 @@ def _epsilon_this_job(site: dict[str, Any]) -> float | None:
     return epsilon_of([tuple(h) for h in site["job_history"]], float(delta))
 
 
+def _noise_per_clip(site: dict[str, Any]) -> float | None:
+    """σ/(q·N) of the site's last DP round (`common.privacy.accounting.noise_per_clip`), from values its reply
+    already carries (σ, q and N = `privacy-records`, all accounting values treated as public); None without DP
+    or when a value is missing."""
+    values = (_finite(site.get(k)) for k in ("noise_multiplier", "sample_rate", "privacy_records"))
+    sigma, rate, records = values
+    if not site["dp"] or sigma is None or rate is None or records is None:
+        return None
+    return noise_per_clip(sigma, rate, int(records))
+
+
 def _new_site(site_id: str, config: dict[str, Any]) -> dict[str, Any]:
     """A site's summary before any of its replies is read: what the run config says, unknowns as None."""
     return {
@@ -113,6 +126,7 @@ def _new_site(site_id: str, config: dict[str, Any]) -> dict[str, Any]:
         "local_val_accuracy": None, "epsilon": None,  # unknown until the site reports it
         "epsilon_budget": None, "epsilon_asked": None, "epsilon_granted": None, "delta": None,
         "noise_multiplier": None, "max_grad_norm": None, "refused_rounds": [],  # None until a reply says
+        "sample_rate": None, "privacy_records": None, "noise_per_clip": None,  # of its last round trained
         "failed_rounds": [], "rejected_rounds": [], "reasons": [], "refusals": [], "skipped_files": None,
         "job_history": [],  # [σ, q, steps] of the rounds it trained in, merged (None once a round lacks one)
         "dp": bool(config.get("dp", True)), "val_examples": None, "steps": 0, "randomness": None,
@@ -170,6 +184,9 @@ def _add_participation(site: dict[str, Any], reply: dict[str, Any], metrics: dic
         site["steps"] += int(_finite(metrics.get("steps")) or 0)
         if _finite(metrics.get("noise-multiplier")):
             site["noise_multiplier"] = metrics["noise-multiplier"]
+        for key, name in (("sample-rate", "sample_rate"), ("privacy-records", "privacy_records")):
+            if _finite(metrics.get(key)):
+                site[name] = metrics[key]
         _add_to_job_history(site, metrics)
     if status != "trained" and status in SITE_STATUSES:
         site[f"{status}_rounds"].append(round_number)
@@ -240,6 +257,27 @@ def _status(run: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, 
                    f"and the final evaluation describes round {final.get('round')}.")
 
 
+def round_acceptance(run: dict[str, Any], rounds: list[dict[str, Any]], final: dict[str, Any] | None) -> dict[str, Any]:
+    """Which rounds' models the server kept (`server.round_acceptance`), on which data, and which is the end model."""
+    recorded = run.get("round_acceptance") or {}
+    decisions = [line["acceptance"] for line in rounds if line.get("acceptance")]
+    kept = [d["round"] for d in decisions if d.get("kept")]
+    end = (final or {}).get("kept_round")
+    if end is None and decisions:
+        end = decisions[-1].get("kept_round")
+    return {
+        "setting": recorded.get("setting", run.get("config", {}).get("round-acceptance")),
+        "validation": recorded.get("validation"),
+        "validation_examples": recorded.get("validation_examples"),
+        "rule": RULE,
+        "privacy": NO_PRIVACY_COST,
+        "recorded": bool(decisions),  # runs from before round acceptance recorded none
+        "kept_rounds": kept,
+        "not_kept": [{"round": d["round"], "reason": d.get("reason", "")} for d in decisions if not d.get("kept")],
+        "end_model_round": end,
+    }
+
+
 def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The whole report as one JSON-able dict (see docs/REPORT.md for every key)."""
     store = RunStore(run_dir)
@@ -291,9 +329,11 @@ def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None)
                 str(Path(run_dir).resolve())),
         },
         "rounds": [
-            {"round": line["round"], **{k: _finite(line.get(k)) for k in HEADLINE_KEYS}, "sites": line.get("sites", [])}
+            {"round": line["round"], **{k: _finite(line.get(k)) for k in HEADLINE_KEYS},
+             "acceptance": line.get("acceptance"), "sites": line.get("sites", [])}
             for line in rounds
         ],
+        "round_acceptance": round_acceptance(run, rounds, final),
         "final": final,
         "sites": sites,
         "privacy_settings": privacy_settings(config, sites),

@@ -24,9 +24,10 @@ from server.report import plots as report_plots
 from server.report.applied import VERDICT_TEXT
 from server.report.format import duration, pct, timestamp
 from server.report.officer import officer_text
-from server.report.privacy_text import explainer, privacy_header, private_sites, unit_text
+from server.report.privacy_text import NOISE_PER_CLIP, explainer, privacy_header, private_sites, unit_text
 from server.report.tables import (
     METRICS,
+    acceptance_text,
     baseline_rows,
     ci_text,
     communication_rows,
@@ -81,8 +82,10 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
     untrained = "UNTRAINED starting model (no site trained), " if report["run"].get("no_site_trained") else ""
     if final is not None:
         ci = final.get("ci95") or {}
-        return {"from": f"{untrained}final model (round {final.get('round', '?')}), "
-                        f"{final.get('num_examples', '?')} test images",
+        kept = final.get("kept_round")
+        model = (f"end model = the model kept in round {kept} (rounds run: {final.get('round', '?')})"
+                 if kept is not None and kept != final.get("round") else f"final model (round {final.get('round', '?')})")
+        return {"from": f"{untrained}{model}, {final.get('num_examples', '?')} test images",
                 "items": [{"label": label, "value": pct(final.get(key)), "ci": ci_text(ci.get(key))}
                           for key, label in METRICS]}
     if rounds:
@@ -125,6 +128,8 @@ def build_view(report: dict[str, Any]) -> dict[str, Any]:
         "statements": [s["statement"] for s in rows],
         "site_rows": rows,
         "round_rows": round_rows(report),
+        "acceptance": acceptance_text(report),
+        "noise_per_clip": NOISE_PER_CLIP,
         "missing_rounds": missing_rounds(report),
         "per_class_rows": per_class_rows(report),
         "patients": patient_view(report),

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from server.report.format import short
-from server.report.privacy_text import UNITS, period_text, private_sites, unit_of
+from server.report.privacy_text import NOISE_PER_CLIP, UNITS, noise_text, period_text, private_sites, unit_of
 
 CAP = ("Each site charges a run to one job only: the run's own, or a job its ledger already holds that the run "
        "resumes (a job id the coordinator names is not trusted otherwise); it grants a new job at most its own "
@@ -44,7 +44,7 @@ def officer_text(sites: list[dict[str, Any]]) -> str:
         f"Each site sent its DP-SGD model update (clipped and noised so that it reveals almost nothing about {about}) "
         "together with the values listed under \"What each site sent\", each with how it is protected; values "
         "marked opt-in are NOT differentially private and were sent only by sites whose operator chose to.",
-        RISK, CAP, *allowance_sentences(private), *unit_sentences(private),
+        RISK, CAP, *allowance_sentences(private), *unit_sentences(private), *noise_sentences(private),
     ]
     return " ".join(sentences)
 
@@ -78,3 +78,11 @@ def unit_sentences(sites: list[dict[str, Any]]) -> list[str]:
     if unknown:
         out.append(f"{names(unknown)} reported no unit of privacy.")
     return out
+
+
+def noise_sentences(sites: list[dict[str, Any]]) -> list[str]:
+    """What each site's ε bought: its σ/(q·N), next to each other so that sites can be compared."""
+    listed = [text for text in map(noise_text, sites) if text]
+    if not listed:
+        return []
+    return [f"What each site's ε buys, as the {NOISE_PER_CLIP}: {'; '.join(listed)}."]

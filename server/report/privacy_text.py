@@ -60,6 +60,25 @@ RANDOMNESS_TEXT = {
     "site-seed": "noise reproducible from a seed the site holds (dp-seed): private only while that seed stays secret; "
                  "in a simulation the experimenter holds it, so it is NOT private there",
 }
+# What each site's ε buys (issue 23): the noise of a step against the signal its records can give, σ/(q·N)
+# (`common.privacy.accounting.noise_per_clip`), from σ, q and N = privacy-records, all already in its reply.
+NOISE_PER_CLIP = ("noise per step σ/(q·N): the noise on each DP-SGD step's averaged gradient (per coordinate, in "
+                  "units of the clipping norm C, the largest that average can be), for noise multiplier σ, sampling "
+                  "rate q and N records in the unit of privacy; smaller means more signal per step from the site's "
+                  "records at the same ε, comparable across sites whatever their C")
+
+
+def noise_text(site: dict[str, Any]) -> str:
+    """'site-0: 0.0532' as the officer's paragraph lists it ('' without the number)."""
+    value = site.get("noise_per_clip")
+    return f"{site.get('site_id', '?')}: {noise_number(value)}" if is_number(value) else ""
+
+
+def noise_number(value: Any) -> str:
+    """σ/(q·N) to three significant digits (0.0532, 1.1)."""
+    return f"{float(value):.3g}" if is_number(value) else "n/a"
+
+
 # Refusals that say a budget, a grant or an allowance left no room (the others are not about ε).
 BUDGET_REFUSALS = ("budget-exhausted", "round-exceeds-budget", "period-allowance-exceeded")
 # Two ε of the same accountant closer than this are the same number (floating point).

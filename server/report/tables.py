@@ -22,6 +22,7 @@ from server.report.format import (
     short,
     spent_percent,
 )
+from server.report.privacy_text import noise_number
 
 METRICS = (("accuracy", "Accuracy"), ("balanced_accuracy", "Balanced accuracy"), ("macro_f1", "Macro-F1"),
            ("macro_auc", "Macro AUC"))
@@ -64,6 +65,7 @@ def site_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             "over_budget": fraction is not None and fraction > 1.0 + 1e-9,
             "delta": short(site.get("delta")),
             "sigma": num(site.get("noise_multiplier"), 3),
+            "noise_per_clip": noise_number(site.get("noise_per_clip")),  # σ/(q·N): what the site's ε buys
             "clip": short(site.get("max_grad_norm")),
             "skipped_files": site.get("skipped_files", 0),
             "traffic": f"{bytes_text(traffic.get('bytes_down'))} / {bytes_text(traffic.get('bytes_up'))}",
@@ -125,14 +127,35 @@ def round_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         replies = line.get("sites", [])
         statuses = [r.get("status") for r in replies]
         largest = largest_site_epsilon(r.get("metrics") or {} for r in replies)
+        decision = line.get("acceptance") or {}
         rows.append({
             "round": "0 (initial)" if line["round"] == 0 else str(line["round"]),
             **{key: pct(line.get(key)) for key, _ in METRICS},
             "loss": num(line.get("loss")),
             "updates": f"{statuses.count('trained')} of {len(replies)}" if replies else "-",
             "max_epsilon": eps(largest) if largest is not None else "-",
+            # round acceptance: the aggregated model's validation accuracy, kept or not, and why
+            "validation": pct(decision.get("validation_accuracy")) if decision else "-",
+            "kept": ("kept" if decision.get("kept") else "not kept") if decision else "-",
+            "not_kept": bool(decision) and not decision.get("kept"),
+            "why": decision.get("reason", "") if decision else "",
         })
     return rows
+
+
+def acceptance_text(report: dict[str, Any]) -> str:
+    """One paragraph: the rule, the data it judged on, the rounds kept and the end model's round."""
+    info = report.get("round_acceptance") or {}
+    if not info.get("recorded"):
+        return "This run recorded no round acceptance (it predates it): every round's model was kept."
+    data = info.get("validation")
+    on = f"{data} ({info.get('validation_examples')} images, never the central test set)" if data else \
+        "no validation data (none is needed: every round is kept)"
+    dropped = "; ".join(f"round {d['round']}: {d['reason']}" for d in info.get("not_kept", [])) or "none"
+    return (f"Round acceptance = {info.get('setting')}, judged on {on}. Rule: {info.get('rule')}. "
+            f"Kept rounds: {round_list(info.get('kept_rounds') or []) or 'none'}. Not kept: {dropped}. "
+            f"The end model is the one kept in round {info.get('end_model_round')}; the accuracy per round below is "
+            f"that of the model the job held after the round. No privacy cost: {info.get('privacy')}.")
 
 
 def missing_rounds(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -194,14 +194,18 @@ TEMPLATE = """<!DOCTYPE html>
   {% if plots.learning_curves %}
   <figure><img src="{{ plots.learning_curves }}" alt="Test metrics and loss per round"></figure>
   {% else %}<p class="empty">No round was evaluated.</p>{% endif %}
+  <p id="round-acceptance">{{ acceptance }}</p>
   {% if round_rows %}
   <details><summary>Numbers per round</summary>
   <div class="scroll"><table>
     <thead><tr><th>Round</th><th class="num">Accuracy</th><th class="num">Balanced acc.</th><th class="num">Macro-F1</th>
-      <th class="num">Macro AUC</th><th class="num">Loss</th><th class="num">Updates used</th><th class="num">Max site ε</th></tr></thead>
+      <th class="num">Macro AUC</th><th class="num">Loss</th><th class="num">Updates used</th><th class="num">Max site ε</th>
+      <th class="num">Validation acc.</th><th>Kept</th><th>Why</th></tr></thead>
     <tbody>{% for r in round_rows %}<tr><td>{{ r.round }}</td><td class="num">{{ r.accuracy }}</td>
       <td class="num">{{ r.balanced_accuracy }}</td><td class="num">{{ r.macro_f1 }}</td><td class="num">{{ r.macro_auc }}</td>
-      <td class="num">{{ r.loss }}</td><td class="num">{{ r.updates }}</td><td class="num">{{ r.max_epsilon }}</td></tr>{% endfor %}</tbody>
+      <td class="num">{{ r.loss }}</td><td class="num">{{ r.updates }}</td><td class="num">{{ r.max_epsilon }}</td>
+      <td class="num">{{ r.validation }}</td><td>{% if r.not_kept %}<span class="pill warn">{{ r.kept }}</span>{% else %}{{ r.kept }}{% endif %}</td>
+      <td class="small">{{ r.why }}</td></tr>{% endfor %}</tbody>
   </table></div>
   </details>
   {% endif %}
@@ -273,7 +277,8 @@ TEMPLATE = """<!DOCTYPE html>
     <thead><tr><th>Site</th><th>Rounds trained</th><th>Without update</th><th class="num">Training images</th>
       <th>Per-class images</th><th class="num">Local val. acc.</th><th class="num">ε granted to this job</th>
       <th class="num">ε of this job's updates</th><th style="min-width:170px">Cumulative ε / lifetime budget</th>
-      <th class="num">δ</th><th class="num">Noise σ</th><th class="num">Clip C</th><th class="num">Sent / received</th></tr></thead>
+      <th class="num">δ</th><th class="num">Noise σ</th><th class="num">Clip C</th>
+      <th class="num" title="{{ noise_per_clip }}">Noise per step σ/(q·N)</th><th class="num">Sent / received</th></tr></thead>
     <tbody>{% for s in site_rows %}<tr>
       <td class="nowrap"><strong>{{ s.site_id }}</strong></td><td>{{ s.trained }}</td>
       <td>{% if s.has_missing %}<span class="pill bad">{{ s.missing }}</span>{% else %}-{% endif %}</td>
@@ -284,8 +289,10 @@ TEMPLATE = """<!DOCTYPE html>
         <div class="bar{{ ' over' if s.over_budget else '' }}" role="img" aria-label="{{ s.fraction_text }}"><span style="width: {{ s.bar_width }}%"></span></div>
         <div class="small">{{ s.fraction_text }}</div>{% else %}<span class="pill warn">no DP</span>{% endif %}</td>
       <td class="num">{{ s.delta }}</td><td class="num">{{ s.sigma }}</td><td class="num">{{ s.clip }}</td>
+      <td class="num">{{ s.noise_per_clip if s.dp else '-' }}</td>
       <td class="num">{{ s.traffic }}</td></tr>{% endfor %}</tbody>
   </table></div>
+  {% if dp %}<p class="small" id="noise-per-clip">Noise per step: {{ noise_per_clip }}.</p>{% endif %}
   {% if plots.privacy %}
   <figure><img src="{{ plots.privacy }}" alt="Cumulative epsilon per site per round" style="max-width:640px"></figure>
   {% endif %}

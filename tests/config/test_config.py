@@ -65,3 +65,12 @@ def test_non_finite_numbers_are_refused_even_where_a_range_rule_would_pass_them(
     """A malicious coordinator's `lr=inf` passes "lr > 0" and would make every site's update non-finite."""
     with pytest.raises(ConfigError, match=f"{key} must be a finite number"):
         RunConfig.from_mapping({key: value})
+
+
+def test_round_acceptance_is_a_checked_key_with_validation_as_the_default() -> None:
+    """issue 23: `validation` keeps a round iff its validation accuracy is >= the best kept (server.round_acceptance)."""
+    defaults = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert defaults["round-acceptance"] == RunConfig().round_acceptance == "validation"
+    assert RunConfig.from_mapping({"round-acceptance": "all"}).round_acceptance == "all"
+    with pytest.raises(ConfigError, match=r"round-acceptance 'best' is unknown; valid values: validation, all"):
+        RunConfig.from_mapping({"round-acceptance": "best"})

@@ -21,6 +21,7 @@ from PIL import Image
 
 from common.config.run_config import RunConfig
 from common.evaluation.metrics import full_evaluation, headline_metrics
+from server.round_acceptance import VALIDATION, RoundAcceptance
 from server.run_store import RunStore
 from server.strategy import SiteReply
 
@@ -47,6 +48,7 @@ def site_reply(site: int, server_round: int, rounds: int, status: str = "trained
         "num-examples": 130 + site, "epsilon": epsilon if dp else 0.0, "epsilon-budget": BUDGET,
         "epsilon-asked": BUDGET, "epsilon-granted": BUDGET, "delta": DELTA,
         "noise-multiplier": 1.5 if dp else 0.0, "max-grad-norm": 1.0, "steps": 5, "sample-rate": 0.2,
+        "privacy-records": 130 + site,
         "dp": int(dp), "shares-diagnostics": 1,
     }
     diagnostics = {"train-loss": 1.2, "val-accuracy": 0.5 + 0.05 * site, "val-examples": 26,
@@ -62,8 +64,14 @@ def site_reply(site: int, server_round: int, rounds: int, status: str = "trained
 def build_run_dir(
     root: Path, *, rounds: int = 3, sites: int = 3, weights_kind: str = "none", complete: bool = True,
     dp: bool = True, missing: dict[tuple[int, int], tuple[str, str]] | None = None, test_size: int = 160,
+    validation: list[float] | None = None,
 ) -> Path:
-    """A run directory with round 0..`rounds`; `missing[(round, site)] = (status, reason)`."""
+    """A run directory with round 0..`rounds`; `missing[(round, site)] = (status, reason)`.
+
+    `validation`: each round's validation accuracy (round 0 first), judged by the server's own rule
+    (`server.round_acceptance`) and recorded as the server records it; the end model is the last kept one.
+    """
+    rule = RoundAcceptance(VALIDATION) if validation is not None else None
     run_dir = root / "run-4242"
     store = RunStore(run_dir)
     config = RunConfig.from_mapping({"num-server-rounds": rounds, "dp": dp, "epsilon": BUDGET, "delta": DELTA,
@@ -88,11 +96,16 @@ def build_run_dir(
         probs, loss = predictions(labels, 0.3 + 0.6 * r, seed=r)
         replies = [site_reply(s, r, rounds, *missing.get((r, s), ("trained", "")), dp=dp)
                    for s in range(sites)] if r > 0 else []
+        acceptance = None
+        if rule is not None and validation is not None:
+            decision = rule.start(0, validation[0]) if r == 0 else rule.judge(r, validation[r])
+            acceptance = decision.as_dict()
         store.append_round({"round": r, **headline_metrics(labels, probs), "loss": loss, "sites": replies,
-                            "time": start + 10 * r})
+                            "time": start + 10 * r, **({"acceptance": acceptance} if acceptance else {})})
     if complete and probs is not None:
         final = full_evaluation(labels, probs, CLASSES, bootstrap_samples=200, seed=3)
-        store.write_json("final-eval.json", {"round": rounds, **final, "loss": loss})
+        kept = {"kept_round": rule.best_round} if rule is not None else {}
+        store.write_json("final-eval.json", {"round": rounds, **kept, **final, "loss": loss})
     return run_dir
 
 

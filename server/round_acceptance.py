@@ -1,0 +1,95 @@
+"""Round acceptance (`round-acceptance`): the job never ends worse than where it started.
+
+The rule, written once here: **a round is kept iff its aggregated model's validation accuracy is ≥ the
+best kept so far (round 0 = the starting model); a tie keeps the round.** Since a round is kept only when
+it is at least as good as every kept one, the best kept model is always the last kept one. A round not kept
+is dropped: the server carries on from the last kept model (the next round's instructions send its
+weights), and the job's end model is the last kept one (`server.app`). `all` keeps every round.
+
+Validation data is server-held and never the central test set (`common.data.sources.server_validation_set`):
+the public share, or a part of the held-out groups. Judging the sites' DP outputs on data the server holds is
+post-processing: it costs no privacy budget and the sites' ε is unchanged (docs/PRIVACY.md).
+
+Flower-free and torch-free: the strategy (`server.strategy`) asks `RoundAcceptance.judge` and acts on the
+`Decision`; this module only decides and says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+VALIDATION, ALL = "validation", "all"  # common.config.choices.ROUND_ACCEPTANCE_SETTINGS
+
+RULE = ("a round is kept iff its aggregated model's validation accuracy is >= the best kept so far (round 0 = the "
+        "starting model; a tie keeps the round); a round not kept is dropped, the next round starts from the last "
+        "kept model, and the job's end model is the last kept one")
+NO_PRIVACY_COST = ("judging the sites' DP updates on server-held data is post-processing: it costs no privacy "
+                   "budget and changes no site's ε")
+
+
+def keeps(validation_accuracy: float, best_kept_accuracy: float) -> bool:
+    """The acceptance rule: at least as accurate on validation data as the best kept model (ties keep)."""
+    return validation_accuracy >= best_kept_accuracy
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What became of one round's aggregated model, and why (metrics.jsonl's `acceptance`, the report)."""
+
+    round: int
+    kept: bool
+    validation_accuracy: float | None  # of this round's aggregated model; None: no model, or no validation data
+    best_round: int  # the kept model the next round starts from (this round, if kept)
+    best_accuracy: float | None  # its validation accuracy
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "kept": self.kept, "validation_accuracy": self.validation_accuracy,
+                "kept_round": self.best_round, "kept_validation_accuracy": self.best_accuracy, "reason": self.reason}
+
+
+class RoundAcceptance:
+    """The state of the rule over a job: the last (= best) kept round and its validation accuracy."""
+
+    def __init__(self, mode: str = VALIDATION) -> None:
+        if mode not in (VALIDATION, ALL):
+            raise ValueError(f"round acceptance {mode!r} is not one of {VALIDATION}, {ALL}")
+        self.mode = mode
+        self.best_round = 0
+        self.best_accuracy: float | None = None
+
+    def start(self, server_round: int, validation_accuracy: float | None, kept_round: int | None = None) -> Decision:
+        """The starting model (round 0, or the round a resumed job starts after) is kept by definition.
+
+        `kept_round`: where a resumed job's model was last kept (its records say), when not `server_round`.
+        """
+        self.best_round = server_round if kept_round is None else kept_round
+        self.best_accuracy = validation_accuracy
+        where = "the starting model" if server_round == 0 else f"the model this job resumed from (round {self.best_round})"
+        return Decision(server_round, True, validation_accuracy, self.best_round, validation_accuracy,
+                        f"{where}: kept by definition")
+
+    def judge(self, server_round: int, validation_accuracy: float | None) -> Decision:
+        """Keep or drop the aggregated model of `server_round`; the state follows a kept one."""
+        best = f"best kept {_fmt(self.best_accuracy)} (round {self.best_round})"
+        if self.mode == ALL:
+            kept, reason = True, "round-acceptance = all: every round is kept"
+        elif validation_accuracy is None or self.best_accuracy is None:
+            raise ValueError("round-acceptance = validation needs a validation accuracy for every model")
+        elif keeps(validation_accuracy, self.best_accuracy):
+            kept, reason = True, f"validation accuracy {_fmt(validation_accuracy)} >= {best}"
+        else:
+            kept, reason = False, f"validation accuracy {_fmt(validation_accuracy)} < {best}"
+        if kept:
+            self.best_round, self.best_accuracy = server_round, validation_accuracy
+        return Decision(server_round, kept, validation_accuracy, self.best_round, self.best_accuracy, reason)
+
+    def no_model(self, server_round: int, why: str) -> Decision:
+        """A round that produced no aggregated model (too few usable updates): nothing to keep."""
+        return Decision(server_round, False, None, self.best_round, self.best_accuracy,
+                        f"no aggregated model ({why}); the model of round {self.best_round} stays")
+
+
+def _fmt(accuracy: float | None) -> str:
+    return "n/a" if accuracy is None else f"{accuracy:.4f}"
