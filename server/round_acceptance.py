@@ -7,7 +7,7 @@ is dropped: the server carries on from the last kept model (the next round's ins
 weights), and the job's end model is the last kept one (`server.app`). `all` keeps every round.
 
 Validation data is server-held and never the central test set (`common.data.sources.server_validation_set`):
-the public share, or a part of the held-out groups. Judging the sites' DP outputs on data the server holds is
+a part of the held-out groups (never the public share, which a backbone may have been pretrained on). Judging the sites' DP outputs on data the server holds is
 post-processing: it costs no privacy budget and the sites' ε is unchanged (docs/PRIVACY.md).
 
 Flower-free and torch-free: the strategy (`server.strategy`) asks `RoundAcceptance.judge` and acts on the

@@ -98,7 +98,7 @@ def holdout_server_validation(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(test, server validation): whole groups of the server's held-out `indices`, about `fraction` to validation.
 
-    The server's validation part for round acceptance when it has no public share: group-disjoint from the
+    The server's validation part for round acceptance: group-disjoint from the
     test set that remains, and from every site (the held-out indices are in no site's share).
     """
     indices = np.asarray(indices, dtype=np.int64)
@@ -114,8 +114,8 @@ def holdout_server_validation(
     if not validation_ids or not test_ids:
         raise DataError(
             f"round-acceptance=validation needs a server validation part: {fraction:g} of the {len(table.members)} "
-            "held-out groups leaves an empty test set or validation part; set public-fraction > 0 (the public share "
-            "validates), raise test-fraction, or set round-acceptance='all'"
+            "held-out groups leaves an empty test set or validation part; raise test-fraction or set "
+            "round-acceptance='all'"
         )
     return table.gather(test_ids), table.gather(validation_ids)
 

@@ -90,7 +90,7 @@ class _Split:
     test: ImageSet
     public_idx: np.ndarray  # pool indices held out for the centre's public use
     test_copies: int  # pool images byte-identical to a test image: in no site's share, nor the public one
-    # round-acceptance = validation without a public share: groups of the held-out part kept out of `test`
+    # round-acceptance = validation: groups of the held-out part kept out of `test`, to judge rounds on
     server_validation: ImageSet | None = None
 
 
@@ -116,14 +116,15 @@ def _split(config: RunConfig) -> _Split:
 def _server_cut(config: RunConfig) -> _Split:
     """The cut as the server sees it.
 
-    Under round-acceptance = validation without a public share (public-fraction = 0, or one too small to hold a
-    whole group), the held-out data (central test split or official test set) is divided by whole groups:
+    Under round-acceptance = validation the held-out data (central test split or official test set) is divided by
+    whole groups (with or without a public share: the public share is what a centre pretrains its backbone on, and
+    a model judged on its own training data would keep round 0 forever):
     `SERVER_VALIDATION_FRACTION` to the server's validation part, the rest stays the test set. The held-out part is
     in no site's share, and a site image with a held-out image's bytes is withheld from every site (`_split`), so
     the validation part is group-disjoint from the test set and from every site. The sites never need this cut.
     """
     cut = _split(config)
-    if config.round_acceptance != "validation" or len(cut.public_idx):
+    if config.round_acceptance != "validation":
         return cut
     test_idx, validation_idx = holdout_server_validation(cut.test.groups, cut.test.labels, np.arange(len(cut.test)),
                                                          len(cut.test.classes), SERVER_VALIDATION_FRACTION, config.seed)
@@ -165,13 +166,13 @@ def public_share_as_trained(config: RunConfig) -> ImageSet:
 def server_validation_set(config: RunConfig) -> tuple[ImageSet | None, str]:
     """(the data the server judges rounds on, what it is), as the sites' images look in training.
 
-    Never the central test set: the public share where there is one (`public-fraction` > 0); otherwise, under
-    round-acceptance = validation, `SERVER_VALIDATION_FRACTION` of the groups held out for testing, which the test
-    set then no longer holds; (None, "") under round-acceptance = all without a public share.
+    Never the central test set, and never the public share: under round-acceptance = validation,
+    `SERVER_VALIDATION_FRACTION` of the groups held out for testing, which the test set then no longer holds;
+    (None, "") under round-acceptance = all. Not the public share because that is what a centre pretrains its
+    backbone on (`server.pretrain --public-share`, the experiments' backbone): the starting model would be judged
+    on its own training data, look best at round 0, and every round would be dropped.
     """
     cut = _server_cut(config)
-    if len(cut.public_idx):
-        return _normalised(cut.pool.subset(cut.public_idx), config), "public share"
     if cut.server_validation is not None:
         return _normalised(cut.server_validation, config), "server validation part of the held-out groups"
     return None, ""
