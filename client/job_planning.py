@@ -64,7 +64,8 @@ def open_site_ledger(state: RoundState) -> PrivacyLedger:
 
 def planned_steps(state: RoundState, usable: int) -> tuple[int, float]:
     """Steps this round and q, exactly as training will take them, over the round's records (patients or patches)."""
-    return round_steps(state.records, usable, state.config.batch_size, state.config.local_epochs)
+    return round_steps(state.records, usable, state.config.batch_size, state.config.local_epochs,
+                       state.config.min_records_per_step)
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,7 @@ def _train_settings(state: RoundState, randomness: RoundRandomness, sigma: float
         randomness=randomness, dp=config.dp, noise_multiplier=sigma, max_grad_norm=config.max_grad_norm,
         grad_sample_mode=grad_sample_mode_for(config.policy, config.grad_sample_mode),
         privacy_unit=state.unit, max_patches_per_patient=config.max_patches_per_patient,
-        proximal_mu=float(request.proximal_mu), stain_augment=augments(config.stain),
+        min_records_per_step=config.min_records_per_step, proximal_mu=float(request.proximal_mu), stain_augment=augments(config.stain),
     )
 
 

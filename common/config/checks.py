@@ -104,6 +104,8 @@ def _check_training(config: RunConfig, problems: _Problems) -> None:
     """Local training: epochs, batches, optimiser, clipping, noise."""
     problems.need(config.local_epochs >= 1, f"local-epochs must be >= 1, got {config.local_epochs}")
     problems.need(config.batch_size >= 1, f"batch-size must be >= 1, got {config.batch_size}")
+    problems.need(config.min_records_per_step >= 1,
+                  f"min-records-per-step must be >= 1, got {config.min_records_per_step}")
     problems.need(config.eval_batch_size >= 1, f"eval-batch-size must be >= 1, got {config.eval_batch_size}")
     problems.need(config.lr > 0, f"lr must be > 0, got {config.lr}")
     problems.need(0 <= config.momentum < 1, f"momentum must be in [0, 1), got {config.momentum}")

@@ -25,6 +25,11 @@ ROUND_ACCEPTANCE_SETTINGS: Final[tuple[str, ...]] = ("validation", "all")
 # round-acceptance = validation with public-fraction = 0: this share of the groups the server holds out for
 # testing is its validation part instead (common.data.sources), group-disjoint from the test set that remains.
 SERVER_VALIDATION_FRACTION: Final[float] = 0.25
+# DP-SGD: the fewest records (patients, or patches) a step expects (`min-records-per-step`,
+# common.training.steps.epoch_steps raises q to reach it). The noise per record in a step is σ/(q·N): at the patient
+# unit a 64-patch batch of 16-patch patients holds 4 patients and the signal drowns (docs/BENCHMARKS.md,
+# "patient-privacy"). 1 = plan from the batch size alone, as before issue 23.
+DEFAULT_MIN_RECORDS_PER_STEP: Final[int] = 16
 # Patient-level DP: at most this many of a sampled patient's patches per step (`max-patches-per-patient`).
 # It bounds a step's work and keeps its expected patches near the batch size; the per-patient clipping,
 # not the cap, bounds a patient's influence (common.training.patient_dp).

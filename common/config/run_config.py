@@ -14,7 +14,7 @@ from typing import Any
 
 from common.config.booleans import parse_bool
 from common.config.checks import DEFAULT_PERIOD_DAYS, config_problems
-from common.config.choices import DEFAULT_MAX_PATCHES_PER_PATIENT
+from common.config.choices import DEFAULT_MAX_PATCHES_PER_PATIENT, DEFAULT_MIN_RECORDS_PER_STEP
 from common.config.strategies import DEFAULT_STRATEGY
 from common.data.checks import DEFAULT_MAX_IMAGE_PIXELS
 from common.privacy.delta import DEFAULT_DELTA, auto_delta
@@ -41,6 +41,7 @@ class RunConfig:
     bn_statistics: str = "backbone"
     local_epochs: int = 1
     batch_size: int = 64
+    min_records_per_step: int = DEFAULT_MIN_RECORDS_PER_STEP  # under DP: q raised so a step expects at least this many
     lr: float = 0.1
     momentum: float = 0.9
     dp: bool = True

@@ -72,8 +72,8 @@ def record_sampler(data: ImageSet, settings: TrainSettings) -> PatientPoissonSam
     stream = settings.randomness.stream("dp-sampling")
     if settings.privacy_unit == PATIENT:
         return PatientPoissonSampler(patient_index(data.groups), settings.batch_size, settings.max_patches_per_patient,
-                                     stream)
-    return PatientPoissonSampler(np.arange(len(data)), settings.batch_size, 1, stream)
+                                     stream, settings.min_records_per_step)
+    return PatientPoissonSampler(np.arange(len(data)), settings.batch_size, 1, stream, settings.min_records_per_step)
 
 
 def train_private(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from common.config.choices import DEFAULT_MIN_RECORDS_PER_STEP
 from common.privacy.randomness import RoundRandomness
 from common.training.patient_dp import DEFAULT_MAX_PATCHES_PER_PATIENT, PATCH, PRIVACY_UNITS
 
@@ -38,6 +39,8 @@ class TrainSettings:
     # record: Poisson sampling over patients, per-patient clipping; see common.training.patient_dp).
     privacy_unit: str = PATCH
     max_patches_per_patient: int = DEFAULT_MAX_PATCHES_PER_PATIENT  # patient unit: patches per patient per step
+    # Under DP: q is raised so that a step expects at least this many records (common.training.steps.epoch_steps).
+    min_records_per_step: int = DEFAULT_MIN_RECORDS_PER_STEP
     # Random stain-concentration perturbation per sample and step (common.data.stain_handling): a per-sample
     # transform, so under DP it costs no budget.
     stain_augment: bool = False
@@ -52,6 +55,8 @@ class TrainSettings:
             raise ValueError(f"privacy_unit must be one of {', '.join(PRIVACY_UNITS)}, got {self.privacy_unit!r}")
         if int(self.max_patches_per_patient) != self.max_patches_per_patient or self.max_patches_per_patient < 1:
             raise ValueError(f"max_patches_per_patient must be an integer >= 1, got {self.max_patches_per_patient!r}")
+        if int(self.min_records_per_step) != self.min_records_per_step or self.min_records_per_step < 1:
+            raise ValueError(f"min_records_per_step must be an integer >= 1, got {self.min_records_per_step!r}")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def noise_multipliers(config: Any, rounds: int, local_epochs: int, delta: float,
     sigmas = []
     for site in train_sets:
         records, usable = patient_counts(site.groups, patch_cap(config)) if unit == PATIENT else (len(site), len(site))
-        steps, rate = epoch_steps(records, usable, config.batch_size)
+        steps, rate = epoch_steps(records, usable, config.batch_size, config.min_records_per_step)
         sigmas.append(_noise_multiplier(rate, steps * local_epochs * rounds, epsilon, delta))
     return sigmas
 
@@ -83,7 +83,8 @@ def site_settings(config: Any, local_epochs: int, randomness: RoundRandomness, d
     return TrainSettings(epochs=local_epochs, batch_size=config.batch_size, lr=config.lr, momentum=config.momentum,
                          randomness=randomness, dp=dp, noise_multiplier=sigma, max_grad_norm=clip,
                          grad_sample_mode=grad_sample_mode_for(config.policy, config.grad_sample_mode),
-                         privacy_unit=unit, max_patches_per_patient=patch_cap(config), extra_records=extra)
+                         privacy_unit=unit, max_patches_per_patient=patch_cap(config),
+                         min_records_per_step=config.min_records_per_step, extra_records=extra)
 
 
 def claimed_history(history: list[Any], sigma: float) -> list[tuple[float, float, int]]:

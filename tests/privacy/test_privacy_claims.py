@@ -28,7 +28,14 @@ from client.round_types import RoundRequest, RoundResult
 from client.site import run_round
 from common.config.run_config import ConfigError, RunConfig
 from common.data.folder import load_image_folder
-from common.data.sources import all_simulated_sites, central_test_set, load_pool, public_share, simulated_site
+from common.data.sources import (
+    all_simulated_sites,
+    central_test_set,
+    load_pool,
+    public_share,
+    server_validation_set,
+    simulated_site,
+)
 from common.data.stain_handling import stain_bases
 from common.data.synthetic import make_synthetic
 from common.model.factory import initial_model
@@ -165,15 +172,16 @@ def test_noise_sampling_and_augmentation_follow_the_sites_dp_seed_and_nothing_th
 def test_no_group_of_the_public_share_is_at_any_site_whatever_the_coordinator_chooses(partitioning: str) -> None:
     """The centre may use its public share without DP (pretraining, BatchNorm statistics), so no patient of a site
     may be in it: for every seed and public fraction tried, the public share, the test set and the sites are
-    disjoint in groups, and together they are the whole pool (nothing is made disjoint by being dropped)."""
+    disjoint in groups (with the server's validation part), and together they are the whole pool (nothing is made disjoint by being dropped)."""
     for seed in range(4):
         for fraction in (0.1, 0.3, 0.5):
             config = RunConfig.from_mapping(tiny_run_config(
                 **{"partitioning": partitioning, "public-fraction": fraction, "seed": seed, "dirichlet-alpha": 1.0}))
             public, test = set(public_share(config).groups), set(central_test_set(config).groups)
+            validation = set(server_validation_set(config)[0].groups)  # round acceptance's, cut from the held-out
             sites = [set(s.train.groups) | set(s.val.groups) for s in all_simulated_sites(config, 3)]
-            assert public and test and all(sites)
-            parts = [public, test, *sites]
+            assert public and test and validation and all(sites)
+            parts = [public, test, validation, *sites]
             assert sum(len(p) for p in parts) == len(set().union(*parts)), (seed, fraction)  # pairwise disjoint
             assert set().union(*parts) == set(load_pool(config)[0].groups)
 

@@ -153,9 +153,9 @@ def test_planned_steps_are_the_steps_opacus_takes_where_ceil_differs() -> None:
     assert (93, 1) in differ and len(differ) > 10  # the sizes where a ceil(n/batch) plan would be wrong
     for n, b in [*differ[:20], (93, 1), (5952, 64), (100, 64)]:
         loader = DPDataLoader(TensorDataset(torch.zeros(n, 1)), sample_rate=1 / -(-n // b))
-        steps, rate = epoch_steps(n, n, b)
+        steps, rate = epoch_steps(n, n, b, 1)  # from the batch size alone, as Opacus plans
         assert (steps, rate) == (len(loader), loader.sample_rate), (n, b)
-    assert epoch_steps(93, 93, 1)[0] == 92
+    assert epoch_steps(93, 93, 1, 1)[0] == 92
 
 
 @pytest.mark.parametrize(("history", "rate", "steps"), [

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.config.choices import DEFAULT_MIN_RECORDS_PER_STEP
 from common.data.imageset import ImageSet
 from common.data.synthetic import make_synthetic
 from common.model.dp_layers import ChannelAffine
@@ -71,7 +72,8 @@ def mechanism_step(model: nn.Module, x, y, index, mode: str, max_grad_norm: floa
     noise, p.grad after noise and scaling, expected patients)."""
     params = [p for p in model.parameters() if p.requires_grad]
     accountant, keys = site_accountant(None), public_randomness("5")
-    sampler = PatientPoissonSampler(index.numpy(), batch_size=4, max_patches_per_patient=64, stream=keys.stream("sampling"))
+    sampler = PatientPoissonSampler(index.numpy(), batch_size=4, max_patches_per_patient=64, stream=keys.stream("sampling"),
+                                    min_records_per_step=1)  # q from the batch size alone: 3 patients
     private = make_private_per_patient(
         accountant, keys.stream("noise"), module=model, optimizer=torch.optim.SGD(params, lr=1.0), criterion=nn.CrossEntropyLoss(),
         sampler=sampler, noise_multiplier=sigma, max_grad_norm=max_grad_norm, grad_sample_mode=mode,
@@ -219,7 +221,7 @@ def _empty_step(model: nn.Module, mode: str, sigma: float, c: float):
     params = [p for p in model.parameters() if p.requires_grad]
     accountant, keys = site_accountant(None), public_randomness("6")
     sampler = PatientPoissonSampler(np.repeat(np.arange(4), 2), batch_size=2, max_patches_per_patient=2,
-                                    stream=keys.stream("sampling"))
+                                    stream=keys.stream("sampling"), min_records_per_step=1)
     assert (sampler.expected_patients, sampler.expected_patches) == (1.0, 2.0)
     private = make_private_per_patient(
         accountant, keys.stream("noise"), module=model, optimizer=torch.optim.SGD(params, lr=1.0),
@@ -283,9 +285,9 @@ def test_sampler_takes_whole_patients_up_to_the_cap() -> None:
     patient = patient_index(groups)
     cap = 4
     sampler = PatientPoissonSampler(patient, batch_size=8, max_patches_per_patient=cap,
-                                    stream=public_randomness("1").stream("sampling"))
+                                    stream=public_randomness("1").stream("sampling"), min_records_per_step=1)
     assert patient_counts(groups, cap) == (6, 1 + 3 + 4 * 4)
-    assert (sampler.steps, sampler.sample_rate) == epoch_steps(6, 20, 8) == (3, 1 / 3)
+    assert (sampler.steps, sampler.sample_rate) == epoch_steps(6, 20, 8, 1) == (3, 1 / 3)
     seen_of_big = set()
     inclusions = np.zeros(6)
     steps = 0
@@ -309,13 +311,31 @@ def test_sampler_takes_whole_patients_up_to_the_cap() -> None:
 
 
 def test_patient_sampling_rate_rule() -> None:
-    assert epoch_steps(50, 1000, 64) == (16, 1 / 16)  # q * usable patches <= batch
-    assert epoch_steps(3, 300, 64) == (3, 1 / 3)  # big patients: one per step expected
-    assert epoch_steps(10, 10, 64) == (1, 1.0)
-    assert epoch_steps(93, 93, 1)[0] == 92  # int(1/q), as Opacus' sampler takes it
-    assert epoch_steps(1000, 1000, 64) == (16, 1 / 16)  # patches (patients of one patch): q = 1/ceil(n/batch)
+    """From the batch size alone (min-records-per-step = 1), as before issue 23."""
+    assert epoch_steps(50, 1000, 64, 1) == (16, 1 / 16)  # q * usable patches <= batch
+    assert epoch_steps(3, 300, 64, 1) == (3, 1 / 3)  # big patients: one per step expected
+    assert epoch_steps(10, 10, 64, 1) == (1, 1.0)
+    assert epoch_steps(93, 93, 1, 1)[0] == 92  # int(1/q), as Opacus' sampler takes it
+    assert epoch_steps(1000, 1000, 64, 1) == (16, 1 / 16)  # patches (patients of one patch): q = 1/ceil(n/batch)
     with pytest.raises(ValueError, match="needs at least one record"):
         epoch_steps(0, 0, 64)
+
+
+def test_steps_are_planned_for_at_least_min_records_per_step() -> None:
+    """Issue 23: a step expects at least `min-records-per-step` records (16 by default), even past the batch size.
+
+    The quick LC25000 site: 47 patients of 16 usable patches; a 64-patch batch would hold 4 patients (q = 1/12)."""
+    assert epoch_steps(47, 752, 64, 1) == (12, 1 / 12)
+    steps, q = epoch_steps(47, 752, 64)  # the default: 47 // 16 = 2 steps, 23.5 patients expected per step
+    assert (steps, q) == (2, 1 / 2) and q * 47 >= DEFAULT_MIN_RECORDS_PER_STEP
+    assert epoch_steps(10, 160, 64) == (1, 1.0)  # fewer records than the minimum: every record every step
+    assert epoch_steps(1000, 1000, 64) == (16, 1 / 16)  # patches in batches of 64 >= 16: unchanged
+    assert epoch_steps(1000, 1000, 8) == (62, 1 / 62)  # patches in batches of 8: 16 per step instead
+    for records, usable, batch in [(47, 752, 64), (200, 3000, 32), (5, 40, 2), (1000, 1000, 4)]:
+        _, q = epoch_steps(records, usable, batch)
+        assert q * records >= min(records, DEFAULT_MIN_RECORDS_PER_STEP) * (1 - 1e-12)
+    with pytest.raises(ValueError, match="min-records-per-step"):
+        epoch_steps(10, 10, 4, 0)
 
 
 # -- through train_local ---------------------------------------------------------------------------
@@ -333,8 +353,8 @@ def test_train_local_records_patient_level_history(policy: str, mode: str, monke
     """6 patients x 3 patches, cap 2, batch 2: q = 1/6 per patient (1/9 per patch); this seed has empty steps."""
     data = _patients(18, 0, per_patient=3)
     patients, usable = patient_counts(data.groups, 2)
-    steps, q = epoch_steps(patients, usable, 2)
-    assert (patients, usable, steps, q) == (6, 12, 6, 1 / 6) and q != epoch_steps(len(data), len(data), 2)[1]
+    steps, q = epoch_steps(patients, usable, 2, 1)
+    assert (patients, usable, steps, q) == (6, 12, 6, 1 / 6) and q != epoch_steps(len(data), len(data), 2, 1)[1]
     sizes: list[int] = []
     step_for = PatientPoissonSampler.step_for
     monkeypatch.setattr(PatientPoissonSampler, "step_for",
@@ -342,7 +362,8 @@ def test_train_local_records_patient_level_history(policy: str, mode: str, monke
     model = resnet18(policy)
     before = get_trainable_state(model)
     settings = TrainSettings(epochs=1, batch_size=2, lr=0.05, momentum=0.0, randomness=public_randomness("13"), dp=True, noise_multiplier=0.9,
-                             max_grad_norm=1.0, grad_sample_mode=mode, privacy_unit="patient", max_patches_per_patient=2)
+                             max_grad_norm=1.0, grad_sample_mode=mode, privacy_unit="patient", max_patches_per_patient=2,
+                             min_records_per_step=1)
     outcome = train_local(model, data, settings, history=[(2.0, 0.1, 7)])
     assert outcome.history == [(2.0, 0.1, 7), (0.9, q, steps)]
     assert (outcome.steps, outcome.sample_rate, outcome.privacy_unit, outcome.num_patients) == (steps, q, "patient", 6)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from common.config.choices import DEFAULT_MIN_RECORDS_PER_STEP
 from common.privacy.randomness import SecretStream
 from common.training.patient_dp.group_norms import PatchGroups
 from common.training.patient_dp.planning import check_cap
@@ -44,6 +45,7 @@ class PatientPoissonSampler:
         batch_size: int,
         max_patches_per_patient: int,
         stream: SecretStream,
+        min_records_per_step: int = DEFAULT_MIN_RECORDS_PER_STEP,
     ) -> None:
         check_cap(max_patches_per_patient)
         patient_of_patch = np.asarray(patient_of_patch, dtype=np.int64).reshape(-1)
@@ -58,7 +60,8 @@ class PatientPoissonSampler:
         self.cap = int(max_patches_per_patient)
         self.num_patients = int(len(sizes))
         self.usable_patches = int(np.minimum(sizes, self.cap).sum())
-        self.steps, self.sample_rate = epoch_steps(self.num_patients, self.usable_patches, batch_size)
+        self.steps, self.sample_rate = epoch_steps(self.num_patients, self.usable_patches, batch_size,
+                                                   min_records_per_step)
         self.expected_patients = self.sample_rate * self.num_patients
         self._order = torch.from_numpy(np.argsort(patient_of_patch, kind="stable"))  # rows grouped by patient
         self._sizes = torch.from_numpy(sizes)
