@@ -30,10 +30,11 @@ RDP_ORDERS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS)
 # PRV discretisation: the returned bound is the PRV estimate at δ − δ_err plus ε_err (Opacus'
 # `get_epsilon` returns the upper end of its error interval). ε_err = 0.01 keeps the bound within
 # ~0.01-0.02 of the exact ε. The mesh is ∝ ε_err and the work ∝ entries × mesh points, so a history
-# of many (σ, q) entries (one per job at a site) gets a coarser ε_err, 0.002 per entry, at most 0.05:
-# still an upper bound, only up to 0.04 looser, and a calibration stays a few seconds.
+# of many (σ, q) entries (about one per job at a site) gets a coarser ε_err, 0.004 per entry, at most
+# 0.05: still an upper bound, at most 0.04 looser, and a job's calibration stays a few seconds
+# (measured in docs/PRIVACY.md).
 PRV_EPS_ERROR = 0.01
-PRV_EPS_ERROR_PER_ENTRY = 0.002
+PRV_EPS_ERROR_PER_ENTRY = 0.004
 PRV_EPS_ERROR_MAX = 0.05
 PRV_DELTA_ERROR_SHARE = 1e-3  # δ_err = δ/1000, Opacus' default
 # The PRV's work is ~ entries × mesh points; the domain's half-width is the composed RDP ε at
