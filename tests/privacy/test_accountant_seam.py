@@ -27,6 +27,7 @@ HISTORIES = [
     [(0.7, 0.05, 100), (1.5, 0.1, 50)],
     [(1.0, 0.02, 400)],
     [(2.5, 0.25, 16), (0.9, 1 / 3, 12), (1.1, 0.125, 40)],
+    [(6.5, 1.0, 3), (1.76, 0.9, 10)],  # no or almost no subsampling (a site of few records, the audit's rates)
 ]
 
 
@@ -99,7 +100,8 @@ def _pld_epsilon(history, delta: float, pessimistic: bool) -> float:
     composed = None
     for sigma, q, steps in history:
         one = pld.from_gaussian_mechanism(standard_deviation=sigma, sensitivity=1.0, sampling_prob=q,
-                                          pessimistic_estimate=pessimistic, value_discretization_interval=1e-3)
+                                          pessimistic_estimate=pessimistic, value_discretization_interval=1e-3,
+                                          use_connect_dots=pessimistic)  # the optimistic side: Privacy Buckets
         one = one.self_compose(steps)
         composed = one if composed is None else composed.compose(one)
     return float(composed.get_epsilon_for_delta(delta))
@@ -109,11 +111,16 @@ def _pld_epsilon(history, delta: float, pessimistic: bool) -> float:
 @pytest.mark.parametrize("history", HISTORIES)
 def test_an_independent_pld_accountant_agrees_and_never_says_less(history) -> None:
     pytest.importorskip("dp_accounting", reason="the `test` extra installs dp-accounting")
+    # dp-accounting rounds the privacy loss down (optimistic) or up (pessimistic): the hockey-stick
+    # divergence, and so the ε at δ, is then below or above the mechanism's true one
     lower = _pld_epsilon(history, DELTA, pessimistic=False)  # ≤ the true ε of the mechanism
     upper = _pld_epsilon(history, DELTA, pessimistic=True)  # ≥ the true ε
     assert lower <= upper
     eps = epsilon_of(history, DELTA)
     assert eps >= lower  # a valid upper bound cannot be below a lower bound on the truth
+    # nor noticeably below the independent tight upper bound: measured 0.010-0.013 above it (the PRV's
+    # ε_err on top of an estimate that matches the pessimistic PLD); 0.005 is the stated slack
+    assert eps >= upper - 0.005
     assert eps <= 1.05 * upper  # and the seam is tight: within 5% of the independent upper bound
 
 
