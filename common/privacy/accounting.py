@@ -153,7 +153,11 @@ def prv_epsilon(history: History | HistoryKey, delta: float) -> float:
 
 
 def prv_eps_error(entries: int) -> float:
-    """The PRV's ε_err for a history of `entries` (σ, q) entries (see PRV_EPS_ERROR)."""
+    """The PRV's ε_err for a history of `entries` (σ, q) entries (see PRV_EPS_ERROR).
+
+    A function of the entry count only: a calibration's trial histories all have the same entries, so
+    it compares like with like. A round that adds a new (σ, q) entry may coarsen it by 0.004; the ε
+    stays a valid bound, and any real round adds far more ε than that."""
     return min(PRV_EPS_ERROR_MAX, max(PRV_EPS_ERROR, PRV_EPS_ERROR_PER_ENTRY * entries))
 
 

@@ -154,3 +154,27 @@ def test_recurring_entries_compose_as_one_in_any_order() -> None:
     assert epsilon_of(spread, DELTA) == epsilon_of([(1.0, 0.25, 16), (0.8, 0.2, 10)], DELTA)
     rdp, prv = _stock([(1.0, 0.25, 16), (0.8, 0.2, 10)], DELTA)
     assert rdp_epsilon(spread, DELTA) == pytest.approx(rdp, rel=1e-12) and prv < rdp
+
+
+def test_a_ledger_written_under_rdp_alone_still_opens_and_its_spend_only_shrinks(tmp_path, monkeypatch) -> None:
+    """A ledger written before the seam (its ε from the RDP accountant alone) verifies unchanged: the chain
+    seals the recorded numbers, and the history on disk is the mechanism's (σ, q, steps), so the spend
+    recomputed now is the seam's, below the recorded one and still a valid bound; the next write records it."""
+    import json
+
+    from common.privacy import ledger as ledger_module
+    from common.privacy.ledger import LEDGER_FILE, PrivacyLedger
+
+    with monkeypatch.context() as before:
+        before.setattr(ledger_module, "epsilon_of", rdp_epsilon)
+        old = PrivacyLedger.open(tmp_path, "site-a", 1e-5, 12.0)
+        old.commit_round([(1.0, 0.25, 16)], {"round": 1})
+    recorded = json.loads((tmp_path / LEDGER_FILE).read_text())
+    assert recorded["epsilon_spent"] == rdp_epsilon([(1.0, 0.25, 16)], 1e-5)
+
+    now = PrivacyLedger.open(tmp_path, "site-a", 1e-5, 12.0)  # verifies: nothing on disk had to change
+    assert now.history == [(1.0, 0.25, 16)]
+    assert now.epsilon() == epsilon_of([(1.0, 0.25, 16)], 1e-5) < 0.95 * recorded["epsilon_spent"]
+    now.save("reopened")
+    assert json.loads((tmp_path / LEDGER_FILE).read_text())["epsilon_spent"] == now.epsilon()
+    assert PrivacyLedger.open(tmp_path, "site-a", 1e-5, 12.0).epsilon() == now.epsilon()
