@@ -1,6 +1,7 @@
 """A site's privacy budget: accounting (math) apart from the ledger (storage).
 
-* `accounting` — ε of a (σ, q, steps) history (Opacus' RDP accountant), noise calibration for a
+* `accounting` — ε of a (σ, q, steps) history (`epsilon_of`: the smaller of Opacus' RDP and PRV
+  upper bounds, the one accountant seam), noise calibration for a
   job's grant, whether a round fits, the per-job grant rule. Pure functions, no files.
 * `ledger`     — the site's one persistent history: atomic, locked, never reset silently, with
   its jobs, budget changes and unit of privacy.

@@ -5,8 +5,8 @@ as it likes, each with a grant of its own; the lifetime budget stops them only w
 A site that sets `epsilon-per-period` (node config; simulation: `site-epsilon-per-period`) bounds
 the spend of any trailing window of `period-days` days, whoever asks.
 
-What "ε spent in a period" means, under composition: the ε (at the site's δ, by the same RDP
-accountant as the ledger) of the composition of the DP rounds the ledger records with a time in
+What "ε spent in a period" means, under composition: the ε (at the site's δ, by the same accountant
+as the ledger, `accounting.epsilon_of`) of the composition of the DP rounds the ledger records with a time in
 the trailing window (now − period, now] (a round recorded later than now, after a clock change,
 counts too). Before a round trains, that composition *plus the round about to run* must stay
 within the allowance, or the round is refused (`period-allowance-exceeded`). Since a round is

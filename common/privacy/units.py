@@ -23,39 +23,24 @@ neither claimed to be tight):
   factor above the patient-level ε; a patch whose removal removes its patient is covered by
   the patient-level ε itself, which this bound exceeds.
 
-Both use Opacus' RDP analysis of the sampled Gaussian (the accountant the ledgers use) and
-convert to (ε, δ) the way Opacus does.
+Both are arguments about Rényi divergences, so both use Opacus' RDP analysis of the sampled
+Gaussian and its (ε, δ) conversion, from `common.privacy.accounting` (the same memoised per-step
+RDP as the ledgers' RDP bound). The ledgers' own ε (`accounting.epsilon_of`) is min(RDP, PRV) and
+so at most these bounds' k = 1 case; these conversions keep the RDP alone (their arguments are made
+order by order), which is the looser, still valid side.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.rdp import RDPAccountant
+
+from common.privacy.accounting import RDP_ORDERS, history_rdp
+from common.privacy.accounting import rdp_epsilon_of_curve as _epsilon
 
 History = Sequence[tuple[float, float, int]]
-ORDERS: tuple[float, ...] = tuple(RDPAccountant.DEFAULT_ALPHAS)
-
-
-def _epsilon(orders: Sequence[float], rdp: np.ndarray, delta: float) -> float:
-    with warnings.catch_warnings():
-        # Opacus warns when the best order is at the edge of the grid: the ε is then a valid,
-        # looser upper bound, which is the side these conversions promise to be on.
-        warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
-        eps, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
-    return float(eps)
-
-
-def history_rdp(history: History, orders: Sequence[float]) -> np.ndarray:
-    """Composed RDP of an accountant history at `orders` (RDP adds up over steps)."""
-    total = np.zeros(len(orders))
-    for sigma, q, steps in history:
-        if steps > 0:
-            total += np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=int(steps), orders=list(orders)))
-    return total
+ORDERS: tuple[float, ...] = RDP_ORDERS
 
 
 def patient_epsilon_of_patch_run(history: History, delta: float, max_patches_per_patient: int) -> float:

@@ -30,7 +30,10 @@ AccountantHistory = list[tuple[float, float, int]]  # Opacus RDP history: (noise
 
 
 def site_accountant(history: AccountantHistory | None) -> RDPAccountant:
-    """Opacus' RDP accountant holding the site's whole history: the round's steps are added to it."""
+    """Opacus' RDP accountant holding the site's whole history: the round's steps are added to it.
+
+    It only records (σ, q, steps); no ε is read from it. Every ε is `common.privacy.accounting.epsilon_of`
+    of the history (the smaller of the RDP and PRV bounds)."""
     accountant = RDPAccountant()
     accountant.load_state_dict({"history": list(history or []), "mechanism": "rdp"})
     return accountant

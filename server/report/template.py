@@ -426,7 +426,7 @@ TEMPLATE = """<!DOCTYPE html>
     <dd>{{ officer_text }}</dd>
     <dt>For the ML engineer</dt>
     <dd>Flower's {{ strategy_text }} over the screened updates of the trainable tensors of the chosen policy
-      (updates weighted by examples); Opacus RDP accounting per site,
+      (updates weighted by examples); Opacus accounting per site (the smaller of its RDP and PRV bounds),
       cumulative in a ledger on the site's disk. The curves are central test-set metrics per round; patch-level
       CIs are a percentile bootstrap over test examples{% if patients %}, patient-level ones over patients{% else %}
       (the test set names no patients){% endif %}. ECE uses 15 equal-width confidence bins. The full

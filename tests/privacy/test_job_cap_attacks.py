@@ -186,7 +186,7 @@ def test_the_window_holds_the_rounds_of_the_trailing_period_and_any_recorded_lat
 
 
 def _composed(entries: list[tuple[float, float, int]], delta: float, cache: dict) -> float:
-    """epsilon_of, with equal (σ, q) entries merged first (RDP adds up over steps) and memoised: the same
+    """epsilon_of, with equal (σ, q) entries merged first (composition commutes; epsilon_of merges them too) and memoised: the same
     accountant, asked far fewer distinct questions."""
     merged: dict[tuple[float, float], int] = {}
     for sigma, rate, steps in entries:

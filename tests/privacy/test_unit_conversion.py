@@ -16,7 +16,7 @@ from opacus.accountants.analysis.rdp import get_privacy_spent
 from scipy import stats
 from scipy.special import logsumexp
 
-from common.privacy.accounting import epsilon_of
+from common.privacy.accounting import epsilon_of, rdp_epsilon
 from common.privacy.units import ORDERS, patch_epsilon_of_patient_run, patient_epsilon_of_patch_run
 
 HISTORY = [(1.1, 0.02, 300), (1.5, 0.05, 40)]
@@ -65,7 +65,10 @@ def test_patient_bound_of_a_patch_run_is_above_the_exact_divergence(sigma: float
 
 
 def test_one_patch_per_patient_changes_nothing() -> None:
-    assert patient_epsilon_of_patch_run(HISTORY, DELTA, 1) == pytest.approx(epsilon_of(HISTORY, DELTA), rel=1e-9)
+    """k = 1 is the history's own RDP ε (the conversions are RDP arguments), which bounds the ledger's ε
+    (min(RDP, PRV)) from above."""
+    assert patient_epsilon_of_patch_run(HISTORY, DELTA, 1) == pytest.approx(rdp_epsilon(HISTORY, DELTA), rel=1e-9)
+    assert epsilon_of(HISTORY, DELTA) <= patient_epsilon_of_patch_run(HISTORY, DELTA, 1)
 
 
 def test_patient_epsilon_of_a_patch_run_grows_with_patches_per_patient() -> None:

@@ -10,11 +10,12 @@ One DP step:
 4. the clipped patient gradients are summed and Gaussian noise N(0, sigma^2 C^2) is added
    (Opacus' DPOptimizer), and the result is divided by the expected number of patients per
    step, q * patients (pure post-processing: it does not affect privacy);
-5. the accountant records (sigma, q, 1) for the step: Opacus' RDP accountant, unchanged.
+5. the accountant records (sigma, q, 1) for the step: Opacus' RDP accountant, unchanged (its history is
+   the ledger's; the ε is `common.privacy.accounting.epsilon_of` of it).
 
 Adding or removing one patient changes the sum in step 4 by at most C whatever the number of
 its patches, and patients enter steps by Poisson sampling with rate q, so this is exactly the
-sampled Gaussian mechanism that the RDP accountant analyses, with patients as records: the
+sampled Gaussian mechanism that the accountants analyse, with patients as records: the
 (epsilon, delta) it reports is per patient. The patch cap is not needed for that bound (the
 clipping is); it bounds the work of a step and keeps the expected number of patches per step
 near the configured batch size.
