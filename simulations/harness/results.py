@@ -121,7 +121,8 @@ def _claims(claims: list[float] | None) -> str:
 
 
 UNITS_HEADER = ["setting", "accuracy % (95% CI)", "balanced acc. %", "macro AUC %", "ε per patient (max site)",
-                "ε per patch (max site)", "site updates not used", "seconds"]
+                "ε per patch (max site)", "server validation % start → end (kept rounds)", "site updates not used",
+                "seconds"]
 
 
 def _unit_eps(row: dict[str, Any], key: str, exact_for: str) -> str:
@@ -138,7 +139,16 @@ def _unit_eps(row: dict[str, Any], key: str, exact_for: str) -> str:
 def _unit_cells(row: dict[str, Any]) -> list[str]:
     cells = _row_cells(row)
     return [cells[0], cells[1], cells[2], cells[4], _unit_eps(row, "epsilon_per_patient", "patient"),
-            _unit_eps(row, "epsilon_per_patch", "patch"), cells[7], cells[8]]
+            _unit_eps(row, "epsilon_per_patch", "patch"), _validation_cell(row), cells[7], cells[8]]
+
+
+def _validation_cell(row: dict[str, Any]) -> str:
+    """The server's validation accuracy (never the test set) of the start and the end model, and the rounds kept."""
+    v = row.get("validation") or {}
+    if not v:
+        return "-"
+    kept = ", ".join(str(r) for r in v.get("kept_rounds", []) if r) or "none"
+    return f"{_pct(v['start'])} → {_pct(v['end'])} ({kept})"
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -209,7 +219,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
     curves = result["experiment"] in ("privacy-utility", "patient-privacy")
     if curves:
-        series = {unit: [r for r in rows if r.get("epsilon") and r.get("privacy_unit_asked") == unit]
+        series = {unit: [r for r in rows if r.get("epsilon") and r.get("privacy_unit_asked") == unit
+                         and not r.get("lever")]  # lever rows are in the table
                   for unit in {r.get("privacy_unit_asked") for r in rows if r.get("epsilon")}}
         for (unit, finite), colour in zip(sorted(series.items(), key=lambda kv: str(kv[0])), ("#7b2d8b", "#d95f02")):
             xs = [r["epsilon"] for r in finite]

@@ -72,7 +72,21 @@ def summarise_run(scenario: Scenario, report: dict[str, Any], seconds: float) ->
         "weights": report["run"]["weights_description"], "seconds": round(seconds, 1),
         "privacy_units": sorted({s["privacy_unit"] for s in sites if s.get("privacy_unit")}),
         "site_histories": site_histories(report), "site_deltas": {s["site_id"]: s["delta"] for s in sites},
+        "validation": validation_summary(report),
     }
+
+
+def validation_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The server's validation accuracy (never the test set) of the starting and the end model, and the kept
+    rounds: what hyper-parameters are chosen on (docs/BENCHMARKS.md, "patient-privacy"). Empty under
+    round-acceptance = all, which judges nothing."""
+    decisions = [line["acceptance"] for line in report["rounds"] if line.get("acceptance")]
+    judged = [d for d in decisions if d.get("validation_accuracy") is not None]
+    if not judged:
+        return {}
+    return {"start": judged[0]["validation_accuracy"], "end": decisions[-1].get("kept_validation_accuracy"),
+            "kept_rounds": [d["round"] for d in decisions if d.get("kept")],
+            "examples": (report.get("round_acceptance") or {}).get("validation_examples")}
 
 
 def site_histories(report: dict[str, Any]) -> dict[str, list[tuple[float, float, int]]]:

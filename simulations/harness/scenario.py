@@ -44,6 +44,8 @@ class Scenario:
     weights: str = "none"
     stain_shift: float = DEFAULTS.stain_shift
     batch_size: int = DEFAULTS.batch_size
+    min_records_per_step: int = DEFAULTS.min_records_per_step  # under DP (common.training.steps.epoch_steps)
+    round_acceptance: str = DEFAULTS.round_acceptance  # validation | all (server.round_acceptance)
     lr: float = DEFAULTS.lr
     local_epochs: int = DEFAULTS.local_epochs
     fraction_train: float = DEFAULTS.fraction_train
@@ -66,6 +68,7 @@ class Scenario:
             "public-fraction": self.public_fraction, "min-train-nodes": 1, "min-available-nodes": self.sites,
             "privacy-unit": self.privacy_unit, "stain": self.stain, "strategy": self.strategy,
             "server-lr": self.server_lr, "bn-statistics": self.bn_statistics,
+            "min-records-per-step": self.min_records_per_step, "round-acceptance": self.round_acceptance,
         }
         return toml_assignments(values)
 

@@ -115,7 +115,7 @@ def _reading_transfer(rows: list[dict[str, Any]]) -> str:
 
 
 def _reading_patient_privacy(result: dict[str, Any]) -> str:
-    rows = [r for r in result["rows"] if r.get("epsilon")]
+    rows = [r for r in result["rows"] if r.get("epsilon") and not r.get("lever")]
     cost = result["targets"]["patient_minus_patch_points"]
     patch8 = next((r for r in rows if r["privacy_unit_asked"] == "patch" and r["epsilon"] == 8.0), None)
     patient8 = next((r for r in rows if r["privacy_unit_asked"] == "patient" and r["epsilon"] == 8.0), None)
@@ -133,6 +133,37 @@ def _reading_patient_privacy(result: dict[str, Any]) -> str:
                  f"patches/batch)) and at most {result['max_patches_per_patient']} patches of each "
                  "(`max-patches-per-patient`), so a patient-level step sees fewer patients' worth of signal; "
                  "that is what patient privacy costs.")
+    return text + _reading_levers(result)
+
+
+def _reading_levers(result: dict[str, Any]) -> str:
+    """Issue 23: the gap to pooled per ε, never-worse, and what each lever row says against the default row."""
+    t = result["targets"]
+    if "patient_minus_pooled_points" not in t:
+        return ""
+    met = {True: "met", False: "NOT met"}
+    text = ("\n\nPatient privacy at little cost (issue 23). Default patient-level rows minus pooled non-private: "
+            + ", ".join(f"{v:+.1f} points at ε = {k}" for k, v in t["patient_minus_pooled_points"].items())
+            + f" (targets: ε = 2 within 2 points, {met[t['epsilon_2_within_2_points']]}; ε = 1 within 5 points, "
+            f"{met[t['epsilon_1_within_5_points']]}). Never worse than the start on the server's validation data: "
+            + ", ".join(f"ε = {k} {'yes' if v else 'NO'}" for k, v in t["never_worse_on_validation"].items()) + ".")
+    default = {r["epsilon"]: r for r in result["rows"]
+               if r.get("privacy_unit_asked") == "patient" and r.get("epsilon") and not r.get("lever")}
+    levers: dict[str, list[dict[str, Any]]] = {}
+    for r in result["rows"]:
+        if r.get("lever"):
+            levers.setdefault(r["lever"], []).append(r)
+    for lever, lever_rows in levers.items():
+        diffs = []
+        for r in lever_rows:
+            d = default.get(r["epsilon"])
+            if d is None:
+                continue
+            val = ""
+            if d.get("validation") and r.get("validation"):
+                val = f", validation {100 * (d['validation']['end'] - r['validation']['end']):+.1f}"
+            diffs.append(f"ε = {r['epsilon']:g}: test {100 * (d['accuracy'] - r['accuracy']):+.1f}{val}")
+        text += f" Defaults minus \"{lever}\" (points): {'; '.join(diffs)}."
     return text
 
 
