@@ -22,8 +22,9 @@ do not compare against them. The synthetic generator is never used for these num
 and quoted below. It is never presented as ImageNet. With ImageNet weights in the torch hub cache
 the transfer experiment adds an ImageNet row.
 
-**Privacy.** ε is per site, cumulative over all rounds (Opacus RDP accountant over the site's
-whole ledger); δ = 1/(10 × the site's records in its unit of privacy). FedAvg DP runs calibrate
+**Privacy.** ε is per site, cumulative over all rounds (over the site's whole ledger: Opacus' RDP
+accountant for runs dated before 2026-12-05, since then the smaller of Opacus' RDP and PRV upper
+bounds, docs/PRIVACY.md "How ε is computed"); δ = 1/(10 × the site's records in its unit of privacy). FedAvg DP runs calibrate
 the noise so that every planned round fits the budget; "max site ε" is what the ledgers really
 spent. Runs dated before 2026-11-25 17:00 UTC trained with one patch as the unit of privacy and
 δ = 1/(site's records); since then the default on LC25000 is one patient (`privacy-unit = auto`).
