@@ -71,7 +71,8 @@ def test_dp_training_with_empty_poisson_batches_takes_every_step(mode: str, monk
     step_for = PatientPoissonSampler.step_for
     monkeypatch.setattr(PatientPoissonSampler, "step_for", lambda self, p: sizes.append(len(p)) or step_for(self, p))
     settings = TrainSettings(epochs=3, batch_size=1, lr=0.05, momentum=0.0, randomness=public_randomness("1"), dp=True,
-                             noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode)
+                             noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode,
+                             min_records_per_step=1)  # q from the batch size alone: 1/3, not 1 (3 records < 16)
     outcome = train_local(model, data, settings)
     assert outcome.steps == 3 * 3 and outcome.history == [(1.0, 1 / 3, 9)]
     assert len(sizes) == 9 and 0 in sizes and max(sizes) > 0  # this key's draws: empty and non-empty steps
