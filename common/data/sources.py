@@ -116,16 +116,15 @@ def _split(config: RunConfig) -> _Split:
 def _server_cut(config: RunConfig) -> _Split:
     """The cut as the server sees it.
 
-    Under round-acceptance = validation the held-out data (central test split or official test set) is divided by
-    whole groups (with or without a public share: the public share is what a centre pretrains its backbone on, and
-    a model judged on its own training data would keep round 0 forever):
+    The held-out data (central test split or official test set) is divided by whole groups, whatever
+    `round-acceptance` says (so `validation` and `all` are tested on the same images, and `all` still reports each
+    round's validation accuracy), and with or without a public share (the public share is what a centre pretrains
+    its backbone on, and a model judged on its own training data would keep round 0 forever):
     `SERVER_VALIDATION_FRACTION` to the server's validation part, the rest stays the test set. The held-out part is
     in no site's share, and a site image with a held-out image's bytes is withheld from every site (`_split`), so
     the validation part is group-disjoint from the test set and from every site. The sites never need this cut.
     """
     cut = _split(config)
-    if config.round_acceptance != "validation":
-        return cut
     test_idx, validation_idx = holdout_server_validation(cut.test.groups, cut.test.labels, np.arange(len(cut.test)),
                                                          len(cut.test.classes), SERVER_VALIDATION_FRACTION, config.seed)
     return dataclasses.replace(cut, test=cut.test.subset(test_idx), server_validation=cut.test.subset(validation_idx))
@@ -166,9 +165,9 @@ def public_share_as_trained(config: RunConfig) -> ImageSet:
 def server_validation_set(config: RunConfig) -> tuple[ImageSet | None, str]:
     """(the data the server judges rounds on, what it is), as the sites' images look in training.
 
-    Never the central test set, and never the public share: under round-acceptance = validation,
-    `SERVER_VALIDATION_FRACTION` of the groups held out for testing, which the test set then no longer holds;
-    (None, "") under round-acceptance = all. Not the public share because that is what a centre pretrains its
+    Never the central test set, and never the public share: `SERVER_VALIDATION_FRACTION` of the groups held out
+    for testing, which the test set then no longer holds (under round-acceptance = all too, where it is only
+    reported). Not the public share because that is what a centre pretrains its
     backbone on (`server.pretrain --public-share`, the experiments' backbone): the starting model would be judged
     on its own training data, look best at round 0, and every round would be dropped.
     """

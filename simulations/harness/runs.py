@@ -78,8 +78,8 @@ def summarise_run(scenario: Scenario, report: dict[str, Any], seconds: float) ->
 
 def validation_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The server's validation accuracy (never the test set) of the starting and the end model, and the kept
-    rounds: what hyper-parameters are chosen on (docs/BENCHMARKS.md, "patient-privacy"). Empty under
-    round-acceptance = all, which judges nothing."""
+    rounds: what hyper-parameters are chosen on (docs/BENCHMARKS.md, "patient-privacy"). Under
+    round-acceptance = all every round is kept and the end model is the last round's."""
     decisions = [line["acceptance"] for line in report["rounds"] if line.get("acceptance")]
     judged = [d for d in decisions if d.get("validation_accuracy") is not None]
     if not judged:
