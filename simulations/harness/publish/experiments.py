@@ -50,10 +50,12 @@ def _setup_line(result: dict[str, Any]) -> str:
     scenarios = [r["scenario"] for r in result["rows"] if r.get("scenario")]
     if not scenarios:
         return ""
-    keys = ("sites", "partitioning", "alpha", "image_size", "rounds", "policy", "batch_size", "lr", "local_epochs",
-            "fraction_train", "seed")
-    common = {k: scenarios[0][k] for k in keys if all(s[k] == scenarios[0][k] for s in scenarios)}
-    text = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in common.items())
+    keys = ("sites", "partitioning", "alpha", "image_size", "rounds", "policy", "batch_size", "min_records_per_step",
+            "round_acceptance", "lr", "local_epochs", "fraction_train", "seed")
+    first = scenarios[0]
+    shown = [k for k in keys if k in first]  # results from before a key existed do not name it
+    text = ", ".join(f"{k.replace('_', ' ')} {first[k]}" + ("" if all(s.get(k) == first[k] for s in scenarios)
+                                                           else " (unless the row says otherwise)") for k in shown)
     return (f"Setup (shared by all rows): {text}. Pooled and local-only baselines train non-privately for "
             "rounds x local epochs epochs, the same number of passes over the data as FedAvg.")
 
@@ -130,7 +132,8 @@ def _reading_patient_privacy(result: dict[str, Any]) -> str:
                  f"ε ≤ {patient8['epsilon_per_patch']:.3g} per patch (a patch removed from a patient is two "
                  "patient-level steps apart; this Rényi weak-triangle bound is conservative and grows faster than "
                  "the patient ε, it is not a measured leak; a patient's only patch is covered by the patient ε). Each step samples whole patients (q = 1/min(patients, "
-                 f"patches/batch)) and at most {result['max_patches_per_patient']} patches of each "
+                 "patches/batch, patients/min-records-per-step)) and at most "
+                 f"{result['max_patches_per_patient']} patches of each "
                  "(`max-patches-per-patient`), so a patient-level step sees fewer patients' worth of signal; "
                  "that is what patient privacy costs.")
     return text + _reading_levers(result)
@@ -164,7 +167,12 @@ def _reading_levers(result: dict[str, Any]) -> str:
                 val = f", validation {100 * (d['validation']['end'] - r['validation']['end']):+.1f}"
             diffs.append(f"ε = {r['epsilon']:g}: test {100 * (d['accuracy'] - r['accuracy']):+.1f}{val}")
         text += f" Defaults minus \"{lever}\" (points): {'; '.join(diffs)}."
-    return text
+    stayed = [r["label"] for r in result["rows"]
+              if r.get("validation") and r["validation"].get("kept_rounds") == [0] and r.get("kind") == "federated"]
+    if stayed:
+        text += (" Kept no round (every round's model scored below the start on the server's validation data, so "
+                 "the job ended with its starting model): " + "; ".join(stayed) + ".")
+    return text + " One run per row: differences of about a point are within run-to-run noise."
 
 
 def _start_note(rows: list[dict[str, Any]]) -> str:
