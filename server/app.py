@@ -202,7 +202,7 @@ class _RoundRecorder:
         self.latest_round, self.latest_state = server_round, round_state
         decision = self.strategy.decisions.get(server_round)
         if decision is not None:
-            self.kept_round = decision.best_round
+            self.kept_round = decision.kept_round
         return MetricRecord({k: float(v) for k, v in metrics.items()})
 
     def _record(self, server_round: int, round_state: dict[str, np.ndarray], metrics: dict[str, Any]) -> None:

@@ -228,7 +228,7 @@ class FedPathStrategy:
             self._kept_updates += 1
             return arrays, metrics
         log.warning("round %d not kept: %s; the next round starts from the model of round %d",
-                    server_round, decision.reason, decision.best_round)
+                    server_round, decision.reason, decision.kept_round)
         for name, value in before.items():  # Flower rebinds these dicts each round: the old ones are untouched
             setattr(self, name, value)
         return to_array_record(self.screen.reference), metrics

@@ -183,7 +183,7 @@ def _check_federation(config: RunConfig, problems: _Problems) -> None:
     problems.need(
         config.round_acceptance in ROUND_ACCEPTANCE_SETTINGS,
         f"round-acceptance {config.round_acceptance!r} is unknown; valid values: {', '.join(ROUND_ACCEPTANCE_SETTINGS)} "
-        "(validation: a round is kept iff its validation accuracy is >= the best kept so far; all: every round)",
+        "(validation: a round is kept iff its validation accuracy is >= the starting model's; all: every round)",
     )
     problems.extend(strategy_problems(config.strategy, config.proximal_mu, config.server_lr, config.beta_1, config.beta_2,
                                       config.tau, config.lr))

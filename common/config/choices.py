@@ -19,8 +19,8 @@ CONV_POLICIES: Final[tuple[str, ...]] = ("full", "last-block")
 # re-estimated by the server on the run's public share (target-domain data it holds) before round 1.
 BN_STATISTICS_SETTINGS: Final[tuple[str, ...]] = ("backbone", "public")
 # Which aggregated models the server keeps (`round-acceptance`, server.round_acceptance): `validation` keeps a
-# round iff its validation accuracy (server-held data, never the test set) is >= the best kept so far (round 0 =
-# the starting model); `all` keeps every round. The first is the default.
+# round iff its validation accuracy (server-held data, never the test set) is >= the starting model's (round 0);
+# `all` keeps every round. The first is the default.
 ROUND_ACCEPTANCE_SETTINGS: Final[tuple[str, ...]] = ("validation", "all")
 # round-acceptance = validation with public-fraction = 0: this share of the groups the server holds out for
 # testing is its validation part instead (common.data.sources), group-disjoint from the test set that remains.

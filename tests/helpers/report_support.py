@@ -104,7 +104,7 @@ def build_run_dir(
                             "time": start + 10 * r, **({"acceptance": acceptance} if acceptance else {})})
     if complete and probs is not None:
         final = full_evaluation(labels, probs, CLASSES, bootstrap_samples=200, seed=3)
-        kept = {"kept_round": rule.best_round} if rule is not None else {}
+        kept = {"kept_round": rule.kept_round} if rule is not None else {}
         store.write_json("final-eval.json", {"round": rounds, **kept, **final, "loss": loss})
     return run_dir
 

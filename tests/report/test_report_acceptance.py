@@ -28,19 +28,19 @@ from tests.helpers.report_support import build_run_dir, check_schema
 
 
 def test_the_report_says_which_rounds_were_kept_and_why_and_leads_with_the_end_model(tmp_path: Path) -> None:
-    run_dir = build_run_dir(tmp_path, rounds=3, validation=[0.50, 0.60, 0.55, 0.60])
+    run_dir = build_run_dir(tmp_path, rounds=3, validation=[0.50, 0.60, 0.45, 0.50])
     report = compose_report(run_dir)
     check_schema(report)
     info = report["round_acceptance"]
-    assert info["kept_rounds"] == [0, 1, 3] and info["end_model_round"] == 3  # a tie (0.60 = 0.60) keeps round 3
-    assert info["not_kept"] == [{"round": 2, "reason": "validation accuracy 0.5500 < best kept 0.6000 (round 1)"}]
+    assert info["kept_rounds"] == [0, 1, 3] and info["end_model_round"] == 3  # a tie with the start (0.50) keeps round 3
+    assert info["not_kept"] == [{"round": 2, "reason": "validation accuracy 0.4500 < the start's 0.5000; the model of round 1 stays"}]
     assert info["rule"] == RULE and info["privacy"] == NO_PRIVACY_COST
     rows = round_rows(report)
     assert [(r["round"], r["validation"], r["kept"]) for r in rows] == [
-        ("0 (initial)", "50.0%", "kept"), ("1", "60.0%", "kept"), ("2", "55.0%", "not kept"), ("3", "60.0%", "kept")]
+        ("0 (initial)", "50.0%", "kept"), ("1", "60.0%", "kept"), ("2", "45.0%", "not kept"), ("3", "50.0%", "kept")]
     assert rows[2]["not_kept"] and rows[2]["why"] == info["not_kept"][0]["reason"]
     view = build_view(report)
-    assert "Kept rounds: 0-1, 3" in view["acceptance"] and "round 2: validation accuracy 0.5500 < best kept" in \
+    assert "Kept rounds: 0-1, 3" in view["acceptance"] and "round 2: validation accuracy 0.4500 < the start's" in \
         view["acceptance"]
     page = render_html(report)
     assert 'id="round-acceptance"' in page and "not kept" in page
