@@ -68,11 +68,8 @@ def mixed_replies() -> list[Message]:
     ]
 
 
-class ThreeNodes(Grid):
-    """The part of a Grid that configure_train reads: which nodes are connected (nodes 1-3)."""
-
-    def get_node_ids(self) -> Iterable[int]:
-        return [1, 2, 3]
+class GridStub(Grid):
+    """A Grid whose run and message plumbing the tests never use: subclasses add what a test reads."""
 
     def set_run(self, run):  # type: ignore[no-untyped-def]
         raise NotImplementedError
@@ -92,3 +89,10 @@ class ThreeNodes(Grid):
 
     def send_and_receive(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise NotImplementedError
+
+
+class ThreeNodes(GridStub):
+    """The part of a Grid that configure_train reads: which nodes are connected (nodes 1-3)."""
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [1, 2, 3]

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
-from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 import server.app as server_app
@@ -23,9 +22,10 @@ from common.paths import FINAL_CHECKPOINT, FINAL_EVAL_FILE, REPORT_FILE, round_c
 from common.wire.records import from_array_record
 from tests.conftest import tiny_run_config
 from tests.helpers.audit_runs import AUDIT_DP_SEED
+from tests.helpers.flower_messages import GridStub
 
 
-class _InProcessGrid(Grid):
+class _InProcessGrid(GridStub):
     """Each instruction goes to the ClientApp of its node (partition node - 1), in this process."""
 
     def __init__(self, run_config: dict, sites: int = 2) -> None:
@@ -49,22 +49,6 @@ class _InProcessGrid(Grid):
             finally:
                 TaskIdentity.node_id = 0
         return replies
-
-    def set_run(self, run):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    @property
-    def run(self):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def push_messages(self, messages):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # type: ignore[no-untyped-def]
-        raise NotImplementedError
 
 
 def test_a_round_not_kept_leaves_the_end_model_equal_to_the_last_kept_one(
