@@ -39,10 +39,11 @@ def _config(**extra: object) -> RunConfig:
     return RunConfig.from_mapping(tiny_run_config(**{"num-server-rounds": 1, "synthetic-images": 320, **extra}))
 
 
-def _site(state_dir: Path, budget: float = 100.0, per_job: float = CAP, per_period: float = 0.0) -> SiteIdentity:
+def _site(state_dir: Path, budget: float = 100.0, per_job: float = CAP, per_period: float = 0.0,
+          unit: str = "patch") -> SiteIdentity:
     return SiteIdentity(site_id="site-0", deployed=False, state_dir=state_dir, epsilon_budget=budget, delta=1e-4,
                         partition_id=0, num_partitions=2, epsilon_per_job=per_job, epsilon_per_period=per_period,
-                        privacy_unit="patch")
+                        privacy_unit=unit)
 
 
 class _Coordinator:
@@ -129,6 +130,27 @@ def test_a_resumed_job_continues_its_own_grant(tmp_path: Path) -> None:
     ledger = _ledger(state)
     assert list(ledger["jobs"]) == ["4"] and ledger["runs"] == {"4": "4", "5": "4"}
     assert [r["job"] for r in ledger["rounds"]] == ["4", "4"]
+
+
+@pytest.mark.parametrize("min_records", [1, 10**9])
+def test_min_records_per_step_at_its_extremes_keeps_the_spend_within_the_grant(tmp_path: Path, min_records: int) -> None:
+    """Attack: the coordinator sets `min-records-per-step` (which shapes q and the steps) to 1 (many small steps)
+    or 10**9 (q = 1: every patient in every step). The site calibrates σ to the steps it really takes
+    (`common.training.steps.epoch_steps`, one rule for the ledger and the sampler), so the spend on its
+    ledger, recomputed here from the ledger's history, stays within the grant, and the ε it replies is that spend."""
+    config = _config(**{"min-records-per-step": min_records, "privacy-unit": "patient"})
+    state = tmp_path / "site"
+    result = run_round(_site(state, unit="patient"), config, _Coordinator(config).request(11))
+    assert result.status == "trained" and result.reply.privacy_unit == "patient"
+    history = [tuple(h) for h in _ledger(state)["accountant"]["history"]]
+    spent = epsilon_of(history, 1e-4)
+    assert spent <= CAP * (1 + TOLERANCE)
+    assert result.metrics["epsilon"] == pytest.approx(spent, rel=1e-6)
+    ((_, rate, steps),) = history
+    if min_records == 1:
+        assert rate < 1.0 and steps > 1  # planned from the batch size alone: many steps of a few patients
+    else:
+        assert (rate, steps) == (1.0, 1)  # every patient in the one step of the epoch
 
 
 # -- 2. the allowance per period --------------------------------------------------------------------
