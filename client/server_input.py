@@ -30,12 +30,23 @@ def check_server_input(request: RoundRequest) -> None:
     _check_arrays(request.arrays)
     # proximal-mu is refused with its own code (`invalid-proximal-mu`) by the round, also before training.
     if request.bn_statistics is not None:
-        if not isinstance(request.bn_statistics, bytes) or len(request.bn_statistics) % 4:
-            raise ServerInputError("the server's BatchNorm statistics are not float32 bytes")
-        values = np.frombuffer(request.bn_statistics, dtype="<f4")
-        if not np.isfinite(values).all() or float(np.abs(values).max(initial=0.0)) > MAX_ABS_WEIGHT:
-            raise ServerInputError(f"the server's BatchNorm statistics hold non-finite values or values beyond "
-                                   f"±{MAX_ABS_WEIGHT:g}")
+        _check_float_bytes(request.bn_statistics, "BatchNorm statistics")
+    if request.head_input_mean is not None:
+        values = _check_float_bytes(request.head_input_mean, "head input mean")
+        head = request.arrays.get("fc.weight")
+        if head is None or np.asarray(head).ndim != 2 or len(values) != np.asarray(head).shape[1]:
+            raise ServerInputError(f"the server's head input mean has {len(values)} values, not one per input of "
+                                   "the head it sent")
+
+
+def _check_float_bytes(blob: object, what: str) -> np.ndarray:
+    """float32 bytes, finite and within ±MAX_ABS_WEIGHT, or ServerInputError naming `what`."""
+    if not isinstance(blob, bytes) or len(blob) % 4:
+        raise ServerInputError(f"the server's {what} are not float32 bytes")
+    values = np.frombuffer(blob, dtype="<f4")
+    if not np.isfinite(values).all() or float(np.abs(values).max(initial=0.0)) > MAX_ABS_WEIGHT:
+        raise ServerInputError(f"the server's {what} hold non-finite values or values beyond ±{MAX_ABS_WEIGHT:g}")
+    return values
 
 
 def _check_arrays(arrays: Mapping[str, np.ndarray]) -> None:

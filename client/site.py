@@ -40,6 +40,7 @@ from common.data.content import read_hash_list
 from common.data.imageset import DataError
 from common.data.sources import SiteData, check_classes, deployed_site, simulated_site, stain_handled
 from common.files import append_private
+from common.model.head_centering import centred_head, from_bytes
 from common.model.network import get_trainable_state
 from common.paths import AUDITED_PARTITION, SITE_LOG
 from common.privacy.accounting import epsilon_of
@@ -195,13 +196,24 @@ def _train_settings(state: RoundState, randomness: RoundRandomness, sigma: float
     )
 
 
+def _head_input_mean(state: RoundState) -> np.ndarray | None:
+    """center-head = true: the server's mean of the head's input (checked by `client.server_input`), or None.
+
+    A server that sends none (center-head = false, or no validation images) gets the head trained as it is: the
+    same function either way, so nothing about the reply or the budget depends on it.
+    """
+    blob = state.request.head_input_mean
+    return from_bytes(blob) if state.config.center_head and isinstance(blob, bytes) else None
+
+
 def _desc(state: RoundState) -> str:
     return f"{state.identity.site_id} round {state.request.server_round}"
 
 
 def _train_non_private(state: RoundState, model: torch.nn.Module) -> RoundResult:
     settings = _train_settings(state, round_randomness(state.identity.dp_seed, state.identity.site_id, 0))
-    outcome = train_local(model, state.data.train, settings, desc=_desc(state))
+    with centred_head(model, _head_input_mean(state)):
+        outcome = train_local(model, state.data.train, settings, desc=_desc(state))
     return _trained(state, model, outcome, 0.0)
 
 
@@ -219,7 +231,8 @@ def _train_private(state: RoundState, model: torch.nn.Module, steps: int, sample
         return refusal
     randomness = round_randomness(identity.dp_seed, identity.site_id, ledger.position())
     settings = _train_settings(state, randomness, sigma)
-    outcome = train_local(model, state.data.train, settings, history=ledger.history, desc=_desc(state))
+    with centred_head(model, _head_input_mean(state)):
+        outcome = train_local(model, state.data.train, settings, history=ledger.history, desc=_desc(state))
     assert outcome.history is not None
     if outcome.steps != steps:
         log.warning("site %s took %d steps, %d were planned", identity.site_id, outcome.steps, steps)

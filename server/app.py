@@ -38,7 +38,7 @@ from server.round_acceptance import Decision, RoundAcceptance
 from server.run_store import RunStore
 from server.screening import TrainingBound, UpdateScreen
 from server.strategy import make_strategy
-from server.target_statistics import public_batchnorm_statistics
+from server.target_statistics import head_input_mean, public_batchnorm_statistics
 
 app = ServerApp()
 log = logging.getLogger("fedpath.server")
@@ -79,6 +79,7 @@ class _Start:
     meta: dict[str, Any]
     completed: int
     bn_statistics: bytes | None = None  # re-estimated on the public share (bn-statistics=public), sent every round
+    head_input_mean: bytes | None = None  # center-head = true: over the validation images, sent every round
     validation: Any = None  # server-held data rounds are judged on (server.round_acceptance); never `test`
     kept_round: int | None = None  # a resumed job: the round its model was last kept in (its records say)
 
@@ -89,6 +90,7 @@ def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
     validation, validation_source = server_validation_set(config)
     model, source = initial_model(config, len(classes))
     bn_statistics, public_images = public_batchnorm_statistics(config, model, store.root)
+    head_mean, head_mean_images = head_input_mean(config, model, validation)
     fingerprint = frozen_fingerprint(model)
     state = get_trainable_state(model)
     meta = {
@@ -114,6 +116,7 @@ def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
             "trainable_tensors": len(state), "trainable_parameters": int(sum(v.size for v in state.values())),
             "trainable_names": trainable_names(model), "frozen_fingerprint": fingerprint,
             "bn_statistics": {"setting": config.bn_statistics, "public_images": public_images},
+            "head_centering": {"setting": config.center_head, "validation_images": head_mean_images},
             "round_acceptance": {"setting": config.round_acceptance, "validation": validation_source or None,
                                  "validation_examples": len(validation) if validation is not None else 0},
         })
@@ -122,7 +125,8 @@ def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
         config.arch, config.policy, sum(v.size for v in state.values()),
         sum(v.nbytes for v in state.values()) / 1024, source.description,
     )
-    return _Start(classes, test, model, fingerprint, state, meta, completed, bn_statistics, validation, kept_round)
+    return _Start(classes, test, model, fingerprint, state, meta, completed, bn_statistics, head_mean, validation,
+                  kept_round)
 
 
 def _strategy_for(config: RunConfig, store: RunStore, start: _Start) -> tuple[Any, RunAudit | None]:
@@ -144,10 +148,11 @@ def _train_config(start: _Start, store: RunStore) -> ConfigRecord:
 
     job-id: the run that started this job, kept when it is resumed, so a site's grant covers the
     whole job (a resumed job is not a new one); bn-statistics: public-data statistics the sites put
-    into their frozen layers (bn-statistics = public only).
+    into their frozen layers (bn-statistics = public only); head-input-mean: what the sites centre the head's
+    input on in training (center-head = true).
     """
     return ConfigRecord(instruction.build(start.classes, start.fingerprint, int(store.read_json(RUN_FILE)["run_id"]),
-                                          start.bn_statistics))
+                                          start.bn_statistics, start.head_input_mean))
 
 
 class _RoundJudge:

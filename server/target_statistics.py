@@ -1,4 +1,11 @@
-"""`bn-statistics = public`: the server re-estimates the backbone's BatchNorm statistics on its public share.
+"""Statistics of server-held images that the sites get: BatchNorm statistics and the head's input mean.
+
+`center-head = true` (`head_input_mean`): the mean of the head's input over the server's validation images, from
+the run's starting model, sent with every round so the sites train the head on centred features
+(`common.model.head_centering`). Never a site's image and never the test set; recomputed when a run resumes (it
+changes how the head is trained, not the model, so the bytes need not match to the bit).
+
+`bn-statistics = public`: the server re-estimates the backbone's BatchNorm statistics on its public share.
 
 Called once per run, before round 1 (`server.app._starting_point`), on the run's starting model:
 the statistics come from the public share of groups (`public-fraction`), which no site holds and
@@ -13,17 +20,34 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from common.config.run_config import RunConfig
+from common.data.imageset import ImageSet
 from common.data.sources import public_share_as_trained
 from common.files import atomic_file
 from common.model.bn_statistics import estimate_statistics, pack, unpack
+from common.model.head_centering import feature_mean, to_bytes
 from common.model.inputs import normalise
 from common.paths import BN_STATISTICS_FILE
 
 log = logging.getLogger("fedpath.server")
+
+
+def head_input_mean(config: RunConfig, model: nn.Module, images: ImageSet | None) -> tuple[bytes | None, int]:
+    """(the head's input mean over `images` as wire bytes, images used), or (None, 0) when off or without images."""
+    if not config.center_head or images is None or len(images) == 0:
+        if config.center_head:
+            log.info("center-head: the server holds no validation images, so the head is trained uncentred")
+        return None, 0
+    started = time.time()
+    mean = feature_mean(model, torch.from_numpy(images.images).permute(0, 3, 1, 2), config.eval_batch_size,
+                        prepare=normalise)
+    log.info("head input mean over %d server validation images in %.1f s (|mean| %.2f): the sites train the head "
+             "on centred features", len(images), time.time() - started, float(np.linalg.norm(mean)))
+    return to_bytes(mean), len(images)
 
 
 def public_batchnorm_statistics(config: RunConfig, model: nn.Module, run_root: Path) -> tuple[bytes | None, int]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SERVER_ROUND, CLASSES, FROZEN_FINGERPRINT, JOB_ID = "server-round", "classes", "frozen-fingerprint", "job-id"
-BN_STATISTICS, PROXIMAL_MU = "bn-statistics", "proximal-mu"
+BN_STATISTICS, PROXIMAL_MU, HEAD_INPUT_MEAN = "bn-statistics", "proximal-mu", "head-input-mean"
 FLOWER, FLOWER_FEDPROX, SERVER = "Flower's strategy", "Flower's FedProx", "fedpath's server (server.app)"
 
 
@@ -42,6 +42,9 @@ FIELDS: tuple[InstructionField, ...] = (
                      "the run that started this job (a resumed run names its first run): a claim the site verifies"),
     InstructionField(BN_STATISTICS, bytes, SERVER, False,
                      "with bn-statistics = public: BatchNorm statistics estimated on the server's public share"),
+    InstructionField(HEAD_INPUT_MEAN, bytes, SERVER, False,
+                     "with center-head = true: the mean of the head's input over server-held images (float32), "
+                     "to train the head on centred features (common.model.head_centering)"),
     InstructionField(PROXIMAL_MU, None, FLOWER_FEDPROX, False,
                      "with strategy = fedprox: the weight μ of the proximal term"),
 )
@@ -62,14 +65,17 @@ class TrainInstruction:
     job_id: int | None = None
     bn_statistics: Any = None
     proximal_mu: Any = None
+    head_input_mean: Any = None
 
 
 def build(classes: list[str], frozen_fingerprint: str, job_id: int,
-          bn_statistics: bytes | None = None) -> dict[str, Any]:
+          bn_statistics: bytes | None = None, head_input_mean: bytes | None = None) -> dict[str, Any]:
     """The keys fedpath's server sets; Flower's strategy adds `server-round` (and FedProx `proximal-mu`)."""
     config: dict[str, Any] = {CLASSES: list(classes), FROZEN_FINGERPRINT: frozen_fingerprint, JOB_ID: int(job_id)}
     if bn_statistics is not None:
         config[BN_STATISTICS] = bn_statistics
+    if head_input_mean is not None:
+        config[HEAD_INPUT_MEAN] = head_input_mean
     return config
 
 
@@ -86,6 +92,7 @@ def parse(config: Mapping[str, Any]) -> TrainInstruction:
         server_round=values[SERVER_ROUND], classes=[str(c) for c in values[CLASSES]],
         frozen_fingerprint=values[FROZEN_FINGERPRINT], job_id=values.get(JOB_ID),
         bn_statistics=values.get(BN_STATISTICS), proximal_mu=values.get(PROXIMAL_MU),
+        head_input_mean=values.get(HEAD_INPUT_MEAN),
     )
 
 

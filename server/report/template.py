@@ -174,6 +174,7 @@ TEMPLATE = """<!DOCTYPE html>
     <dt>Starting weights</dt><dd>{% if weights.pretrained %}<span class="pill ok">pretrained</span>{% else %}<span
       class="pill warn">not pretrained</span>{% endif %} {{ weights.description or weights.source }}</dd>
     <dt>BatchNorm statistics</dt><dd>{{ run.bn_statistics or "the backbone's own" }}</dd>
+    <dt>Head</dt><dd>{{ run.head_centering }}</dd>
     <dt>Privacy</dt><dd>{{ privacy_text }}</dd>
     <dt>Status</dt><dd>{% if complete %}<span class="pill ok">complete</span>{% else %}<span
       class="pill bad">incomplete</span>{% endif %} started {{ start }}, ended {{ end }} ({{ duration }})</dd>

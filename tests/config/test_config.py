@@ -68,7 +68,7 @@ def test_non_finite_numbers_are_refused_even_where_a_range_rule_would_pass_them(
 
 
 def test_round_acceptance_is_a_checked_key_with_validation_as_the_default() -> None:
-    """issue 23: `validation` keeps a round iff its validation accuracy is >= the best kept (server.round_acceptance)."""
+    """issue 23: `validation` keeps a round iff its validation accuracy is >= the start's (server.round_acceptance)."""
     defaults = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert defaults["round-acceptance"] == RunConfig().round_acceptance == "validation"
     assert RunConfig.from_mapping({"round-acceptance": "all"}).round_acceptance == "all"

@@ -179,6 +179,36 @@ def test_non_finite_batchnorm_statistics_are_refused_before_any_data_is_read(tmp
                   _request(config, _honest_arrays(config), bn_statistics=statistics.tobytes()))
 
 
+@pytest.mark.parametrize(("poison", "message"), [
+    ("nan", "head input mean hold non-finite values"), ("huge", "head input mean hold non-finite values or values beyond"),
+    ("short", "head input mean has 511 values, not one per input"), ("odd-bytes", "head input mean are not float32 bytes"),
+])
+def test_a_crafted_head_input_mean_is_refused_before_any_data_is_read(tmp_path: Path, poison: str, message: str) -> None:
+    config = _tiny_config()
+    mean = np.zeros(512, dtype="<f4")
+    blob = {"nan": lambda: np.where(np.arange(512) == 3, np.nan, mean).astype("<f4").tobytes(),
+            "huge": lambda: np.full(512, 10 * MAX_ABS_WEIGHT, dtype="<f4").tobytes(),
+            "short": lambda: mean[:511].tobytes(), "odd-bytes": lambda: mean.tobytes()[:-1]}[poison]()
+    with pytest.raises(ServerInputError, match=message):  # not a DataError: the data was never opened
+        run_round(_deployed_site_without_data(tmp_path), config,
+                  _request(config, _honest_arrays(config), head_input_mean=blob))
+
+
+def test_the_most_extreme_in_range_head_input_mean_still_gives_a_finite_update(tmp_path: Path) -> None:
+    """Attack: the mean and the head's weights at the screening bound (±1e6). The centred logits W·(f - m) + b'
+    are then ~1e15 per term, far below float32's 3.4e38, so the mean alone cannot make a record's logits
+    non-finite (crafted weights can, and are handled above); the site trains and what it sends is finite."""
+    config = _tiny_config()
+    arrays = _honest_arrays(config)
+    arrays["fc.weight"] = np.full_like(arrays["fc.weight"], MAX_ABS_WEIGHT)
+    blob = np.full(512, -MAX_ABS_WEIGHT, dtype="<f4").tobytes()
+    identity = SiteIdentity(site_id="site-0", deployed=False, state_dir=tmp_path / "site", epsilon_budget=32.0,
+                            delta=None, partition_id=0, num_partitions=2, dp_seed=SEED)
+    result = run_round(identity, config, _request(config, arrays, head_input_mean=blob))
+    assert result.status == "trained" and all(np.isfinite(v).all() for v in result.update.values())
+    assert "nonfinite" not in repr(result.reply.metrics) and result.reply.diagnostics is None
+
+
 def test_in_range_weights_that_overflow_every_record_still_give_a_finite_update(tmp_path: Path) -> None:
     """Every BatchNorm scale at 1e6 (in range): activations overflow for every record; the site still trains,
     and what it sends is finite (each record zeroed: the update is pure noise)."""

@@ -45,7 +45,7 @@ from common.privacy.randomness import public_randomness
 from common.training.local import train_local
 from common.training.patient_dp import patient_counts
 from common.training.settings import TrainSettings
-from server.target_statistics import public_batchnorm_statistics
+from server.target_statistics import head_input_mean, public_batchnorm_statistics
 from tests.conftest import tiny_run_config, write_image_tree
 from tests.helpers.site_inputs import new_site
 
@@ -196,19 +196,22 @@ def _spend(result: RoundResult, state_dir: Path) -> tuple[dict[str, float], obje
 
 @pytest.mark.slow  # five site rounds, each calibrating sigma
 def test_stain_and_bn_statistics_cannot_change_a_sites_sigma_q_steps_or_epsilon(tmp_path: Path) -> None:
-    """Each `stain` value and each `bn-statistics` value gives the site the same privacy plan and the same spend:
-    the same σ, q, steps, ε, δ and records in the reply, and the same accountant history on its ledger."""
+    """Each `stain` value, each `bn-statistics` value and `center-head` on or off gives the site the same privacy
+    plan and the same spend: the same σ, q, steps, ε, δ and records in the reply, and the same accountant history
+    on its ledger."""
     base = tiny_run_config(**{"privacy-unit": "auto", "num-server-rounds": 2, "public-fraction": 0.2,
                               "output-dir": str(tmp_path / "runs"), "image-size": SIZE, "synthetic-images": 160})
     node = {"partition-id": 0, "num-partitions": 2}
     spends = {}
     for run_id, overrides in enumerate([{"stain": s} for s in ("none", "normalize", "augment", "normalize+augment")]
-                                       + [{"bn-statistics": "public"}], start=1):
+                                       + [{"bn-statistics": "public"}, {"center-head": False}], start=1):
         config = RunConfig.from_mapping({**base, **overrides})
         classes = list(load_pool(config)[0].classes)
         model, _ = initial_model(config, len(classes))
         blob, _ = public_batchnorm_statistics(config, model, tmp_path / "server" / str(run_id))  # None: backbone
-        request = RoundRequest(1, 1, get_trainable_state(model), classes, frozen_fingerprint(model), bn_statistics=blob)
+        mean, _ = head_input_mean(config, model, server_validation_set(config)[0])  # None: center-head = false
+        request = RoundRequest(1, 1, get_trainable_state(model), classes, frozen_fingerprint(model), bn_statistics=blob,
+                               head_input_mean=mean)
         identity = site_identity(node, config, run_id)
         result = run_round(identity, config, request)
         assert result.status == "trained" and result.reply.privacy_unit == "patient"
