@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 class RunConfig:
     """Typed view of the Flower run config (keys are the TOML names with `_`)."""
 
-    num_server_rounds: int = 8
+    num_server_rounds: int = 12
     dataset: str = "synthetic"
     synthetic_images: int = 4000
     groups_csv: str = ""
