@@ -54,7 +54,7 @@ def _train(msg: Message, context: Context) -> Message:
         job_id=told.job_id,
         proximal_mu=0.0 if told.proximal_mu is None else told.proximal_mu,  # FedProx only; the site checks it
         bn_statistics=told.bn_statistics,  # with bn-statistics=public only
-        head_input_mean=told.head_input_mean,  # with center-head = true
+        head_input_mean=told.head_input_mean,  # where head centring applies (center-head)
     )
     result = run_round(identity, config, request)
     records = wire.encode(result.reply)

@@ -32,7 +32,7 @@ class RoundRequest:
     proximal_mu: Any = 0.0
     # bn-statistics=public: the BatchNorm statistics the server estimated on its public share (bytes, common.model.bn_statistics)
     bn_statistics: Any = None
-    # center-head = true: the mean of the head's input over server-held images (float32 bytes, common.model.head_centering)
+    # center-head (on, or auto from scratch): the mean of the head's input over server-held images (float32 bytes, common.model.head_centering)
     head_input_mean: Any = None
 
 

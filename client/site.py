@@ -40,7 +40,7 @@ from common.data.content import read_hash_list
 from common.data.imageset import DataError
 from common.data.sources import SiteData, check_classes, deployed_site, simulated_site, stain_handled
 from common.files import append_private
-from common.model.head_centering import centred_head, from_bytes
+from common.model.head_centering import OFF, centred_head, from_bytes
 from common.model.network import get_trainable_state
 from common.paths import AUDITED_PARTITION, SITE_LOG
 from common.privacy.accounting import epsilon_of
@@ -197,13 +197,14 @@ def _train_settings(state: RoundState, randomness: RoundRandomness, sigma: float
 
 
 def _head_input_mean(state: RoundState) -> np.ndarray | None:
-    """center-head = true: the server's mean of the head's input (checked by `client.server_input`), or None.
+    """The server's mean of the head's input (checked by `client.server_input`) unless center-head = off, or None.
 
-    A server that sends none (center-head = false, or no validation images) gets the head trained as it is: the
-    same function either way, so nothing about the reply or the budget depends on it.
+    The server sends one only where centring applies (`common.model.head_centering.centring_applies`: on, or auto
+    from scratch) and it holds validation images; otherwise the head is trained as it is. The same function either
+    way, so nothing about the reply or the budget depends on it.
     """
     blob = state.request.head_input_mean
-    return from_bytes(blob) if state.config.center_head and isinstance(blob, bytes) else None
+    return from_bytes(blob) if state.config.center_head != OFF and isinstance(blob, bytes) else None
 
 
 def _desc(state: RoundState) -> str:

@@ -79,7 +79,7 @@ class _Start:
     meta: dict[str, Any]
     completed: int
     bn_statistics: bytes | None = None  # re-estimated on the public share (bn-statistics=public), sent every round
-    head_input_mean: bytes | None = None  # center-head = true: over the validation images, sent every round
+    head_input_mean: bytes | None = None  # center-head (on, or auto from scratch): over the validation images, sent every round
     validation: Any = None  # server-held data rounds are judged on (server.round_acceptance); never `test`
     kept_round: int | None = None  # a resumed job: the round its model was last kept in (its records say)
 
@@ -90,7 +90,7 @@ def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
     validation, validation_source = server_validation_set(config)
     model, source = initial_model(config, len(classes))
     bn_statistics, public_images = public_batchnorm_statistics(config, model, store.root)
-    head_mean, head_mean_images = head_input_mean(config, model, validation)
+    head_mean, head_mean_images = head_input_mean(config, model, validation, source.pretrained)
     fingerprint = frozen_fingerprint(model)
     state = get_trainable_state(model)
     meta = {
@@ -116,7 +116,8 @@ def _starting_point(config: RunConfig, store: RunStore, run_id: int) -> _Start:
             "trainable_tensors": len(state), "trainable_parameters": int(sum(v.size for v in state.values())),
             "trainable_names": trainable_names(model), "frozen_fingerprint": fingerprint,
             "bn_statistics": {"setting": config.bn_statistics, "public_images": public_images},
-            "head_centering": {"setting": config.center_head, "validation_images": head_mean_images},
+            "head_centering": {"setting": config.center_head, "applied": head_mean is not None,
+                               "validation_images": head_mean_images},
             "round_acceptance": {"setting": config.round_acceptance, "validation": validation_source or None,
                                  "validation_examples": len(validation) if validation is not None else 0},
         })
@@ -149,7 +150,7 @@ def _train_config(start: _Start, store: RunStore) -> ConfigRecord:
     job-id: the run that started this job, kept when it is resumed, so a site's grant covers the
     whole job (a resumed job is not a new one); bn-statistics: public-data statistics the sites put
     into their frozen layers (bn-statistics = public only); head-input-mean: what the sites centre the head's
-    input on in training (center-head = true).
+    input on in training (center-head on, or auto from scratch).
     """
     return ConfigRecord(instruction.build(start.classes, start.fingerprint, int(store.read_json(RUN_FILE)["run_id"]),
                                           start.bn_statistics, start.head_input_mean))

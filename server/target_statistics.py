@@ -1,6 +1,6 @@
 """Statistics of server-held images that the sites get: BatchNorm statistics and the head's input mean.
 
-`center-head = true` (`head_input_mean`): the mean of the head's input over the server's validation images, from
+`center-head` (`head_input_mean`; on, or auto from scratch): the mean of the head's input over the server's validation images, from
 the run's starting model, sent with every round so the sites train the head on centred features
 (`common.model.head_centering`). Never a site's image and never the test set; recomputed when a run resumes (it
 changes how the head is trained, not the model, so the bytes need not match to the bit).
@@ -29,18 +29,21 @@ from common.data.imageset import ImageSet
 from common.data.sources import public_share_as_trained
 from common.files import atomic_file
 from common.model.bn_statistics import estimate_statistics, pack, unpack
-from common.model.head_centering import feature_mean, to_bytes
+from common.model.head_centering import centring_applies, feature_mean, to_bytes
 from common.model.inputs import normalise
 from common.paths import BN_STATISTICS_FILE
 
 log = logging.getLogger("fedpath.server")
 
 
-def head_input_mean(config: RunConfig, model: nn.Module, images: ImageSet | None) -> tuple[bytes | None, int]:
-    """(the head's input mean over `images` as wire bytes, images used), or (None, 0) when off or without images."""
-    if not config.center_head or images is None or len(images) == 0:
-        if config.center_head:
-            log.info("center-head: the server holds no validation images, so the head is trained uncentred")
+def head_input_mean(config: RunConfig, model: nn.Module, images: ImageSet | None,
+                    pretrained: bool) -> tuple[bytes | None, int]:
+    """(the head's input mean over `images` as wire bytes, images used), or (None, 0) when centring does not apply
+    (`centring_applies`: center-head = off, or auto with pretrained weights) or there are no images."""
+    if not centring_applies(config.center_head, pretrained):
+        return None, 0
+    if images is None or len(images) == 0:
+        log.info("center-head: the server holds no validation images, so the head is trained uncentred")
         return None, 0
     started = time.time()
     mean = feature_mean(model, torch.from_numpy(images.images).permute(0, 3, 1, 2), config.eval_batch_size,

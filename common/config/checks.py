@@ -10,7 +10,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from common.config.choices import ARCHITECTURE_NAMES, BN_STATISTICS_SETTINGS, POLICIES, ROUND_ACCEPTANCE_SETTINGS
+from common.config.choices import (
+    ARCHITECTURE_NAMES,
+    BN_STATISTICS_SETTINGS,
+    CENTER_HEAD_SETTINGS,
+    POLICIES,
+    ROUND_ACCEPTANCE_SETTINGS,
+)
 from common.config.stain_settings import stain_problems
 from common.config.strategies import strategy_problems
 from common.privacy.delta import MAX_DELTA_FACTOR
@@ -157,6 +163,8 @@ def _check_data(config: RunConfig, problems: _Problems) -> None:
     problems.need(0 <= config.public_fraction < 1, f"public-fraction must be in [0, 1), got {config.public_fraction}")
     problems.need(config.bn_statistics in BN_STATISTICS_SETTINGS, f"bn-statistics {config.bn_statistics!r} is unknown; "
                   f"valid values: {', '.join(BN_STATISTICS_SETTINGS)}")
+    problems.need(config.center_head in CENTER_HEAD_SETTINGS, f"center-head {config.center_head!r} is unknown; "
+                  f"valid values: {', '.join(CENTER_HEAD_SETTINGS)}")
     problems.need(config.bn_statistics != "public" or config.public_fraction > 0,
                   "bn-statistics=public re-estimates BatchNorm statistics on the run's public share: set "
                   "public-fraction > 0")

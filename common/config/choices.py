@@ -18,6 +18,9 @@ CONV_POLICIES: Final[tuple[str, ...]] = ("full", "last-block")
 # Where the frozen BatchNorm statistics come from (common.model.bn_statistics): the backbone's own, or
 # re-estimated by the server on the run's public share (target-domain data it holds) before round 1.
 BN_STATISTICS_SETTINGS: Final[tuple[str, ...]] = ("backbone", "public")
+# Whether the sites train the head on centred features (common.model.head_centering.centring_applies):
+# auto = from scratch only, on, off.
+CENTER_HEAD_SETTINGS: Final[tuple[str, ...]] = ("auto", "on", "off")
 # Which aggregated models the server keeps (`round-acceptance`, server.round_acceptance): `validation` keeps a
 # round iff its validation accuracy (server-held data, never the test set) is >= the starting model's (round 0);
 # `all` keeps every round. The first is the default.

@@ -39,9 +39,9 @@ class RunConfig:
     policy: str = "norm-head"
     # frozen BatchNorm statistics: the backbone's, or re-estimated on the public share (common.model.bn_statistics)
     bn_statistics: str = "backbone"
-    # train the head on centred features: the server sends the mean of the head's input over its validation images
-    # (common.model.head_centering); the same model, less DP noise in its logits
-    center_head: bool = True
+    # train the head on centred features (the server sends the mean of the head's input over its validation images;
+    # common.model.head_centering): auto = from scratch only, on, off
+    center_head: str = "auto"
     local_epochs: int = 1
     batch_size: int = 64
     min_records_per_step: int = DEFAULT_MIN_RECORDS_PER_STEP  # under DP: q raised so a step expects at least this many

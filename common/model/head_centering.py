@@ -28,6 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
+AUTO, ON, OFF = "auto", "on", "off"  # common.config.choices.CENTER_HEAD_SETTINGS
+
+
+def centring_applies(setting: str, pretrained: bool) -> bool:
+    """Whether a run trains the head on centred features: `on`, or `auto` from scratch (not pretrained weights).
+
+    Measured (README, "Why the head is trained on centred features"; docs/BENCHMARKS.md, patient-privacy): from
+    scratch the pooled features are mostly their shared mean and centring took the README run from 0.61-0.72 to
+    0.83-0.88; on LC25000 with the public-share pretrained backbone, the DP rows with it ended at their start
+    more often than without (4 of 8 kept no round, against 0 of 8), so `auto` leaves a pretrained head as it is.
+    """
+    return setting == ON or (setting == AUTO and not pretrained)
+
 
 def head(model: nn.Module) -> nn.Linear:
     """The classification head (torchvision's `fc`)."""

@@ -43,7 +43,7 @@ FIELDS: tuple[InstructionField, ...] = (
     InstructionField(BN_STATISTICS, bytes, SERVER, False,
                      "with bn-statistics = public: BatchNorm statistics estimated on the server's public share"),
     InstructionField(HEAD_INPUT_MEAN, bytes, SERVER, False,
-                     "with center-head = true: the mean of the head's input over server-held images (float32), "
+                     "with center-head on (or auto from scratch): the mean of the head's input over server-held images (float32), "
                      "to train the head on centred features (common.model.head_centering)"),
     InstructionField(PROXIMAL_MU, None, FLOWER_FEDPROX, False,
                      "with strategy = fedprox: the weight μ of the proximal term"),

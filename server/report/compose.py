@@ -49,18 +49,23 @@ def describe_bn_statistics(config: dict[str, Any], weights_kind: str | None, rec
             "cross-domain)")
 
 
-def describe_head_centering(config: dict[str, Any], recorded: dict[str, Any] | None) -> str:
+def describe_head_centering(config: dict[str, Any], recorded: dict[str, Any] | None, weights_kind: str | None) -> str:
     """The report's sentence on how the sites trained the head (`center-head`, common.model.head_centering)."""
-    images = (recorded or {}).get("validation_images") or 0
     if recorded is None:  # a run from before the key
         return "trained on the features as they are (no center-head)"
-    if not config.get("center-head", True):
-        return "trained on the features as they are (center-head = false)"
-    if not images:
-        return "trained on the features as they are: the server held no validation images to centre them on"
-    return (f"trained on centred features: W·(f - m) + b', the same model as W·f + b, with m the mean of the head's "
-            f"input over the server's {images} validation images (never a site's, never the test set), so DP noise "
-            "on the head moves the logits by ξ·(f - m) instead of ξ·f; no privacy cost (center-head = true)")
+    setting = recorded.get("setting", config.get("center-head", "auto"))
+    images = recorded.get("validation_images") or 0
+    if recorded.get("applied"):
+        return (f"trained on centred features: W·(f - m) + b', the same model as W·f + b, with m the mean of the "
+                f"head's input over the server's {images} validation images (never a site's, never the test set), "
+                f"so DP noise on the head moves the logits by ξ·(f - m) instead of ξ·f; no privacy cost "
+                f"(center-head = {setting})")
+    if setting == "off":
+        return "trained on the features as they are (center-head = off)"
+    if setting == "auto" and weights_kind not in (None, "none"):
+        return ("trained on the features as they are (center-head = auto centres from-scratch starts only: with a "
+                "pretrained backbone it did not help on LC25000, docs/BENCHMARKS.md, patient-privacy)")
+    return "trained on the features as they are: the server held no validation images to centre them on"
 
 
 def _finite(value: Any) -> float | None:
@@ -325,7 +330,7 @@ def compose_report(run_dir: Path, baselines: list[dict[str, Any]] | None = None)
             "weights_sha256": weights.get("sha256"),
             "weights_path": weights.get("path"),
             "bn_statistics": describe_bn_statistics(config, weights.get("kind"), run.get("bn_statistics")),
-            "head_centering": describe_head_centering(config, run.get("head_centering")),
+            "head_centering": describe_head_centering(config, run.get("head_centering"), weights.get("kind")),
             "classes": run.get("classes", []),
             "test_examples": run.get("test_examples"),
             "test_class_counts": run.get("test_class_counts"),

@@ -42,7 +42,7 @@ LEVERS: tuple[tuple[str, dict[str, Any], tuple[float, ...]], ...] = (
      EPSILONS),
     ("every round kept (round-acceptance=all)", {"round_acceptance": "all"}, (1.0, 2.0)),
     ("head only (policy=head)", {"policy": "head"}, (1.0, 2.0)),
-    ("head not centred (center-head=false)", {"center_head": False}, EPSILONS),
+    ("head centred (center-head=on)", {"center_head": "on"}, EPSILONS),
 )
 
 

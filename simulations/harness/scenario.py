@@ -56,7 +56,7 @@ class Scenario:
     strategy: str = DEFAULTS.strategy
     server_lr: float = DEFAULTS.server_lr  # 0 = Flower's default for the adaptive strategies
     bn_statistics: str = DEFAULTS.bn_statistics  # or "public": re-estimated on the public share (common.model.bn_statistics)
-    center_head: bool = DEFAULTS.center_head  # the head trained on centred features (common.model.head_centering)
+    center_head: str = DEFAULTS.center_head  # auto | on | off: the head trained on centred features (common.model.head_centering)
 
     def run_config(self) -> str:
         """The `--run-config` overrides: every field, and sites that need not all answer each round."""

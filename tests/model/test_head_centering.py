@@ -13,9 +13,9 @@ from torch import nn
 from client.identity import SiteIdentity
 from client.round_types import RoundRequest
 from client.site import run_round
-from common.config.run_config import RunConfig
+from common.config.run_config import ConfigError, RunConfig
 from common.data.sources import server_validation_set
-from common.model.head_centering import centred_head, feature_mean, from_bytes, to_bytes
+from common.model.head_centering import centred_head, centring_applies, feature_mean, from_bytes, to_bytes
 from common.model.inputs import normalise
 from server.app import _starting_point, _train_config
 from server.run_store import RunStore
@@ -77,7 +77,7 @@ def test_opacus_per_record_gradients_inside_are_those_of_the_centred_head() -> N
 def test_server_sends_the_mean_over_its_validation_images_and_a_site_trains_with_it(tmp_path: Path) -> None:
     mapping = tiny_run_config(**{"num-server-rounds": 1, "output-dir": str(tmp_path / "runs")})
     config = RunConfig.from_mapping(mapping)
-    assert config.center_head  # the default
+    assert config.center_head == "auto"  # the default; from scratch (tiny configs), so centring applies
     store = RunStore(tmp_path / "runs" / "run-1")
     start = _starting_point(config, store, 1)
     validation, _ = server_validation_set(config)
@@ -89,13 +89,14 @@ def test_server_sends_the_mean_over_its_validation_images_and_a_site_trains_with
         start.model(images)
         handle.remove()
     assert np.allclose(from_bytes(start.head_input_mean), torch.cat(inputs).mean(dim=0).numpy(), atol=1e-4)
-    assert store.read_json("run.json")["head_centering"] == {"setting": True, "validation_images": len(validation)}
+    assert store.read_json("run.json")["head_centering"] == {"setting": "auto", "applied": True,
+                                                             "validation_images": len(validation)}
     sent = _train_config(start, store)["head-input-mean"]
     identity = SiteIdentity("site-0", False, tmp_path / "site", 32.0, 1e-4, partition_id=0, num_partitions=2)
     result = run_round(identity, config, RoundRequest(1, 1, start.state, start.classes, start.fingerprint,
                                                       head_input_mean=sent))
     assert result.status == "trained" and all(np.isfinite(v).all() for v in result.update.values())
-    off = RunConfig.from_mapping({**mapping, "center-head": False})
+    off = RunConfig.from_mapping({**mapping, "center-head": "off"})
     assert _starting_point(off, RunStore(tmp_path / "runs" / "run-2"), 2).head_input_mean is None
     assert "head-input-mean" not in _train_config(_starting_point(off, RunStore(tmp_path / "runs" / "run-3"), 3),
                                                   RunStore(tmp_path / "runs" / "run-3"))
@@ -104,9 +105,17 @@ def test_server_sends_the_mean_over_its_validation_images_and_a_site_trains_with
 def test_the_report_says_how_the_head_was_trained() -> None:
     from server.report.compose import describe_head_centering
 
-    centred = describe_head_centering({"center-head": True}, {"setting": True, "validation_images": 200})
+    centred = describe_head_centering({}, {"setting": "auto", "applied": True, "validation_images": 200}, "none")
     assert "centred features" in centred and "200 validation images" in centred and "no privacy cost" in centred
-    assert "center-head = false" in describe_head_centering({"center-head": False},
-                                                           {"setting": False, "validation_images": 0})
-    assert "no validation images" in describe_head_centering({}, {"setting": True, "validation_images": 0})
-    assert "no center-head" in describe_head_centering({}, None)  # a run from before the key
+    assert "center-head = off" in describe_head_centering({}, {"setting": "off", "applied": False}, "none")
+    pretrained = describe_head_centering({}, {"setting": "auto", "applied": False, "validation_images": 0}, "file")
+    assert "from-scratch starts only" in pretrained and "did not help on LC25000" in pretrained
+    assert "no validation images" in describe_head_centering({}, {"setting": "on", "applied": False}, "none")
+    assert "no center-head" in describe_head_centering({}, None, "none")  # a run from before the key
+
+
+def test_auto_centres_from_scratch_starts_only_and_the_key_is_checked() -> None:
+    assert [centring_applies(s, pretrained) for s in ("auto", "on", "off") for pretrained in (False, True)] == [
+        True, False, True, True, False, False]
+    with pytest.raises(ConfigError, match="center-head 'yes' is unknown; valid values: auto, on, off"):
+        RunConfig.from_mapping({"center-head": "yes"})

@@ -204,12 +204,12 @@ def test_stain_and_bn_statistics_cannot_change_a_sites_sigma_q_steps_or_epsilon(
     node = {"partition-id": 0, "num-partitions": 2}
     spends = {}
     for run_id, overrides in enumerate([{"stain": s} for s in ("none", "normalize", "augment", "normalize+augment")]
-                                       + [{"bn-statistics": "public"}, {"center-head": False}], start=1):
+                                       + [{"bn-statistics": "public"}, {"center-head": "off"}], start=1):
         config = RunConfig.from_mapping({**base, **overrides})
         classes = list(load_pool(config)[0].classes)
         model, _ = initial_model(config, len(classes))
         blob, _ = public_batchnorm_statistics(config, model, tmp_path / "server" / str(run_id))  # None: backbone
-        mean, _ = head_input_mean(config, model, server_validation_set(config)[0])  # None: center-head = false
+        mean, _ = head_input_mean(config, model, server_validation_set(config)[0], False)  # None: center-head = off
         request = RoundRequest(1, 1, get_trainable_state(model), classes, frozen_fingerprint(model), bn_statistics=blob,
                                head_input_mean=mean)
         identity = site_identity(node, config, run_id)
