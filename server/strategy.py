@@ -182,7 +182,7 @@ class FedPathStrategy:
         self.screen.set_reference(from_array_record(arrays))
         messages = list(super().configure_train(  # type: ignore[misc]
             server_round + self.round_offset, arrays, config, grid))
-        # the tensors, plus binary instructions (bn-statistics=public: the BatchNorm statistics, 37.5 KiB)
+        # the tensors, plus binary instructions (bn-statistics=public: the BatchNorm statistics, 37.5 KiB; head centring: the head input mean, 2 KiB)
         self._bytes_down[server_round + self.round_offset] = record_bytes(arrays) + sum(
             len(value) for value in config.values() if isinstance(value, bytes))
         self._instructions = messages  # Flower sets their message ids when it pushes them

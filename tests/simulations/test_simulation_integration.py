@@ -45,6 +45,9 @@ def test_three_hospitals_two_rounds_learn_within_budget(tiny_simulation_run: Pat
     assert final["meta"]["arch"] == "resnet18" and "fc.weight" in final["state_dict"]
     assert report["run"]["weights_source"] == "none"  # no ImageNet weights here, and it says so
     assert report["communication"]["total_bytes_up"] > 0
-    # FedAdam's global model travels as float32, like FedAvg's: as many bytes down as up
+    # FedAdam's global model travels as float32, like FedAvg's: as many bytes down as up, plus the head input mean
+    # (center-head = auto from scratch: 512 float32) in each of 3 sites x 2 rounds' instructions
     down, up = report["communication"]["total_bytes_down"], report["communication"]["total_bytes_up"]
-    assert report["run"]["config"]["strategy"] == "fedadam" and down == up
+    run_info = json.loads((run_dir / "run.json").read_text())
+    assert run_info["head_centering"]["applied"] is True
+    assert report["run"]["config"]["strategy"] == "fedadam" and down == up + 3 * 2 * 512 * 4
